@@ -52,7 +52,10 @@ def config_from_shapes(sd: Mapping[str, np.ndarray]) -> GroupViTConfig:
     if okey in sd:
       output_groups.append(shape(okey)[0])
   mlp_hidden = shape('img_encoder.layers.0.blocks.0.mlp.fc1.weight')[0]
-  assign_ratio = (4.0, 0.5)
+  assign_ratio, pre_assign_ratio = (0.5, 4.0), 4.0
+  pre_key = 'img_encoder.layers.0.downsample.pre_assign_attn.mlp.fc1.weight'
+  if pre_key in sd:
+    pre_assign_ratio = shape(pre_key)[0] / width
   if output_groups:
     tokens_dim = shape('img_encoder.layers.0.downsample.mlp_inter.fc1.weight')[0]
     channels_dim = shape('img_encoder.layers.0.downsample.mlp_channels.fc1.weight')[0]
@@ -63,6 +66,7 @@ def config_from_shapes(sd: Mapping[str, np.ndarray]) -> GroupViTConfig:
       num_group_tokens=tuple(group_tokens), num_output_groups=tuple(output_groups),
       assign_mlp_ratio=assign_ratio,
       pre_assign_attention=any('.pre_assign_attn.' in k for k in sd),
+      pre_assign_mlp_ratio=pre_assign_ratio,
       group_projector=any('.group_projector.' in k for k in sd))
 
   vocab, t_width = shape('text_encoder.token_embedding.weight')

@@ -39,6 +39,8 @@ class ImageEncoderConfig:
   assign_mlp_ratio: tuple[float, float] = (0.5, 4.0)
   # The cross-attention before assignment is in the released weights but not in the paper.
   pre_assign_attention: bool = True
+  # Its MLP width ratio: 4 in the NVlabs code; Hugging Face uses `mlp_ratio` (equal when 4).
+  pre_assign_mlp_ratio: float = 4.0
   # Stage-1 group tokens = own tokens + projection of the previous stage's group tokens.
   group_projector: bool = True
   layer_norm_eps: float = 1e-5

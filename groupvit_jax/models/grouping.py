@@ -110,6 +110,7 @@ class GroupingBlock(nn.Module):
   gumbel_tau: float = 1.0
   assign_eps: float = 1.0
   pre_assign_attention: bool = True
+  pre_assign_mlp_ratio: float = 4.0
   eps: float = 1e-5
   dtype: Dtype = jnp.float32
 
@@ -125,7 +126,8 @@ class GroupingBlock(nn.Module):
                       name='mlp_inter')(group_tokens)
     groups = layer_norm(self.eps, 'norm_post_tokens')(groups)
     if self.pre_assign_attention:
-      groups = CrossAttnBlock(self.num_heads, eps=self.eps, dtype=self.dtype,
+      groups = CrossAttnBlock(self.num_heads, self.pre_assign_mlp_ratio, eps=self.eps,
+                              dtype=self.dtype,
                               name='pre_assign_attn')(groups, x)
     new, assignment = AssignAttention(
         hard=self.hard, gumbel=self.gumbel, gumbel_tau=self.gumbel_tau,

@@ -1,0 +1,104 @@
+"""Inference on a converted or trained model: embeddings and group maps from plain inputs.
+
+    model = groupvit_jax.load_pretrained(DIR)
+    z_img = model.encode_image(uint8_images)      # [B, D], L2-normalised
+    z_txt = model.encode_text(['a photo of a dog.'])  # [N, D], L2-normalised
+    maps = model.group_maps(uint8_images)          # per stage [B, h, w, G_s] soft maps
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from groupvit_jax import preprocessing
+from groupvit_jax.checkpoints import store
+from groupvit_jax.models.config import GroupViTConfig
+from groupvit_jax.models.groupvit import GroupViT, compose_group_maps, l2_normalize
+
+
+class Pretrained:
+  """A GroupViT with its variables and jitted inference functions (batch shapes are cached)."""
+
+  def __init__(self, config: GroupViTConfig, variables: dict[str, Any]):
+    self.config = config
+    self.model = GroupViT(config)
+    self.variables = variables
+    self._tokenizer = None
+
+  # --- jitted pieces -------------------------------------------------------------------------
+  @functools.cached_property
+  def _image_fn(self):
+    def fn(variables, pixels):
+      out = self.model.apply(variables, pixels, with_groups=False,
+                             method=GroupViT.encode_image)
+      return l2_normalize(out['image_embed'])
+    return jax.jit(fn)
+
+  @functools.cached_property
+  def _text_fn(self):
+    def fn(variables, tokens):
+      return l2_normalize(self.model.apply(variables, tokens, method=GroupViT.encode_text))
+    return jax.jit(fn)
+
+  @functools.cached_property
+  def _maps_fn(self):
+    def fn(variables, pixels):
+      out = self.model.apply(variables, pixels, method=GroupViT.encode_image)
+      h, w = out['grid']
+      maps = compose_group_maps(out['assignments'])
+      return [m.reshape(m.shape[0], h, w, m.shape[-1]) for m in maps]
+    return jax.jit(fn)
+
+  @property
+  def tokenizer(self):
+    if self._tokenizer is None:
+      from input_pipeline.tokenizer import default_tokenizer
+      self._tokenizer = default_tokenizer()
+    return self._tokenizer
+
+  # --- public API ----------------------------------------------------------------------------
+  def preprocess(self, images) -> np.ndarray:
+    """uint8 [B, H, W, 3] or a list of images -> float32 [B, S, S, 3] (the release's eval
+    transform: short side to 256/224*S, centre crop S, ImageNet normalisation)."""
+    return preprocessing.eval_batch(images, self.config.image.image_size)
+
+  def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    """Already normalised float pixels [B, H, W, 3] (H, W multiples of the patch) -> [B, D]."""
+    return np.asarray(self._image_fn(self.variables, jnp.asarray(pixels, jnp.float32)))
+
+  def encode_image(self, images) -> np.ndarray:
+    """uint8 RGB images [B, H, W, 3] (or a list) -> L2-normalised embeddings [B, D]."""
+    return self.encode_pixels(self.preprocess(images))
+
+  def tokenize(self, texts: str | Sequence[str]) -> np.ndarray:
+    """Strings -> int32 [N, context_length] CLIP token ids."""
+    if isinstance(texts, str):
+      texts = [texts]
+    return self.tokenizer(list(texts), context_length=self.config.text.context_length)
+
+  def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
+    """Strings -> L2-normalised embeddings [N, D]."""
+    return np.asarray(self._text_fn(self.variables, jnp.asarray(self.tokenize(texts))))
+
+  def group_maps(self, images, preprocess: bool = True) -> list[np.ndarray]:
+    """Per grouping stage, soft maps from patches to groups composed across stages.
+
+    Args:
+      images: uint8 [B, H, W, 3] (or a list) with `preprocess`, else normalised float pixels.
+    Returns:
+      list over stages of float32 [B, h, w, G_s] (h, w: patch grid; each pixel's weights over
+      the stage's groups; argmax gives the group of each patch).
+    """
+    pixels = self.preprocess(images) if preprocess else np.asarray(images, np.float32)
+    return [np.asarray(m) for m in self._maps_fn(self.variables, jnp.asarray(pixels))]
+
+
+def load_pretrained(directory: str) -> Pretrained:
+  """Loads a model directory written by `python -m groupvit_jax.convert` or the trainer."""
+  config, variables = store.load_model(directory)
+  return Pretrained(config, variables)
