@@ -1,0 +1,48 @@
+"""Every recipe in configs/ loads, validates and builds its model."""
+
+import importlib.util
+
+import jax
+import pytest
+
+from groupvit_jax.checkpoints.store import abstract_variables
+from groupvit_jax.config_lib import build_model_config, model_config
+from tests.conftest import REPO
+
+CONFIG_FILES = sorted(p.stem for p in (REPO / 'configs').glob('*.py') if p.stem != '__init__')
+
+
+def load(name):
+  spec = importlib.util.spec_from_file_location(name, REPO / 'configs' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize('name', CONFIG_FILES)
+def test_every_config_builds_its_model(name):
+  config = load(name)
+  variables = abstract_variables(build_model_config(config))
+  assert jax.tree.leaves(variables['params'])
+
+
+def test_released_parameter_count():
+  params = abstract_variables(build_model_config(load('groupvit_gcc_yfcc')))['params']
+  assert sum(x.size for x in jax.tree.leaves(params)) == 55_726_610
+  image = sum(x.size for x in jax.tree.leaves(params['img_encoder']))
+  text = sum(x.size for x in jax.tree.leaves(params['text_encoder']))
+  assert round(image / 1e6, 1) == 28.8 and round(text / 1e6, 1) == 22.1
+
+
+def test_expected_recipes_exist():
+  assert {'groupvit_gcc_yfcc', 'groupvit_1stage', 'tiny'} <= set(CONFIG_FILES)
+  one = build_model_config(load('groupvit_1stage'))
+  assert one.image.num_group_tokens == (64, 0) and one.image.num_output_groups == (8,)
+  assert not one.image.pre_assign_attention
+
+
+def test_model_config_rejects_unknown_keys():
+  with pytest.raises(KeyError, match='unknown model.image key'):
+    model_config(image=dict(widht=3))
+  with pytest.raises(KeyError, match='unknown model key'):
+    model_config(imagee=dict(width=3))
