@@ -98,6 +98,36 @@ class Pretrained:
     return [np.asarray(m) for m in self._maps_fn(self.variables, jnp.asarray(pixels))]
 
 
+  def segment(self, image, class_names: Sequence[str], background_threshold: float | None = None,
+              mode: str = 'slide', **kwargs) -> np.ndarray:
+    """Zero-shot segmentation of one image with any vocabulary (the released protocol).
+
+    Args:
+      image: uint8 RGB [H, W, 3].
+      class_names: N class names, put into the prompt "a photo of a {}." (see `templates`).
+      background_threshold: None: every pixel gets one of the N classes, labels 0..N-1. A float
+        (the release uses 0.95 on VOC and COCO, 0.35 on Context): label 0 is background (a pixel
+        whose best class score is below min(threshold, the window's best group score)) and the
+        classes are labels 1..N.
+      mode: 'slide' (448x448 windows, stride 224, after resizing the short side to 448: the
+        benchmarks' protocol) or 'whole' (the whole resized image at once, as the release's demo).
+      **kwargs: `templates` (a template-set name or list), `scales`, `flip`, and other
+        `evaluation.segmenter.Protocol` fields.
+    Returns:
+      int32 [H, W] label map.
+    """
+    from evaluation import prompts, segmenter
+    templates = kwargs.pop('templates', 'simple')
+    cache = self.__dict__.setdefault('_segment_class_embeds', {})
+    key = (id(self.variables), tuple(class_names),
+           templates if isinstance(templates, str) else tuple(templates))
+    if key not in cache:
+      cache.clear()
+      cache[key] = prompts.class_embeddings(self.config, self.variables, self.tokenize,
+                                            list(class_names), templates)
+    return segmenter.segment(self, image, class_names, background_threshold, mode,
+                             templates=templates, class_embed=cache[key], **kwargs)
+
 def load_pretrained(directory: str) -> Pretrained:
   """Loads a model directory written by `python -m groupvit_jax.convert` or the trainer."""
   config, variables = store.load_model(directory)

@@ -8,8 +8,12 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 
-# Tests run on the CPU; a couple of tests use 8 fake devices in subprocesses of their own.
+# Tests run on the CPU with 8 fake devices (set before anything imports jax), so sharded code
+# runs in-process next to single-device code; single-device tests simply use device 0.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_force_host_platform_device_count=8').strip()
 
 
 @pytest.fixture

@@ -1,0 +1,279 @@
+"""The trainer: one loop for every recipe.
+
+    python -m groupvit_jax.main --config=configs/tiny.py --workdir=/tmp/run [--config.key=value]
+
+Multi-host: pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or rely on the
+platform's JAX environment, e.g. TPU pods / SLURM, where jax.distributed.initialize() needs no
+arguments and --distributed=auto is the default when such an environment is detected).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from groupvit_jax import checkpointing, config_lib, metric_writers, optim
+from groupvit_jax import sharding as sharding_lib
+from groupvit_jax import train_step as train_lib
+from groupvit_jax.checkpoints import store
+from groupvit_jax.models.groupvit import GroupViT
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'recipe file', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'where checkpoints, metrics and the model go')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'number of processes')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'index of this process')
+
+
+class TrainingError(RuntimeError):
+  """A run that must stop: non-finite values, bad configuration, broken data."""
+
+
+# --- set-up ------------------------------------------------------------------------------------
+def initialize_distributed(coordinator: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+  """jax.distributed from explicit flags, or from the platform's environment when present."""
+  if coordinator or (num_processes and num_processes > 1):
+    if jax.default_backend() == 'cpu' or os.environ.get('JAX_PLATFORMS', '') == 'cpu':
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+  elif any(k in os.environ for k in ('JAX_COORDINATOR_ADDRESS', 'SLURM_JOB_ID',
+                                     'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')):
+    jax.distributed.initialize()
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Start-time checks that name the problem (before anything is compiled or read)."""
+  n_dev, n_proc = jax.device_count(), jax.process_count()
+  g, accum = int(config.global_batch_size), int(config.grad_accum_steps)
+  if g <= 0 or accum <= 0:
+    raise TrainingError('global_batch_size and grad_accum_steps must be positive')
+  if g % accum:
+    raise TrainingError(f'global_batch_size {g} is not divisible by grad_accum_steps {accum}')
+  if (g // accum) % n_dev:
+    raise TrainingError(f'the micro-batch {g // accum} (global_batch_size {g} / grad_accum_steps '
+                        f'{accum}) is not divisible by the {n_dev} devices')
+  if g % n_proc:
+    raise TrainingError(f'global_batch_size {g} is not divisible by {n_proc} processes')
+  if config.total_steps <= 0:
+    raise TrainingError('total_steps must be positive')
+  if config.loss.formulation not in ('global', 'shard_map'):
+    raise TrainingError(f"loss.formulation must be 'global' or 'shard_map', got "
+                        f'{config.loss.formulation!r}')
+  config_lib.build_model_config(config)  # raises on unknown/inconsistent model keys
+
+
+def _first_nonfinite(history: list[tuple[int, dict[str, Any]]]) -> tuple[int, list[str]] | None:
+  for step, metrics in history:
+    bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+    if bad:
+      return step, bad
+  return None
+
+
+def _batch_for_step(local: dict[str, np.ndarray], mesh, multi_label: bool):
+  keys = ('image', 'text', 'prompts') if multi_label else ('image', 'text')
+  missing = [k for k in keys if k not in local]
+  if missing:
+    raise TrainingError(f'the data pipeline yields {sorted(local)}; the step needs {missing}')
+  return sharding_lib.global_batch({k: local[k] for k in keys}, mesh)
+
+
+def _abstract_batch(config, model_cfg, mesh):
+  g, s = int(config.global_batch_size), model_cfg.image.image_size
+  sh = sharding_lib.batch_sharding(mesh)
+  length = model_cfg.text.context_length
+  batch = {'image': jax.ShapeDtypeStruct((g, s, s, 3), jnp.float32, sharding=sh),
+           'text': jax.ShapeDtypeStruct((g, length), jnp.int32, sharding=sh)}
+  if model_cfg.multi_label:
+    k = int(config.data.num_prompts)
+    batch['prompts'] = jax.ShapeDtypeStruct((g, k, length), jnp.int32, sharding=sh)
+  return batch
+
+
+class _StopSignal:
+  """SIGTERM -> finish the current step, save, exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+# --- the run -----------------------------------------------------------------------------------
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint). Returns final metrics."""
+  validate(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  log = metric_writers.log
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+  # Mesh.
+  mesh = sharding_lib.make_mesh(config.mesh)
+  log(f'{jax.process_count()} process(es), {jax.device_count()} device(s), mesh {dict(mesh.shape)}')
+
+  # Model and optimizer.
+  model_cfg = config_lib.build_model_config(config)
+  model = GroupViT(model_cfg)
+  effective_batch = int(config.global_batch_size)
+  optimizer, schedule = optim.make_optimizer(config.optimizer, effective_batch,
+                                             int(config.total_steps))
+
+  # Sharded state: created from abstract shapes, or restored.
+  abstract = train_lib.abstract_state(model, optimizer)
+  shardings = train_lib.state_shardings(abstract, mesh, config.partition_rules)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  ckpt = checkpointing.Checkpointer(workdir, int(config.keep_checkpoints),
+                                    bool(config.async_checkpoints))
+  rng = jax.random.key(int(config.seed))
+  init_rng, train_rng = jax.random.split(rng)
+  start = ckpt.latest_step()
+  data_state = None
+  if start is not None:
+    state, data_state, train_rng = ckpt.restore(start, abstract)
+    log(f'resumed from step {start}')
+  else:
+    start = 0
+    state = train_lib.create_state(model, optimizer, init_rng, shardings)
+  n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+  log(f'model: {n_params:,} parameters')
+
+  # Data.
+  from input_pipeline import create_train_iterator  # pylint: disable=g-import-not-at-top
+  data = create_train_iterator(
+      config.data, global_batch_size=int(config.global_batch_size),
+      image_size=model_cfg.image.image_size, context_length=model_cfg.text.context_length,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      seed=int(config.seed))
+  if data_state is not None:
+    data.set_state(data_state)
+
+  # Step, compiled once before the loop.
+  step_fn = train_lib.make_train_step(model, optimizer, schedule, config, mesh, shardings)
+  t0 = time.time()
+  compiled = step_fn.lower(abstract, _abstract_batch(config, model_cfg, mesh),
+                           jax.ShapeDtypeStruct(train_rng.shape, train_rng.dtype)).compile()
+  compile_s = time.time() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+  flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+  memory = compiled.memory_analysis()
+  mem_txt = ''
+  if memory is not None:
+    mem_txt = (f', memory: args {memory.argument_size_in_bytes / 2**20:.1f} MiB, temp '
+               f'{memory.temp_size_in_bytes / 2**20:.1f} MiB, out '
+               f'{memory.output_size_in_bytes / 2**20:.1f} MiB')
+  log(f'train step compiled in {compile_s:.1f}s; {flops / 1e9:.2f} GFLOPs/step{mem_txt}')
+
+  writer = metric_writers.MetricsWriter(workdir, resume_step=start)
+  if start == 0:
+    writer.write(0, {'compile_s': compile_s, 'step_gflops': flops / 1e9})
+  evaluators = _make_evaluators(config, model_cfg, workdir)
+  progress = metric_writers.Progress(int(config.total_steps), start,
+                                     int(config.global_batch_size))
+  stop = _StopSignal()
+  history: list[tuple[int, dict[str, Any]]] = []
+  step = start
+  final: dict[str, Any] = {}
+  try:
+    while step < config.total_steps:
+      batch = _batch_for_step(next(data), mesh, model_cfg.multi_label)
+      state, metrics = compiled(state, batch, train_rng)
+      step += 1
+      history.append((step, metrics))
+      preempted = stop.requested or (jax.process_count() > 1 and
+                                     ckpt.manager.reached_preemption(step))
+      if step % config.log_every_steps == 0 or step == config.total_steps or preempted:
+        history = jax.device_get(history)
+        bad = _first_nonfinite(history)
+        if bad is not None:
+          raise TrainingError(f'non-finite values at step {bad[0]}: {", ".join(bad[1])}')
+        scalars = {k: float(v) for k, v in history[-1][1].items()}
+        timing = progress.tick(step)
+        scalars.update(images_per_s=timing['images_per_s'], steps_per_s=timing['steps_per_s'])
+        for k, v in data.skip_counts().items():
+          scalars[k] = v
+        writer.write(step, scalars)
+        log(metric_writers.Progress.line(step, int(config.total_steps), scalars, timing))
+        final = scalars
+        history = []
+      if evaluators and config.eval.every_steps and (
+          step % config.eval.every_steps == 0 or step == config.total_steps):
+        results = _run_evaluators(evaluators, model_cfg, state)
+        writer.write(step, results)
+        log(f'eval at step {step}: ' + ', '.join(f'{k} {v:.2f}' for k, v in results.items()
+                                                    if isinstance(v, float)))
+        final.update(results)
+      if step % config.checkpoint_every_steps == 0 or step == config.total_steps or preempted:
+        ckpt.save(step, state, data.get_state(), train_rng, force=preempted)
+      if preempted:
+        log(f'stop requested: saved step {step}, exiting')
+        break
+  finally:
+    stop.restore()
+    ckpt.close()
+    writer.close()
+  if step == config.total_steps and config.export_model:
+    export = os.path.join(workdir, 'model')
+    store.save_model(export, model_cfg, {'params': state.params,
+                                         'batch_stats': state.batch_stats}, overwrite=True)
+    log(f'model written to {export} (load with groupvit_jax.load_pretrained)')
+  return final
+
+
+# --- evaluation hooks --------------------------------------------------------------------------
+def _make_evaluators(config, model_cfg, workdir):
+  """Periodic evaluation hooks from `config.eval` (empty when config.eval.every_steps == 0)."""
+  if not config.eval.every_steps:
+    return []
+  from evaluation import hooks  # pylint: disable=g-import-not-at-top
+  return hooks.build_evaluators(config.eval, model_cfg, workdir)
+
+
+def _run_evaluators(evaluators, model_cfg, state) -> dict[str, float]:
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  results = {}
+  for evaluator in evaluators:
+    results.update(evaluator(variables))
+  return results
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise app.UsageError('--config and --workdir are required')
+  initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  try:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except TrainingError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

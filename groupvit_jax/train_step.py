@@ -1,0 +1,143 @@
+"""The training state and one pure, jitted training step (forward, losses, backward, AdamW)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from groupvit_jax import losses as losses_lib
+from groupvit_jax import sharding as sharding_lib
+from groupvit_jax.models.groupvit import GroupViT, init_variables
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray  # int32 scalar: optimizer steps taken
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def abstract_state(model: GroupViT, optimizer: optax.GradientTransformation) -> TrainState:
+  """Shapes of the whole training state, without allocating anything."""
+
+  def init(rng):
+    variables = init_variables(model, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                      batch_stats=variables['batch_stats'],
+                      opt_state=optimizer.init(variables['params']))
+
+  return jax.eval_shape(init, jax.random.key(0))
+
+
+def state_shardings(abstract: TrainState, mesh: Mesh, rules) -> TrainState:
+  return sharding_lib.tree_shardings(abstract, rules, mesh)
+
+
+def create_state(model: GroupViT, optimizer: optax.GradientTransformation, rng: jax.Array,
+                 shardings: TrainState) -> TrainState:
+  """Initialises the state directly in its shardings (never materialised on one device)."""
+
+  @functools.partial(jax.jit, out_shardings=shardings)
+  def init(rng):
+    variables = init_variables(model, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                      batch_stats=variables['batch_stats'],
+                      opt_state=optimizer.init(variables['params']))
+
+  return init(rng)
+
+
+def _split_micro(batch: dict[str, jnp.ndarray], accum: int) -> dict[str, jnp.ndarray]:
+  """[G, ...] -> [accum, G / accum, ...] taking every accum-th row, so that each micro-batch
+  draws evenly from every device's shard of the batch."""
+  def split(x):
+    g = x.shape[0]
+    x = x.reshape(g // accum, accum, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(model: GroupViT, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, config: ml_collections.ConfigDict, mesh: Mesh,
+                    state_sharding: TrainState) -> Callable:
+  """Builds `train_step(state, batch, rng) -> (state, metrics)`, jitted with explicit in/out
+  shardings and the state donated.
+
+  batch: {'image' [G, H, W, 3] float32, 'text' [G, L] int32, 'prompts' [G, K, L] int32} global
+  arrays sharded over the batch. rng: the run's base key; each step folds in its step number, so
+  a resumed run draws exactly the noise an uninterrupted one would.
+  """
+  accum = int(config.grad_accum_steps)
+  multi_label = model.config.multi_label
+  batch_axes = tuple(mesh.axis_names)
+  batch_spec = sharding_lib.batch_sharding(mesh)
+
+  def compute_losses(out):
+    args = (out['image_embed'], out['text_embed'], out['logit_scale'],
+            out.get('prompt_embed'), out.get('multi_label_logit_scale'))
+    if config.loss.formulation == 'shard_map':
+      return losses_lib.sharded_contrastive_losses(mesh, batch_axes, *args)
+    if config.loss.formulation == 'global':
+      return losses_lib.contrastive_losses(*args)
+    raise ValueError(f'loss.formulation must be global or shard_map, got '
+                     f'{config.loss.formulation!r}')
+
+  def loss_fn(params, batch_stats, micro, rng):
+    gumbel_rng, drop_rng = jax.random.split(rng)
+    out, new_vars = model.apply(
+        {'params': params, 'batch_stats': batch_stats}, micro['image'], micro['text'],
+        micro['prompts'] if multi_label else None, train=True,
+        rngs={'gumbel': gumbel_rng, 'droppath': drop_rng}, mutable=['batch_stats'])
+    terms = compute_losses(out)
+    terms.update(losses_lib.embedding_stats(out['image_embed'], out['text_embed']))
+    terms['logit_scale'] = out['logit_scale']
+    if multi_label:
+      terms['multi_label_logit_scale'] = out['multi_label_logit_scale']
+    return terms['loss'], (terms, new_vars['batch_stats'])
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState, batch: dict[str, jnp.ndarray], rng: jax.Array):
+    step_rng = jax.random.fold_in(rng, state.step)
+    if accum == 1:
+      (_, (terms, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch,
+                                                 step_rng)
+    else:
+      micro_batches = _split_micro(batch, accum)
+
+      def body(carry, xs):
+        grads_sum, stats = carry
+        micro, i = xs
+        micro = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, batch_spec), micro)
+        (_, (terms, stats)), grads = grad_fn(state.params, stats, micro,
+                                             jax.random.fold_in(step_rng, i))
+        return (jax.tree.map(jnp.add, grads_sum, grads), stats), terms
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (grads, batch_stats), all_terms = jax.lax.scan(
+          body, (zeros, state.batch_stats), (micro_batches, jnp.arange(accum)))
+      grads = jax.tree.map(lambda g: g / accum, grads)
+      terms = jax.tree.map(lambda x: jnp.mean(x, axis=0), all_terms)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(terms, grad_norm=grad_norm, lr=schedule(state.step),
+                   param_norm=optax.global_norm(params))
+    new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                           opt_state=opt_state)
+    return new_state, metrics
+
+  replicated = sharding_lib.replicated(mesh)
+  batch_shardings = {'image': batch_spec, 'text': batch_spec}
+  if multi_label:
+    batch_shardings['prompts'] = batch_spec
+  return jax.jit(train_step, in_shardings=(state_sharding, batch_shardings, replicated),
+                 out_shardings=(state_sharding, replicated), donate_argnums=(0,))
