@@ -74,7 +74,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.loss.formulation not in ('global', 'shard_map'):
     raise TrainingError(f"loss.formulation must be 'global' or 'shard_map', got "
                         f'{config.loss.formulation!r}')
-  config_lib.build_model_config(config)  # raises on unknown/inconsistent model keys
+  model_cfg = config_lib.build_model_config(config)  # raises on unknown/inconsistent keys
+  if config.data.image_size != model_cfg.image.image_size:
+    raise TrainingError(f'data.image_size {config.data.image_size} != model.image.image_size '
+                        f'{model_cfg.image.image_size}')
+  if config.data.text.context_length != model_cfg.text.context_length:
+    raise TrainingError(f'data.text.context_length {config.data.text.context_length} != '
+                        f'model.text.context_length {model_cfg.text.context_length}')
 
 
 def _first_nonfinite(history: list[tuple[int, dict[str, Any]]]) -> tuple[int, list[str]] | None:
@@ -100,7 +106,7 @@ def _abstract_batch(config, model_cfg, mesh):
   batch = {'image': jax.ShapeDtypeStruct((g, s, s, 3), jnp.float32, sharding=sh),
            'text': jax.ShapeDtypeStruct((g, length), jnp.int32, sharding=sh)}
   if model_cfg.multi_label:
-    k = int(config.data.num_prompts)
+    k = int(config.data.text.num_prompts)
     batch['prompts'] = jax.ShapeDtypeStruct((g, k, length), jnp.int32, sharding=sh)
   return batch
 
@@ -163,10 +169,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log(f'model: {n_params:,} parameters')
 
   # Data.
-  from input_pipeline import create_train_iterator  # pylint: disable=g-import-not-at-top
-  data = create_train_iterator(
+  from input_pipeline import create_train_dataset  # pylint: disable=g-import-not-at-top
+  data = create_train_dataset(
       config.data, global_batch_size=int(config.global_batch_size),
-      image_size=model_cfg.image.image_size, context_length=model_cfg.text.context_length,
       process_index=jax.process_index(), process_count=jax.process_count(),
       seed=int(config.seed))
   if data_state is not None:

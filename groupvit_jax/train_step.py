@@ -126,11 +126,11 @@ def make_train_step(model: GroupViT, optimizer: optax.GradientTransformation,
           body, (zeros, state.batch_stats), (micro_batches, jnp.arange(accum)))
       grads = jax.tree.map(lambda g: g / accum, grads)
       terms = jax.tree.map(lambda x: jnp.mean(x, axis=0), all_terms)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(terms, grad_norm=grad_norm, lr=schedule(state.step),
-                   param_norm=optax.global_norm(params))
+                   param_norm=optax.tree.norm(params))
     new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                            opt_state=opt_state)
     return new_state, metrics
