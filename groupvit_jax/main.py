@@ -10,7 +10,6 @@ arguments and --distributed=auto is the default when such an environment is dete
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import signal
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from groupvit_jax import checkpointing, config_lib, metric_writers, optim
@@ -47,8 +47,9 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
                            process_id: int | None) -> None:
   """jax.distributed from explicit flags, or from the platform's environment when present."""
   if coordinator or (num_processes and num_processes > 1):
-    if jax.default_backend() == 'cpu' or os.environ.get('JAX_PLATFORMS', '') == 'cpu':
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # Cross-process collectives for the CPU backend (no effect on GPU/TPU backends). Must not
+    # query the backend here: that would initialise it before jax.distributed.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
   elif any(k in os.environ for k in ('JAX_COORDINATOR_ADDRESS', 'SLURM_JOB_ID',
@@ -269,7 +270,8 @@ def _run_evaluators(evaluators, model_cfg, state) -> dict[str, float]:
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.INFO)
+  # orbax/absl log every file operation at INFO; the trainer prints its own progress lines.
+  absl_logging.set_verbosity(absl_logging.WARNING)
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError('--config and --workdir are required')
   initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -7,7 +7,6 @@ after the restored step are dropped so a resumed run's file matches an uninterru
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -88,6 +87,6 @@ class Progress:
 
 
 def log(msg: str) -> None:
+  """A progress message from process 0 (stdout; the trainer silences absl INFO chatter)."""
   if jax.process_index() == 0:
-    logging.info(msg)
     print(msg, flush=True)
