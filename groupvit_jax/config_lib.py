@@ -59,8 +59,11 @@ def base_config() -> ml_collections.ConfigDict:
   # '/'-joined parameter path -> 'replicate' | 'fsdp'); the batch is split over all axes.
   config.mesh = (('data', -1), ('fsdp', 1))
   config.partition_rules = (('.*', 'fsdp'),)
+  # Periodic zero-shot segmentation (evaluation/hooks.py): 'synthetic' or 'NAME:PATH' entries;
+  # threshold None = the dataset's released background threshold.
   config.eval = ml_collections.ConfigDict(dict(
-      every_steps=0, datasets=(), max_images=64, mode='slide'))
+      every_steps=0, datasets=(), max_images=64, mode='slide',
+      threshold=ml_collections.config_dict.placeholder(float)))
   return config
 
 

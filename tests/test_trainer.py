@@ -54,7 +54,9 @@ def _losses(workdir):
 @pytest.fixture(scope='module')
 def reference_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('reference')
-  _train(workdir)
+  # with the periodic evaluation hook on the synthetic held-out split at the last step
+  _train(workdir, f'--config.eval.every_steps={STEPS}', '--config.eval.datasets=("synthetic",)',
+         '--config.eval.max_images=4')
   return workdir
 
 
@@ -65,6 +67,8 @@ def test_metrics_jsonl_and_exported_model(reference_run):
               'multi_label_logit_scale', 'grad_norm', 'images_per_s', 'acc/i2t', 'acc/t2i'):
     assert key in rows[-1], key
   assert rows[0]['lr'] < rows[4]['lr']  # warmup
+  evals = [r for r in _metrics(reference_run) if 'eval/synthetic/mIoU' in r]
+  assert [r['step'] for r in evals] == [STEPS] and 0 <= evals[0]['eval/synthetic/mIoU'] <= 100
   import groupvit_jax
   model = groupvit_jax.load_pretrained(str(reference_run / 'model'))
   assert model.encode_text(['a red circle']).shape == (1, 32)
