@@ -1,0 +1,155 @@
+"""Zero-shot evaluation of a model directory: segmentation benchmarks or ImageNet-style classification.
+
+    python -m evaluation.run --checkpoint DIR --dataset voc --data_dir VOCdevkit --output voc.json
+    python -m evaluation.run --checkpoint DIR --dataset context --data_dir VOCdevkit --paper_threshold \
+        --output ctx.json
+    python -m evaluation.run --checkpoint DIR --dataset folder --data_dir MY_SET --threshold 0.9 \
+        --save_predictions preds/ --visualize 8 --output my.json
+    python -m evaluation.run --checkpoint DIR --dataset imagenet_folder --data_dir imagenet/val \
+        --output in1k.json [--class_names names.txt] [--templates subset]
+
+Segmentation (``voc``, ``context``, ``coco_object``, ``folder``): the released protocol of
+:mod:`evaluation.segmenter`; the background threshold defaults to the released config's (VOC 0.95,
+Context 0.35, COCO-Object 0.95); ``--paper_threshold`` uses the paper's, ``--threshold X`` any value.
+A ``folder`` dataset (``images/``, ``labels/``, ``classes.txt``) with ``background`` as its first class
+needs ``--threshold``. The JSON holds every metric (``mIoU``, ``per_class_iou``, ``pixel_accuracy``,
+boundary IoU, oracle mIoU with ``--oracle``), the confusion matrix, the configuration and timing.
+
+Classification (``imagenet_folder``): :mod:`evaluation.classification` (top-1/top-5, 7 templates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["main"]
+
+
+def _nan_to_none(x):
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+def _parse_scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scales expects comma-separated numbers, got {text!r}")
+    if not scales or any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"--scales must be positive numbers, got {text!r}")
+    return scales
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="model directory (groupvit_jax.convert or trainer)")
+    p.add_argument("--dataset", required=True,
+                   help="voc | context | coco_object | folder | imagenet_folder")
+    p.add_argument("--data_dir", required=True, help="dataset root")
+    p.add_argument("--output", required=True, help="result JSON path")
+    p.add_argument("--split", default=None, help="split (default: val; val2017 for coco_object)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--threshold", type=float, default=None, help="background threshold")
+    g.add_argument("--paper_threshold", action="store_true", help="the paper's threshold instead of the "
+                   "released config's")
+    p.add_argument("--mode", choices=("slide", "whole"), default="slide")
+    p.add_argument("--scales", type=_parse_scales, default=(1.0,), help="e.g. 1.0,1.5")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped views")
+    p.add_argument("--templates", default=None,
+                   help="template set: simple | subset | full | identity (default: simple for segmentation, "
+                        "subset for classification)")
+    p.add_argument("--max_images", type=int, default=None)
+    p.add_argument("--save_predictions", default=None, help="folder for <name>.png predictions")
+    p.add_argument("--visualize", type=int, default=0, metavar="N", help="write N side-by-side panels")
+    p.add_argument("--visualize_dir", default=None, help="panel folder (default: <output dir>/visualize)")
+    p.add_argument("--oracle", action="store_true", help="also the oracle mIoU (groups given their "
+                   "best-IoU ground-truth class)")
+    p.add_argument("--no_boundary", action="store_true", help="skip boundary IoU")
+    p.add_argument("--batch_windows", type=int, default=4, help="windows per device call")
+    p.add_argument("--tile_size", type=int, default=512)
+    p.add_argument("--tile_batch", type=int, default=2)
+    p.add_argument("--num_devices", type=int, default=None,
+                   help="use the first N local devices (default: all)")
+    p.add_argument("--class_names", default=None,
+                   help="class-name file (folder datasets: overrides classes.txt; imagenet_folder: one "
+                        "name per class folder in sorted order)")
+    p.add_argument("--batch_size", type=int, default=32, help="classification batch size")
+    p.add_argument("--log_every", type=int, default=50)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from evaluation import datasets
+    from groupvit_jax import load_pretrained
+
+    dataset_name = args.dataset.strip().lower()
+    try:
+        model = load_pretrained(args.checkpoint)
+        if dataset_name in ("imagenet_folder", "imagenet", "classification"):
+            from evaluation.classification import evaluate_classification
+            result = evaluate_classification(model, args.data_dir, args.class_names,
+                                             templates=args.templates or "subset", batch_size=args.batch_size,
+                                             max_images=args.max_images)
+            result["task"] = "classification"
+            summary = f"top1 {result['top1']:.2f}  top5 {result.get('top5', float('nan')):.2f}"
+        else:
+            kwargs = {}
+            if dataset_name == "folder" and args.class_names:
+                kwargs["class_names"] = datasets.read_class_names(args.class_names)
+            ds = datasets.build_dataset(dataset_name, args.data_dir, args.split, **kwargs)
+            spec = ds.spec
+            if spec is not None:
+                threshold = (args.threshold if args.threshold is not None else
+                             spec.paper_background_threshold if args.paper_threshold and
+                             spec.paper_background_threshold is not None else spec.background_threshold)
+                if args.paper_threshold and spec.paper_background_threshold is None:
+                    print(f"note: the paper quotes no threshold for {spec.name}; using the released "
+                          f"{spec.background_threshold}", file=sys.stderr)
+                classes = spec
+            else:
+                if args.paper_threshold:
+                    raise ValueError("--paper_threshold needs a benchmark dataset (voc, context, coco_object)")
+                classes = list(ds.class_names)
+                threshold = args.threshold if classes[0].strip().lower() == "background" else None
+                if args.threshold is not None and threshold is None:
+                    raise ValueError("--threshold given but the folder's first class is not 'background'")
+            vis_dir = args.visualize_dir or str(Path(args.output).resolve().parent / "visualize")
+            from evaluation.evaluator import evaluate_segmentation
+            import jax
+            devices = jax.local_devices()[:args.num_devices] if args.num_devices else None
+            result = evaluate_segmentation(
+                model, ds, classes, threshold=threshold, mode=args.mode, batch_windows=args.batch_windows,
+                max_images=args.max_images, save_predictions=args.save_predictions, visualize=args.visualize,
+                visualize_dir=vis_dir, oracle=args.oracle, boundary=not args.no_boundary, scales=args.scales,
+                flip=args.flip, templates=args.templates or "simple", tile_size=args.tile_size,
+                tile_batch=args.tile_batch, log_every=args.log_every, devices=devices)
+            result["task"] = "segmentation"
+            result["dataset"] = {"name": dataset_name, "data_dir": str(args.data_dir), "split": args.split}
+            summary = f"mIoU {result['mIoU']:.2f}  pixel accuracy {result['pixel_accuracy']:.2f}"
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result["checkpoint"] = str(args.checkpoint)
+    result["command"] = "python -m evaluation.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(_nan_to_none(result), f, indent=2, allow_nan=False)
+        f.write("\n")
+    print(f"{summary}  ({result['num_images']} images, {result['timing']['seconds']:.1f} s) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
