@@ -31,7 +31,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         is a sequence (e.g. coco_captions ``captions/text``) one caption is picked at random per visit.
       shards_per_group: shards loaded and shuffled together (the shuffle window; replaces a
         ``Dataset.shuffle`` buffer, whose contents could not be checkpointed cheaply).  Memory per
-        file source ~ ``(1 + group_prefetch) * shards_per_group * shard_size``.
+        file source ~ ``(2 + group_prefetch) * shards_per_group * shard_size``.
       group_prefetch: groups loaded ahead in the background per file source.
       num_parallel_calls: parallelism of the decode and augment maps (-1 = tf.data AUTOTUNE).
       threadpool_size: private tf.data threadpool size (0 = TF default, shared).

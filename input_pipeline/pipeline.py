@@ -20,10 +20,15 @@ Design (why it looks like this):
   are emitted in a random permutation (files are re-permuted each epoch), and sources are mixed
   by a stateless per-index categorical draw (``choose_from_datasets`` with a selector computed
   from the index -- the resumable equivalent of ``sample_from_datasets``).
-* **Bad data flows as data.**  Each element carries a skip-reason code; decode failures are caught
-  per element (``readers.try_call``); a sequential ``scan`` after the parallel decode counts
-  reasons exactly and in stream order, and only then are bad elements filtered out.  The counts
-  attached to a batch are exactly those of all samples up to its last sample.
+* **Bad data flows as data.**  Each element carries a skip-reason code (set by the readers and by
+  cheap checks: caption UTF-8/emptiness, image magic bytes); decode failures are caught per
+  element by small nested ``ignore_errors`` pipelines run on chunks of 16 samples (errors of
+  file reading upstream are *not* swallowed); a sequential ``scan`` after the parallel decode
+  counts reasons exactly and in stream order, and only then are bad elements filtered out.  The
+  counts attached to a batch are exactly those of all samples up to its last sample.
+* **Per-sample cost.**  JPEGs are decoded only inside the crop window, shards are parsed by a
+  lean in-graph loop, group members are sliced vectorised, the augmentation ops avoid slow TF
+  kernels (see ``augment.py``) and batches reach numpy without a copy.
 * **Text on the host.**  spaCy and the CLIP BPE tokenizer are Python; they run on the host after
   tf.data (in a background thread when ``host_prefetch > 0``), so the tf.data graph stays free of
   ``py_function``.  Prompt randomness is keyed by the sample's global index, so it is resumable too.
@@ -34,7 +39,6 @@ from __future__ import annotations
 import collections
 import functools
 import json
-import math
 import queue
 import random
 import threading

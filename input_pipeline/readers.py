@@ -2,15 +2,16 @@
 
 Everything here runs inside the tf.data graph (no ``py_function``), so the readers parallelise
 freely and are deterministic.  A shard is read whole with ``tf.io.read_file`` and its structure is
-parsed by a ``tf.while_loop`` over tar headers (or TFRecord length prefixes); members are later
-sliced out with ``tf.strings.substr``.  Shards are processed in *groups* of
-``config.data.shards_per_group`` files: a group is loaded at once and all its samples are emitted
-in a random (stateless, seeded) permutation, which is what shuffles the data (see
+parsed by a ``tf.while_loop`` over tar headers (or TFRecord length prefixes); the members of all
+samples are then sliced out at once with ``tf.strings.substr``.  Shards are processed in *groups*
+of ``config.data.shards_per_group`` files: a group is loaded at once and all its samples are
+emitted in a random (stateless, seeded) permutation, which is what shuffles the data (see
 ``input_pipeline/pipeline.py`` for why there is no ``Dataset.shuffle`` buffer).
 
-Memory: a loaded group holds its shards' bytes; with ``group_prefetch`` further groups loading
-in the background, peak memory per file source is about
-``(1 + group_prefetch) * shards_per_group * shard_size``.
+Memory: a group's sample bytes stay in memory while it is emitted (the raw shard bytes only while
+it is being sliced, so briefly twice that); with ``group_prefetch`` further groups loading in the
+background, peak memory per file source is about
+``(2 + group_prefetch) * shards_per_group * shard_size``.
 
 Tar support: ustar/POSIX and GNU headers, the ustar name prefix, PAX ``path=`` records (``x``
 headers) and GNU long names (``L`` headers); other member types (directories, links, global PAX
