@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import augment, nouns, prompts, readers, skips, sources
-from input_pipeline.synthetic import synthetic_examples
+from input_pipeline.synthetic import synthetic_examples_by_id
 
 __all__ = ["STATE_FORMAT", "TrainIterator", "create_train_dataset"]
 
@@ -343,11 +343,10 @@ class TrainIterator:
         index = tf.constant(src.index, tf.int32)
         if kind == "synthetic":
             first = int(start[1]) + 1
-            ds = synthetic_examples(
-                _seed_pair(self.seed, 2, src.index)[0],
-                start=self.process_index + self.process_count * first,
-                step=self.process_count,
-            )
+            # Local element k is global element global_id(k): the process's block of each global
+            # batch, so any process layout assembles the same global batches in the same order.
+            ids = tf.data.Dataset.range(first, _INF).map(readers.no_autograph(self.global_id))
+            ds = synthetic_examples_by_id(_seed_pair(self.seed, 2, src.index)[0], ids)
 
             def to_raw(k, ex):
                 image = tf.io.encode_png(ex["image"], compression=1)
@@ -355,7 +354,7 @@ class TrainIterator:
                 return {
                     "image": image,
                     "caption": caption,
-                    "key": tf.strings.as_string(self.process_index + self.process_count * k),
+                    "key": tf.strings.as_string(self.global_id(k)),
                     "shard": tf.constant("synthetic"),
                     "reason": reason,
                     "pos": tf.stack([tf.constant(0, tf.int64), k]),
@@ -489,10 +488,12 @@ class TrainIterator:
         decode_chunk = _decode_chunk_fn(size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
         augment_fn = _augment_fn(_augment_key(cfg))
 
-        seed_key = _seed_pair(self.seed, 4, self.process_index)[0]
+        seed_key = _seed_pair(self.seed, 4)[0]
 
         def sample_seeds(index):
-            """Per-sample int32 [n, 2] seeds (distinct Philox streams per global index)."""
+            """Per-sample int32 [n, 2] seeds (distinct Philox streams per global element id, so
+            that for the synthetic source any process layout draws identical augmentations)."""
+            index = self.global_id(index)
             hi = tf.cast(tf.bitwise.right_shift(index, 31), tf.int32)
             lo = tf.cast(tf.bitwise.bitwise_and(index, 0x7FFFFFFF), tf.int32)
             return tf.stack([tf.bitwise.bitwise_xor(hi, seed_key), lo], axis=-1)
@@ -602,8 +603,16 @@ class TrainIterator:
                 out[i] = nouns.filter_words(tagged[captions[i]], self.tags)
         return out  # type: ignore[return-value]
 
+    def global_id(self, index):
+        """Stream position ``index`` of this process -> an id unique across processes: this
+        process's block ``[p * B, (p + 1) * B)`` of global batch ``index // B`` (B = local batch).
+        Works on Python ints and int64 tensors."""
+        b = self.local_batch_size
+        return (index // b) * (b * self.process_count) + self.process_index * b + index % b
+
     def _prompt_rng(self, index: int) -> random.Random:
-        return random.Random((self.seed * 1_000_003 + self.process_index) * (1 << 48) + int(index))
+        # keyed by the global element id (see sample_seeds): independent of the process layout
+        return random.Random(self.seed * 1_000_003 * (1 << 48) + self.global_id(int(index)))
 
     def _host_batch(self, b: dict) -> tuple[dict, dict]:
         captions = [c.decode("utf-8") for c in b["caption"].tolist()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["COLORS", "SHAPES", "synthetic_examples"]
+__all__ = ["COLORS", "SHAPES", "synthetic_examples", "synthetic_examples_by_id"]
 
 COLORS = (
     ("red", (220, 40, 40)),
@@ -65,6 +65,13 @@ def _example(seed: tf.Tensor, i: tf.Tensor, size: int) -> dict[str, tf.Tensor]:
         tf.strings.join(["a photo of a ", parts[0]]),
     )
     return {"image": tf.cast(img, tf.uint8), "caption": caption}
+
+
+def synthetic_examples_by_id(seed: int, ids: tf.data.Dataset, size: int = _SIZE) -> tf.data.Dataset:
+    """Element ``i`` for every int64 id ``i`` of ``ids`` (same elements as ``synthetic_examples``)."""
+    seed_t = tf.constant([seed, 0x5EED], tf.int64)
+    fn = tf.autograph.experimental.do_not_convert(lambda i: _example(seed_t, i, size))
+    return ids.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def synthetic_examples(seed: int, *, start: int = 0, step: int = 1, size: int = _SIZE) -> tf.data.Dataset:
