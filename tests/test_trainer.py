@@ -147,3 +147,13 @@ def test_two_processes_equal_one_process(tmp_path):
   # (~1e-6 relative on losses ~10); a different batch or a missing all-reduce differs by >1e-2.
   for step in ref:
     assert multi[step] == pytest.approx(ref[step], rel=1e-5), step
+
+
+def test_non_finite_values_stop_the_run_naming_step_and_terms(tmp_path):
+  proc = subprocess.run(_cmd(tmp_path, '--config.optimizer.base_lr=1e38',
+                             '--config.optimizer.warmup_steps=0', '--config.log_every_steps=4'),
+                        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 1
+  # lr 1e38 overflows the parameters in the first update: the guard names step 1 and the term
+  # (it checks every step's metrics at the log step, not only the logged one)
+  assert 'non-finite values at step 1: param_norm' in proc.stderr, proc.stderr[-2000:]
