@@ -17,21 +17,9 @@ pytest.importorskip('transformers')
 from evaluation import prompts, segmenter  # noqa: E402
 from tests import test_segmentation_reference as ref  # noqa: E402
 
-NAMES = ['dog', 'cat', 'car', 'person', 'tree', 'sky', 'road', 'boat']
-MIN_AGREEMENT = 0.999
-
-
-@pytest.fixture(scope='module')
-def models(tmp_path_factory):
-  hf, ours, _ = ref.tiny_models(str(tmp_path_factory.mktemp('seg')), seed=0)
-  ce = prompts.class_embeddings(ours.config, ours.variables, ours.tokenize, NAMES)
-  ce_ref = ref.hf_class_embeddings(hf, ours.tokenize(prompts.build_prompts(NAMES)), len(NAMES))
-  return hf, ours, ce, ce_ref
-
-
-def _agree(a, b):
-  assert a.shape == b.shape
-  return float((np.asarray(a) == np.asarray(b)).mean())
+# The tiny converted model, its class embeddings and the agreement measure are shared with
+# test_segmentation (a module-scoped fixture: one model per test module).
+from tests.test_segmentation import MIN_AGREEMENT, NAMES, _agree, models  # noqa: E402,F401
 
 
 def test_whole_mode_matches_reference(models):
