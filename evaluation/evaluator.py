@@ -79,7 +79,9 @@ def evaluate_segmentation(pretrained: Any, dataset: Sequence, spec_or_class_name
                           boundary: bool = True, scales: Sequence[float] = (1.0,), flip: bool = False,
                           templates: prompts.Templates = "simple", tile_size: int = 512, tile_batch: int = 2,
                           windows_per_step: int = 2, prefetch: int = 4, log_every: int = 0,
-                          devices: Optional[Sequence[jax.Device]] = None) -> dict:
+                          devices: Optional[Sequence[jax.Device]] = None, crop_size: int = 448,
+                          stride: int = 224, short_side: int = 448, long_side: int = 2048,
+                          top_k: int = 5) -> dict:
     """Zero-shot segmentation metrics of ``pretrained`` on ``dataset``.
 
     Args:
@@ -102,6 +104,10 @@ def evaluate_segmentation(pretrained: Any, dataset: Sequence, spec_or_class_name
       tile_size, tile_batch, windows_per_step, prefetch: batching of the assembly stage and host prefetch.
       log_every: print progress every N images (0: never).
       devices: this process's devices to spread each batch over (default: all local devices).
+      crop_size, stride, short_side, long_side, top_k: the protocol's geometry (released: 448 windows
+        at stride 224 on images resized to fit 2048x448, top-5 classes); small-image data such as
+        the synthetic val split uses its own size for all of them (one window at the model's
+        training resolution).
 
     Returns:
       dict: ``mIoU``, ``per_class_iou``, ``pixel_accuracy``, ``mean_accuracy``, ``per_class_accuracy``,
@@ -117,7 +123,9 @@ def evaluate_segmentation(pretrained: Any, dataset: Sequence, spec_or_class_name
     class_embed = prompts.class_embeddings(pretrained.config, pretrained.variables, pretrained.tokenize,
                                            fg_names, templates)
     protocol = segmenter.Protocol(mode=mode, scales=tuple(scales), flip=flip, window_batch=batch_windows,
-                                  tile_size=tile_size, tile_batch=tile_batch, windows_per_step=windows_per_step)
+                                  tile_size=tile_size, tile_batch=tile_batch, windows_per_step=windows_per_step,
+                                  crop_size=crop_size, stride=stride, short_side=short_side,
+                                  long_side=long_side, top_k=top_k)
     seg = segmenter.ZeroShotSegmenter(pretrained.config, pretrained.variables, class_embed,
                                       threshold if with_bg else None, protocol, devices)
 
@@ -163,7 +171,7 @@ def evaluate_segmentation(pretrained: Any, dataset: Sequence, spec_or_class_name
             vis.save_label_png(save_dir / f"{name}.png", pred)
         if vis_dir is not None and visualized < visualize:
             image = dataset[res.key].image
-            panel = vis.make_panel(image, seg.stage_group_maps(image), pred, label, names, ignore)
+            panel = vis.make_panel(image, seg.stage_group_maps(image, size=protocol.crop_size), pred, label, names, ignore)
             panel.save(vis_dir / f"{name}.png")
             visualized += 1
         done += 1

@@ -1,55 +1,147 @@
 """Periodic evaluation inside the trainer: the same zero-shot segmentation code as
 `python -m evaluation.run`, on small held-out sets named in `config.eval.datasets`.
 
-Dataset entries: 'synthetic' (the built-in shapes val split), or 'NAME:PATH' with NAME one of
-voc, context, coco_object, folder (PATH = the dataset root as for evaluation.run).
+Dataset entries: 'synthetic' (the built-in shapes val split, rendered with the training data's
+`config.data.synthetic` knobs and the seed `config.eval.synthetic_seed`), or 'NAME:PATH' with NAME one
+of voc, context, coco_object, folder (PATH = the dataset root as for evaluation.run).
+
+Each evaluation writes `WORKDIR/eval_<name>.json` (the full result: per-class IoU, confusion matrix,
+protocol, timing, step) and, when `config.eval.num_visualize > 0`, `WORKDIR/eval_<name>.png`: one row
+per image with the input, the groups of every stage, the prediction and the ground truth.
+A model without grouping stages (the plain-ViT baseline) is scored by pixel-wise classification and
+k-means on its tokens instead (`eval/<name>/pixel_mIoU`, `eval/<name>/kmeans_mIoU`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import json
+import os
+import tempfile
+from typing import Any, Callable, Optional
 
 import ml_collections
+import numpy as np
 
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.pretrained import Pretrained
 
-Evaluator = Callable[[dict[str, Any]], dict[str, float]]
+# (variables, step) -> {'eval/<name>/<metric>': value}
+Evaluator = Callable[[dict[str, Any], int], dict[str, float]]
 
 
-def _dataset(entry: str, max_images: int):
+def _dataset(entry: str, eval_config: ml_collections.ConfigDict,
+             data_config: Optional[ml_collections.ConfigDict]):
+  """(name, dataset, spec, protocol geometry) of one `config.eval.datasets` entry."""
   if entry == 'synthetic':
     from evaluation.synthetic import SyntheticSegmentationDataset  # pylint: disable=g-import-not-at-top
-    data = SyntheticSegmentationDataset(num_examples=max_images)
-    return 'synthetic', data, data.spec
+    from input_pipeline.synthetic_shapes import SyntheticConfig  # pylint: disable=g-import-not-at-top
+    knobs = data_config.get('synthetic') if data_config is not None else None
+    synth = SyntheticConfig.from_dict(knobs)
+    data = SyntheticSegmentationDataset(synth, seed=int(eval_config.synthetic_seed),
+                                        num_examples=int(eval_config.max_images))
+    size = synth.image_size
+    # One window per image at the training resolution: the released 448/224 geometry would
+    # upsample a 64 px image sevenfold and run the model far from the size it was trained at.
+    geometry = dict(crop_size=size, stride=size, short_side=size, long_side=size)
+    return 'synthetic', data, data.spec, geometry
   name, sep, root = entry.partition(':')
   if not sep or not root:
     raise ValueError(f"eval dataset {entry!r}: expected 'synthetic' or 'NAME:PATH'")
   from evaluation.datasets import build_dataset  # pylint: disable=g-import-not-at-top
   data = build_dataset(name, root)
-  return name, data, data.spec if name != 'folder' else list(data.class_names)
+  return name, data, data.spec if name != 'folder' else list(data.class_names), {}
+
+
+def _write_grid(panel_dir: str, path: str) -> None:
+  """Stacks the per-image panels of `panel_dir` (sorted by name) into one PNG."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  panels = [Image.open(os.path.join(panel_dir, f)).convert('RGB')
+            for f in sorted(os.listdir(panel_dir)) if f.endswith('.png')]
+  if not panels:
+    return
+  width = max(p.width for p in panels)
+  grid = Image.new('RGB', (width, sum(p.height for p in panels)), (255, 255, 255))
+  y = 0
+  for p in panels:
+    grid.paste(p, (0, y))
+    y += p.height
+  tmp = path + '.tmp.png'
+  grid.save(tmp)
+  os.replace(tmp, path)
+
+
+def _jsonable(result: dict, step: int) -> dict:
+  out = {'step': int(step)}
+  for k, v in result.items():
+    out[k] = v.tolist() if isinstance(v, np.ndarray) else v
+  return out
+
+
+def _token_baseline_evaluator(eval_config, model_config, workdir, name, data, spec, threshold,
+                              is_main_process) -> Evaluator:
+  """A model without grouping (plain ViT baseline) has no groups to segment with: score it by
+  pixel-wise classification and by k-means on its patch tokens (evaluation/token_baselines.py)."""
+  from evaluation.token_baselines import evaluate_token_baseline  # pylint: disable=g-import-not-at-top
+
+  def run(variables, step):
+    metrics, results = {}, {}
+    for method in ('pixel', 'kmeans'):
+      result = evaluate_token_baseline(
+          Pretrained(model_config, variables), data, spec, threshold=threshold, method=method,
+          num_clusters=int(eval_config.kmeans_clusters), max_images=int(eval_config.max_images))
+      results[method] = _jsonable(result, step)
+      metrics[f'eval/{name}/{method}_mIoU'] = float(result['mIoU'])
+      metrics[f'eval/{name}/{method}_pixel_accuracy'] = float(result['pixel_accuracy'])
+    if is_main_process and workdir:
+      path = os.path.join(workdir, f'eval_{name}.json')
+      with open(path + '.tmp', 'w') as f:
+        json.dump(results, f, indent=1)
+      os.replace(path + '.tmp', path)
+    return metrics
+
+  return run
 
 
 def build_evaluators(eval_config: ml_collections.ConfigDict, model_config: GroupViTConfig,
-                     workdir: str) -> list[Evaluator]:
-  """One callable per dataset: variables -> {'eval/<name>/<metric>': value}. Datasets are opened
-  (and missing paths reported) here, at start-up, not at the first evaluation."""
-  del workdir
+                     workdir: str, data_config: Optional[ml_collections.ConfigDict] = None,
+                     is_main_process: bool = True) -> list[Evaluator]:
+  """One callable per dataset: (variables, step) -> {'eval/<name>/<metric>': value}.
+
+  Datasets are opened (and missing paths reported) here, at start-up, not at the first evaluation.
+  Files (`eval_<name>.json`, `eval_<name>.png`) are written by the main process only.
+  """
   from evaluation.evaluator import evaluate_segmentation  # pylint: disable=g-import-not-at-top
   evaluators = []
   for entry in eval_config.datasets:
-    name, data, spec = _dataset(entry, int(eval_config.max_images))
+    name, data, spec, geometry = _dataset(entry, eval_config, data_config)
     threshold = eval_config.threshold
     if threshold is None:
       threshold = getattr(spec, 'background_threshold', None)
 
-    def run(variables, name=name, data=data, spec=spec, threshold=threshold):
-      result = evaluate_segmentation(
-          Pretrained(model_config, variables), data, spec, threshold=threshold,
-          mode=eval_config.mode, max_images=int(eval_config.max_images), boundary=False)
-      return {f'eval/{name}/mIoU': float(result['mIoU']),
-              f'eval/{name}/pixel_accuracy': float(result['pixel_accuracy']),
-              f'eval/{name}/images_per_s': float(result['timing']['images_per_second'])}
+    if model_config.image.num_grouping_stages == 0:
+      evaluators.append(_token_baseline_evaluator(eval_config, model_config, workdir, name, data,
+                                                  spec, threshold, is_main_process))
+      continue
+
+    def run(variables, step, name=name, data=data, spec=spec, threshold=threshold,
+            geometry=geometry):
+      num_vis = int(eval_config.num_visualize) if is_main_process and workdir else 0
+      with tempfile.TemporaryDirectory() as panel_dir:
+        result = evaluate_segmentation(
+            Pretrained(model_config, variables), data, spec, threshold=threshold,
+            mode=eval_config.mode, max_images=int(eval_config.max_images), boundary=False,
+            visualize=num_vis, visualize_dir=panel_dir, **geometry)
+        if num_vis:
+          _write_grid(panel_dir, os.path.join(workdir, f'eval_{name}.png'))
+      if is_main_process and workdir:
+        path = os.path.join(workdir, f'eval_{name}.json')
+        with open(path + '.tmp', 'w') as f:
+          json.dump(_jsonable(result, step), f, indent=1)
+        os.replace(path + '.tmp', path)
+      metrics = {f'eval/{name}/mIoU': float(result['mIoU']),
+                 f'eval/{name}/pixel_accuracy': float(result['pixel_accuracy']),
+                 f'eval/{name}/images_per_s': float(result['timing']['images_per_second'])}
+      return metrics
 
     evaluators.append(run)
   return evaluators

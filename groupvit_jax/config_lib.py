@@ -60,10 +60,14 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh = (('data', -1), ('fsdp', 1))
   config.partition_rules = (('.*', 'fsdp'),)
   # Periodic zero-shot segmentation (evaluation/hooks.py): 'synthetic' or 'NAME:PATH' entries;
-  # threshold None = the dataset's released background threshold.
+  # threshold None = the dataset's released background threshold (synthetic: 0.5). Each evaluation
+  # writes WORKDIR/eval_<name>.json and, with num_visualize > 0, a PNG grid WORKDIR/eval_<name>.png.
+  # synthetic_seed: the val stream of the built-in data (never the training stream).
+  # kmeans_clusters: k of the k-means segmentation of models without grouping (ViT baseline).
   config.eval = ml_collections.ConfigDict(dict(
       every_steps=0, datasets=(), max_images=64, mode='slide',
-      threshold=ml_collections.config_dict.placeholder(float)))
+      threshold=ml_collections.config_dict.placeholder(float), num_visualize=8,
+      synthetic_seed=0, kmeans_clusters=8))
   return config
 
 

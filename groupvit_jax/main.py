@@ -229,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         history = []
       if evaluators and config.eval.every_steps and (
           step % config.eval.every_steps == 0 or step == config.total_steps):
-        results = _run_evaluators(evaluators, model_cfg, state)
+        results = _run_evaluators(evaluators, state, step)
         writer.write(step, results)
         log(f'eval at step {step}: ' + ', '.join(f'{k} {v:.2f}' for k, v in results.items()
                                                     if isinstance(v, float)))
@@ -241,6 +241,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         break
   finally:
     stop.restore()
+    # The host thread runs Python (numpy_function) inside tf.data: stop it before the interpreter
+    # tears down, or exit can crash in a half-finalised runtime.
+    data.close()
     ckpt.close()
     writer.close()
   if step == config.total_steps and config.export_model:
@@ -257,14 +260,15 @@ def _make_evaluators(config, model_cfg, workdir):
   if not config.eval.every_steps:
     return []
   from evaluation import hooks  # pylint: disable=g-import-not-at-top
-  return hooks.build_evaluators(config.eval, model_cfg, workdir)
+  return hooks.build_evaluators(config.eval, model_cfg, workdir, data_config=config.data,
+                                is_main_process=jax.process_index() == 0)
 
 
-def _run_evaluators(evaluators, model_cfg, state) -> dict[str, float]:
+def _run_evaluators(evaluators, state, step) -> dict[str, float]:
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   results = {}
   for evaluator in evaluators:
-    results.update(evaluator(variables))
+    results.update(evaluator(variables, step))
   return results
 
 

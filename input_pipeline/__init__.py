@@ -23,7 +23,7 @@ __all__ = [
     "create_train_dataset",
     "TrainIterator",
     "default_data_config",
-    "synthetic_examples",
+    "SyntheticConfig",
     "REASONS",
 ]
 
@@ -31,7 +31,7 @@ _LAZY = {
     "create_train_dataset": ("input_pipeline.pipeline", "create_train_dataset"),
     "TrainIterator": ("input_pipeline.pipeline", "TrainIterator"),
     "default_data_config": ("input_pipeline.config", "default_data_config"),
-    "synthetic_examples": ("input_pipeline.synthetic", "synthetic_examples"),
+    "SyntheticConfig": ("input_pipeline.synthetic_shapes", "SyntheticConfig"),
     "REASONS": ("input_pipeline.skips", "REASONS"),
 }
 

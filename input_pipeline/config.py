@@ -59,6 +59,9 @@ def default_data_config() -> ml_collections.ConfigDict:
       text.online_tagging: tag captions missing from the cache with spaCy (if False they get no
         words, i.e. all K prompts are the caption).
       text.tag_cache_size: LRU size of the in-memory caption -> words cache of online tagging.
+      synthetic: knobs of the built-in ``synthetic`` source (every field of
+        ``input_pipeline.synthetic_shapes.SyntheticConfig``: image size, object count and size,
+        categories, occlusion, textures, caption noise); part of the state fingerprint.
       debug_metadata: also return ``meta/key``, ``meta/shard``, ``meta/caption``, ``meta/index``.
     """
     c = ml_collections.ConfigDict()
@@ -106,6 +109,11 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.text.noun_cache_dir = ml_collections.config_dict.placeholder(str)
     c.text.online_tagging = True
     c.text.tag_cache_size = 100_000
+
+    # Knobs of the built-in `synthetic` source (input_pipeline.synthetic_shapes.SyntheticConfig; its
+    # docstring explains each). Unknown keys are errors at start.
+    from input_pipeline.synthetic_shapes import SyntheticConfig  # pylint: disable=g-import-not-at-top
+    c.synthetic = ml_collections.ConfigDict(SyntheticConfig().to_dict())
 
     c.debug_metadata = False
     return c

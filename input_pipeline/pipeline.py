@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import augment, nouns, prompts, readers, skips, sources
-from input_pipeline.synthetic import synthetic_examples_by_id
+from input_pipeline import synthetic_shapes
 
 __all__ = ["STATE_FORMAT", "TrainIterator", "create_train_dataset"]
 
@@ -266,6 +266,9 @@ class TrainIterator:
         if sum(s.weight for s in specs) <= 0:
             raise ValueError("All mixing weights are zero.")
         self.sources = [_Source(i, s, data_config, self.process_index, self.process_count) for i, s in enumerate(specs)]
+        self._has_synthetic = any(s.kind == "synthetic" for s in specs)
+        # Parsed even without a synthetic source, so that a misspelt knob fails at start.
+        self.synthetic_config = synthetic_shapes.SyntheticConfig.from_dict(data_config.get("synthetic"))
         tcfg = data_config.text
         self.num_prompts = int(tcfg.num_prompts)
         self.context_length = int(tcfg.context_length)
@@ -289,14 +292,16 @@ class TrainIterator:
     # ------------------------------------------------------------------------------ state
 
     def _fingerprint(self) -> dict:
-        return {
+        # JSON round trip: tuples become lists, as in a restored state.
+        return json.loads(json.dumps({
             "sources": [s.spec.text for s in self.sources],
             "num_files": [s.num_files_total for s in self.sources],
             "seed": self.seed,
             "process_index": self.process_index,
             "process_count": self.process_count,
             "shards_per_group": int(self.cfg.shards_per_group),
-        }
+            "synthetic": self.synthetic_config.to_dict() if self._has_synthetic else None,
+        }))
 
     def _initial_state(self) -> dict:
         return {
@@ -346,7 +351,7 @@ class TrainIterator:
             # Local element k is global element global_id(k): the process's block of each global
             # batch, so any process layout assembles the same global batches in the same order.
             ids = tf.data.Dataset.range(first, _INF).map(readers.no_autograph(self.global_id))
-            ds = synthetic_examples_by_id(_seed_pair(self.seed, 2, src.index)[0], ids)
+            ds = synthetic_shapes.tf_examples_by_id(self.synthetic_config, _seed_pair(self.seed, 2, src.index)[0], ids)
 
             def to_raw(k, ex):
                 image = tf.io.encode_png(ex["image"], compression=1)

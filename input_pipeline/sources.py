@@ -6,7 +6,7 @@ A source is one string of ``config.data.train``::
     webdataset:/data/cc12m/*.tar@0.7                 ... with a mixing weight of 0.7
     tfrecord:/data/yfcc/*.tfrecord                   img2dataset TFRecord shards
     tfds:coco_captions:train                         a TFDS dataset prepared in config.data.tfds_data_dir
-    synthetic                                        built-in generator (input_pipeline.synthetic)
+    synthetic                                        built-in shapes (input_pipeline.synthetic_shapes)
 
 Syntax: ``KIND:SPEC[@WEIGHT]``.  ``WEIGHT`` is a non-negative float (default 1.0); weights are
 normalised over all sources, so ``a@3`` + ``b@1`` draws 75% of the samples from ``a``.  Only a

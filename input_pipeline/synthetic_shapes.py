@@ -54,6 +54,7 @@ __all__ = [
     "make_caption",
     "generate",
     "as_tf_dataset",
+    "tf_examples_by_id",
 ]
 
 # ----------------------------------------------------------------------------------------------------
@@ -1028,6 +1029,41 @@ def as_tf_dataset(config: Optional[SyntheticConfig], seed: int, split: str = "tr
 
     calls = tf.data.AUTOTUNE if num_parallel_calls is None else num_parallel_calls
     return indices.map(to_dict, num_parallel_calls=calls, deterministic=True)
+
+
+def tf_examples_by_id(config: Optional[SyntheticConfig], seed: int, ids, split: str = "train"):
+    """Maps a dataset of int64 example ids to ``{'image', 'caption'}`` train examples.
+
+    Element ``i`` of the result is ``generate(config, seed, ids[i], split)`` whatever the parallelism:
+    the training pipeline feeds *global* example ids here, so every process layout sees the same
+    global batches.
+
+    Args:
+      config: the knobs (``None`` = defaults).
+      seed: non-negative integer.
+      ids: ``tf.data.Dataset`` of int64 scalars (non-negative).
+      split: ``'train'`` or ``'val'``.
+
+    Returns:
+      Dataset of ``{'image': uint8 [H, W, 3], 'caption': tf.string []}``.
+    """
+    import tensorflow as tf
+
+    config = config or SyntheticConfig()
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    seed, size = int(seed), config.image_size
+
+    def render(i):
+        ex = generate(config, seed, int(i), split)
+        return ex["image"], np.array(ex["caption"].encode("utf-8"), dtype=object)
+
+    def to_dict(i):
+        image, caption = tf.numpy_function(render, [i], (tf.uint8, tf.string), stateful=False)
+        return {"image": tf.ensure_shape(image, (size, size, 3)), "caption": tf.ensure_shape(caption, ())}
+
+    return ids.map(tf.autograph.experimental.do_not_convert(to_dict),
+                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,176 @@
+"""The inspection notebook runs top to bottom on a tiny checkpoint; the plain-ViT segmentation
+baselines (pixel-wise and k-means) compute what they claim; the trainer's evaluation hook writes its
+JSON and PNG grid."""
+
+import json
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluation import inspect_groups, prompts, token_baselines
+from evaluation.synthetic import SyntheticSegmentationDataset
+from groupvit_jax.checkpoints import store
+from groupvit_jax.config_lib import build_model_config, model_config
+from groupvit_jax.models.groupvit import GroupViT, init_variables, l2_normalize
+from groupvit_jax.pretrained import Pretrained, load_pretrained
+from input_pipeline.synthetic_shapes import SyntheticConfig
+
+NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / 'notebooks' / 'inspect_groups.ipynb'
+
+
+def _model(**image):
+  base = dict(image_size=64, patch_size=16, width=64, num_heads=2, depths=(1, 1, 1),
+              num_group_tokens=(8, 4, 0), num_output_groups=(8, 4), drop_path_rate=0.0)
+  base.update(image)
+  cfg = build_model_config(ml_config(model_config(
+      image=base, text=dict(width=32, num_layers=1, num_heads=2, context_length=16),
+      projection_dim=32, projection_hidden_dim=64)))
+  return Pretrained(cfg, init_variables(GroupViT(cfg), jax.random.PRNGKey(0)))
+
+
+def ml_config(model):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict({'model': model})
+
+
+@pytest.fixture(scope='module')
+def groupvit(tmp_path_factory):
+  model = _model()
+  directory = str(tmp_path_factory.mktemp('ckpt') / 'model')
+  store.save_model(directory, model.config, model.variables)
+  return directory
+
+
+@pytest.fixture(scope='module')
+def vit():
+  return _model(depths=(2,), num_group_tokens=(0,), num_output_groups=())
+
+
+def test_notebook_runs_top_to_bottom(groupvit, tmp_path, monkeypatch):
+  out = tmp_path / 'figures'
+  monkeypatch.setenv('GROUPVIT_CHECKPOINT', groupvit)
+  monkeypatch.setenv('GROUPVIT_NOTEBOOK_OUT', str(out))
+  monkeypatch.setenv('GROUPVIT_NUM_IMAGES', '8')
+  monkeypatch.setenv('GROUPVIT_VOCABULARY', 'star, heart, ring')
+  shown = []
+  namespace = {'display': shown.append, '__name__': '__main__'}
+  nb = json.loads(NOTEBOOK.read_text())
+  for cell in nb['cells']:
+    if cell['cell_type'] == 'code':
+      exec(compile(''.join(cell['source']), str(NOTEBOOK), 'exec'), namespace)  # pylint: disable=exec-used
+  names = {'stage_groups', 'group_concepts', 'group_concepts_stage1', 'segmentation'}
+  assert {p.stem for p in out.glob('*.png')} == names
+  assert len(shown) == len(names) and all(isinstance(im, Image.Image) for im in shown)
+  # 6 rows (images) of input + 2 stages in the stage panel.
+  assert Image.open(out / 'stage_groups.png').height >= 6 * 160
+  assert len(namespace['predictions']) == 6
+  assert all(p.shape == (64, 64) and p.max() <= 3 for p in namespace['predictions'])
+
+
+def test_stage_group_ids_follow_the_model_maps(groupvit):
+  from evaluation.segmenter import resize_uint8  # pylint: disable=g-import-not-at-top
+  model = load_pretrained(groupvit)
+  data = SyntheticSegmentationDataset(SyntheticConfig(image_size=64), seed=3, num_examples=2)
+  ids = inspect_groups.stage_group_ids(model, [s.image for s in data] + [np.zeros((40, 90, 3), np.uint8)])
+  assert [[g.shape for g in per_stage] for per_stage in ids] == [[(64, 64)] * 2] * 2 + [[(40, 90)] * 2]
+  assert all(per_stage[0].max() < 8 and per_stage[1].max() < 4 for per_stage in ids)
+  # Images as small as the 4x4 patch grid: the model sees them resized to 64 px, and the maps come
+  # back at 4x4 unresampled, so each pixel's group is exactly its patch's argmax.
+  small = [np.random.default_rng(i).integers(0, 256, (4, 4, 3), dtype=np.uint8) for i in range(3)]
+  ids = inspect_groups.stage_group_ids(model, small)
+  maps = model.group_maps(_norm([resize_uint8(im, 64, 64) for im in small]), preprocess=False)
+  for i in range(3):
+    for s in range(2):
+      assert np.array_equal(ids[i][s], np.argmax(maps[s][i], axis=-1))
+
+
+def _norm(images):
+  from groupvit_jax.preprocessing import normalize  # pylint: disable=g-import-not-at-top
+  return normalize(np.stack(images))
+
+
+def test_group_concepts_rank_images_by_group_area(groupvit):
+  model = load_pretrained(groupvit)
+  data = SyntheticSegmentationDataset(SyntheticConfig(image_size=64), seed=4, num_examples=10)
+  images = [s.image for s in data]
+  ids = [s[-1] for s in inspect_groups.stage_group_ids(model, images)]
+  _, shown = inspect_groups.group_concepts(model, images, per_group=4)
+  assert shown
+  for g, idx in shown.items():
+    areas = [np.mean(ids[i] == g) for i in idx]
+    assert areas == sorted(areas, reverse=True) and areas[0] > 0
+    others = [np.mean(ids[i] == g) for i in range(len(images)) if i not in idx]
+    assert len(idx) == 4 or not any(a > 0 for a in others)
+    assert all(a <= areas[-1] for a in others)
+
+
+def test_cosine_kmeans_recovers_separated_clusters():
+  rng = np.random.default_rng(0)
+  centres = np.eye(8)[:3]
+  truth = rng.integers(0, 3, 60)
+  x = centres[truth] + 0.05 * rng.normal(size=(60, 8))
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  ids = np.asarray(token_baselines.cosine_kmeans(jax.numpy.asarray(x, jax.numpy.float32), 3))
+  # Same partition up to relabelling.
+  pairs = set(zip(truth.tolist(), ids.tolist()))
+  assert len(pairs) == 3 and len({a for a, _ in pairs}) == 3 and len({b for _, b in pairs}) == 3
+
+
+def test_pixel_baseline_classifies_each_patch_token(vit):
+  names = ['circle', 'square', 'triangle', 'star', 'cross']
+  data = SyntheticSegmentationDataset(SyntheticConfig(image_size=64), seed=5, num_examples=4)
+  # No background and top_k covering all classes: a patch's label is its best class (argmax of
+  # softmax(l) * softmax(l) = argmax of l).
+  class_embed = prompts.class_embeddings(vit.config, vit.variables, vit.tokenize, names, 'simple')
+  pix = _norm([s.image for s in data])
+  out = GroupViT(vit.config).apply(vit.variables, pix, with_groups=True, method=GroupViT.encode_image)
+  tok = np.asarray(l2_normalize(out['group_embeds']))  # [B, 16, D]
+  expected = np.argmax(tok @ np.asarray(class_embed).T, axis=-1).reshape(-1, 4, 4)
+  pred = np.asarray(token_baselines._segment_batch(  # pylint: disable=protected-access
+      vit.variables, jax.numpy.asarray(pix), class_embed, jax.numpy.float32(0), config=vit.config,
+      method='pixel', num_clusters=4, top_k=5, with_background=False, out_hw=(64, 64)))
+  assert np.array_equal(pred[:, 8::16, 8::16], expected)
+  for method in token_baselines.METHODS:
+    result = token_baselines.evaluate_token_baseline(
+        vit, data, data.spec, threshold=0.5, method=method, num_clusters=4, batch_size=3)
+    assert result['num_images'] == 4 and 0 <= result['mIoU'] <= 100
+
+
+def test_token_baseline_rejects_grouping_models(groupvit):
+  model = load_pretrained(groupvit)
+  data = SyntheticSegmentationDataset(SyntheticConfig(image_size=64), seed=5, num_examples=2)
+  with pytest.raises(ValueError, match='without grouping'):
+    token_baselines.evaluate_token_baseline(model, data, data.spec, threshold=0.5)
+
+
+def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from evaluation import hooks  # pylint: disable=g-import-not-at-top
+  from groupvit_jax.config_lib import base_config  # pylint: disable=g-import-not-at-top
+  config = base_config()
+  config.eval.datasets = ('synthetic',)
+  config.eval.max_images = 4
+  config.eval.num_visualize = 3
+  config.data.synthetic.image_size = 64
+  model = load_pretrained(groupvit)
+  (run,) = hooks.build_evaluators(config.eval, model.config, str(tmp_path), data_config=config.data)
+  metrics = run(model.variables, 7)
+  assert set(metrics) == {'eval/synthetic/mIoU', 'eval/synthetic/pixel_accuracy',
+                          'eval/synthetic/images_per_s'}
+  result = json.loads((tmp_path / 'eval_synthetic.json').read_text())
+  assert result['step'] == 7 and result['num_images'] == 4
+  assert result['config']['crop_size'] == 64 and result['config']['img_scale'] == [64, 64]
+  assert result['mIoU'] == pytest.approx(metrics['eval/synthetic/mIoU'])
+  grid = Image.open(tmp_path / 'eval_synthetic.png')
+  assert grid.height >= 3 * 64
+  (run,) = hooks.build_evaluators(config.eval, vit.config, str(tmp_path / 'vit'),
+                                  data_config=config.data)
+  os.makedirs(tmp_path / 'vit')
+  metrics = run(vit.variables, 1)
+  assert set(metrics) == {f'eval/synthetic/{m}_{k}' for m in ('pixel', 'kmeans')
+                          for k in ('mIoU', 'pixel_accuracy')}
+  del ml_collections
