@@ -9,7 +9,9 @@ Each evaluation writes `WORKDIR/eval_<name>.json` (the full result: per-class Io
 protocol, timing, step) and, when `config.eval.num_visualize > 0`, `WORKDIR/eval_<name>.png`: one row
 per image with the input, the groups of every stage, the prediction and the ground truth.
 A model without grouping stages (the plain-ViT baseline) is scored by pixel-wise classification and
-k-means on its tokens instead (`eval/<name>/pixel_mIoU`, `eval/<name>/kmeans_mIoU`).
+k-means on its tokens instead (`eval/<name>/pixel_mIoU`, `eval/<name>/kmeans_mIoU`). With
+`config.eval.oracle`, also the oracle mIoU (every group relabelled with its best-IoU ground-truth
+class: how well the groups follow objects, whatever their names).
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ def _token_baseline_evaluator(eval_config, model_config, workdir, name, data, sp
       results[method] = _jsonable(result, step)
       metrics[f'eval/{name}/{method}_mIoU'] = float(result['mIoU'])
       metrics[f'eval/{name}/{method}_pixel_accuracy'] = float(result['pixel_accuracy'])
+      if result['oracle'] is not None:
+        metrics[f'eval/{name}/{method}_oracle_mIoU'] = float(result['oracle']['mIoU'])
     if is_main_process and workdir:
       path = os.path.join(workdir, f'eval_{name}.json')
       with open(path + '.tmp', 'w') as f:
@@ -130,7 +134,7 @@ def build_evaluators(eval_config: ml_collections.ConfigDict, model_config: Group
         result = evaluate_segmentation(
             Pretrained(model_config, variables), data, spec, threshold=threshold,
             mode=eval_config.mode, max_images=int(eval_config.max_images), boundary=False,
-            visualize=num_vis, visualize_dir=panel_dir, **geometry)
+            oracle=bool(eval_config.oracle), visualize=num_vis, visualize_dir=panel_dir, **geometry)
         if num_vis:
           _write_grid(panel_dir, os.path.join(workdir, f'eval_{name}.png'))
       if is_main_process and workdir:
@@ -141,6 +145,8 @@ def build_evaluators(eval_config: ml_collections.ConfigDict, model_config: Group
       metrics = {f'eval/{name}/mIoU': float(result['mIoU']),
                  f'eval/{name}/pixel_accuracy': float(result['pixel_accuracy']),
                  f'eval/{name}/images_per_s': float(result['timing']['images_per_second'])}
+      if result['oracle'] is not None:
+        metrics[f'eval/{name}/oracle_mIoU'] = float(result['oracle']['mIoU'])
       return metrics
 
     evaluators.append(run)

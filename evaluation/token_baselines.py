@@ -29,7 +29,7 @@ import numpy as np
 
 from evaluation import prompts
 from evaluation.evaluator import resolve_classes
-from evaluation.metrics import ConfusionMatrix, segmentation_metrics
+from evaluation.metrics import ConfusionMatrix, oracle_relabel, segmentation_metrics
 from evaluation.segmenter import HIGHEST, class_table, resize_uint8
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, l2_normalize
@@ -80,7 +80,7 @@ def cosine_kmeans(x: jnp.ndarray, k: int, iters: int = 10) -> jnp.ndarray:
                                              "with_background", "out_hw"))
 def _segment_batch(variables, pixels, class_embed, threshold, *, config: GroupViTConfig, method: str,
                    num_clusters: int, top_k: int, with_background: bool, out_hw: tuple[int, int]):
-    """Normalised pixels ``[B, S, S, 3]`` -> int32 labels ``[B, H, W]``."""
+    """Normalised pixels ``[B, S, S, 3]`` -> (int32 labels ``[B, H, W]``, int32 group ids ``[B, H, W]``)."""
     model = GroupViT(config)
     out = model.apply(variables, pixels, with_groups=True, method=GroupViT.encode_image)
     h, w = out["grid"]
@@ -107,8 +107,8 @@ def _segment_batch(variables, pixels, class_embed, threshold, *, config: GroupVi
     maps = jnp.einsum("pw,bowg->bopg", rw, maps, precision=HIGHEST)
     group_of_pixel = jnp.argmax(maps, axis=-1)  # [B, H, W]
     label_of_group = jnp.argmax(table, axis=-1)  # [B, G]
-    return jnp.take_along_axis(label_of_group[:, None, :], group_of_pixel.reshape(b, 1, -1),
-                               axis=2).reshape(b, *out_hw).astype(jnp.int32)
+    labels = jnp.take_along_axis(label_of_group[:, None, :], group_of_pixel.reshape(b, 1, -1), axis=2)
+    return labels.reshape(b, *out_hw).astype(jnp.int32), group_of_pixel.astype(jnp.int32)
 
 
 def evaluate_token_baseline(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
@@ -130,7 +130,9 @@ def evaluate_token_baseline(pretrained: Any, dataset: Sequence, spec_or_class_na
 
     Returns:
       dict: ``mIoU``, ``per_class_iou``, ``pixel_accuracy``, ``num_images``, ``method``,
-      ``timing`` (``seconds``, ``images_per_second``). Scores in percent.
+      ``oracle`` (``kmeans`` only: ``{mIoU, pixel_accuracy}`` with every cluster relabelled with its
+      best-IoU ground-truth class, as GroupViT's oracle; else ``None``), ``timing`` (``seconds``,
+      ``images_per_second``). Scores in percent.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -143,6 +145,7 @@ def evaluate_token_baseline(pretrained: Any, dataset: Sequence, spec_or_class_na
     if total < 1:
         raise ValueError("no images to evaluate")
     cm = ConfusionMatrix(len(names), ignore)
+    oracle_cm = ConfusionMatrix(len(names), ignore) if method == "kmeans" else None
     thr = jnp.float32(threshold if with_bg else 0.0)
     t0 = time.perf_counter()
     out_hw = None
@@ -158,14 +161,24 @@ def evaluate_token_baseline(pretrained: Any, dataset: Sequence, spec_or_class_na
         pad = batch_size - len(samples)
         if pad:
             pix = np.concatenate([pix, np.repeat(pix[-1:], pad, axis=0)])
-        pred = _segment_batch(pretrained.variables, jnp.asarray(pix), class_embed, thr, config=config,
+        pred, group_ids = _segment_batch(pretrained.variables, jnp.asarray(pix), class_embed, thr, config=config,
                               method=method, num_clusters=int(num_clusters),
                               top_k=min(int(top_k), len(fg_names)), with_background=with_bg,
                               out_hw=out_hw)
         pred = np.asarray(pred)[:len(samples)]
-        cm.update_np(pred, np.stack([np.asarray(s.label) for s in samples]))
+        labels = np.stack([np.asarray(s.label) for s in samples])
+        cm.update_np(pred, labels)
+        if oracle_cm is not None:
+            for ids, label in zip(np.asarray(group_ids), labels):
+                oracle_cm.update_np(oracle_relabel(ids, label, len(names), ignore, num_groups=num_clusters),
+                                    label)
     seconds = time.perf_counter() - t0
     metrics = segmentation_metrics(cm.matrix, names)
+    oracle = None
+    if oracle_cm is not None:
+        om = segmentation_metrics(oracle_cm.matrix, names)
+        oracle = {"mIoU": om["mIoU"], "pixel_accuracy": om["pixel_accuracy"]}
     return {"mIoU": metrics["mIoU"], "per_class_iou": metrics["per_class_iou"],
             "pixel_accuracy": metrics["pixel_accuracy"], "num_images": total, "method": method,
+            "oracle": oracle,
             "timing": {"seconds": seconds, "images_per_second": total / seconds}}

@@ -12,11 +12,11 @@ from tests.conftest import REPO
 CONFIG_FILES = sorted(p.stem for p in (REPO / 'configs').glob('*.py') if p.stem != '__init__')
 
 
-def load(name):
+def load(name, arg=None):
   spec = importlib.util.spec_from_file_location(name, REPO / 'configs' / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(arg)
 
 
 @pytest.mark.parametrize('name', CONFIG_FILES)
@@ -39,6 +39,22 @@ def test_expected_recipes_exist():
   one = build_model_config(load('groupvit_1stage'))
   assert one.image.num_group_tokens == (64, 0) and one.image.num_output_groups == (8,)
   assert not one.image.pre_assign_attention
+
+
+@pytest.mark.parametrize('variant', ['soft', 'no_multi_label', 'soft_no_multi_label', '1stage', 'vit'])
+def test_synthetic_ablation_variants(variant):
+  base, config = load('synthetic'), load('synthetic', variant)
+  model, ref = build_model_config(config), build_model_config(base)
+  assert sum(model.image.depths) == sum(ref.image.depths) and model.image.width == ref.image.width
+  assert model.image.hard_assignment == ('soft' not in variant)
+  assert model.multi_label == ('no_multi_label' not in variant)
+  assert model.image.num_grouping_stages == {'1stage': 1, 'vit': 0}.get(variant, 2)
+  # Only the model differs: same data, budget and evaluation.
+  for key in ('data', 'total_steps', 'global_batch_size', 'optimizer', 'eval'):
+    assert config[key].to_dict() == base[key].to_dict() if hasattr(config[key], 'to_dict') else (
+        config[key] == base[key])
+  with pytest.raises(ValueError, match='unknown variant'):
+    load('synthetic', 'sfot')
 
 
 def test_model_config_rejects_unknown_keys():

@@ -130,14 +130,16 @@ def test_pixel_baseline_classifies_each_patch_token(vit):
   out = GroupViT(vit.config).apply(vit.variables, pix, with_groups=True, method=GroupViT.encode_image)
   tok = np.asarray(l2_normalize(out['group_embeds']))  # [B, 16, D]
   expected = np.argmax(tok @ np.asarray(class_embed).T, axis=-1).reshape(-1, 4, 4)
-  pred = np.asarray(token_baselines._segment_batch(  # pylint: disable=protected-access
+  pred, _ = token_baselines._segment_batch(  # pylint: disable=protected-access
       vit.variables, jax.numpy.asarray(pix), class_embed, jax.numpy.float32(0), config=vit.config,
-      method='pixel', num_clusters=4, top_k=5, with_background=False, out_hw=(64, 64)))
+      method='pixel', num_clusters=4, top_k=5, with_background=False, out_hw=(64, 64))
+  pred = np.asarray(pred)
   assert np.array_equal(pred[:, 8::16, 8::16], expected)
   for method in token_baselines.METHODS:
     result = token_baselines.evaluate_token_baseline(
         vit, data, data.spec, threshold=0.5, method=method, num_clusters=4, batch_size=3)
     assert result['num_images'] == 4 and 0 <= result['mIoU'] <= 100
+    assert (result['oracle'] is None) == (method == 'pixel')
 
 
 def test_token_baseline_rejects_grouping_models(groupvit):
@@ -160,7 +162,7 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
   (run,) = hooks.build_evaluators(config.eval, model.config, str(tmp_path), data_config=config.data)
   metrics = run(model.variables, 7)
   assert set(metrics) == {'eval/synthetic/mIoU', 'eval/synthetic/pixel_accuracy',
-                          'eval/synthetic/images_per_s'}
+                          'eval/synthetic/images_per_s', 'eval/synthetic/oracle_mIoU'}
   result = json.loads((tmp_path / 'eval_synthetic.json').read_text())
   assert result['step'] == 7 and result['num_images'] == 4
   assert result['config']['crop_size'] == 64 and result['config']['img_scale'] == [64, 64]
@@ -172,5 +174,5 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
   os.makedirs(tmp_path / 'vit')
   metrics = run(vit.variables, 1)
   assert set(metrics) == {f'eval/synthetic/{m}_{k}' for m in ('pixel', 'kmeans')
-                          for k in ('mIoU', 'pixel_accuracy')}
+                          for k in ('mIoU', 'pixel_accuracy')} | {'eval/synthetic/kmeans_oracle_mIoU'}
   del ml_collections

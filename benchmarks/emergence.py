@@ -1,0 +1,169 @@
+"""The paper's ablation tables in miniature on the built-in synthetic data (issue #6).
+
+Trains every variant of ``configs/synthetic.py`` for several seeds with the one trainer
+(``python -m groupvit_jax.main``, one subprocess per run), reads each run's final
+``WORKDIR/eval_synthetic.json`` and prints markdown tables of zero-shot mIoU on the synthetic val
+split (mean +- sample standard deviation over seeds, and every seed's value):
+
+* Table 1: hard vs soft assignment, with and without the multi-label loss;
+* Table 3: 1 vs 2 grouping stages;
+* Table 4: GroupViT vs a plain ViT with the same loss and budget, segmented by pixel-wise
+  classification and by k-means on its tokens.
+
+Finished runs are reused (a run counts as finished when its ``eval_synthetic.json`` is at the final
+step), so an interrupted sweep continues where it stopped. Extra ``--set key=value`` arguments are
+passed to every run as ``--config.key=value`` (e.g. a shorter budget or other generator knobs).
+
+Commands::
+
+    # the full sweep (6 variants x 3 seeds, about 25 CPU-minutes per run on 2 cores)
+    python benchmarks/emergence.py --root runs/emergence --seeds 0 1 2
+    # one table only, a shorter budget, untuned generator difficulty
+    python benchmarks/emergence.py --root runs/em_short --variants hard soft --seeds 0 1 2 \\
+        --set total_steps=600 --set data.synthetic.max_objects=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name -> (configs/synthetic.py variant, row label)
+VARIANTS = {
+    "hard": ("", "GroupViT, hard assignment, multi-label loss"),
+    "soft": ("soft", "GroupViT, soft assignment, multi-label loss"),
+    "hard_no_ml": ("no_multi_label", "GroupViT, hard assignment, no multi-label loss"),
+    "soft_no_ml": ("soft_no_multi_label", "GroupViT, soft assignment, no multi-label loss"),
+    "1stage": ("1stage", "GroupViT, 1 stage (4 groups)"),
+    "vit": ("vit", "ViT (same loss and budget)"),
+}
+
+
+def run_dir(root: str, name: str, seed: int) -> str:
+    return os.path.join(root, f"{name}_seed{seed}")
+
+
+def final_result(workdir: str, total_steps: Optional[int]) -> Optional[dict]:
+    """The run's ``eval_synthetic.json`` if it is at ``total_steps`` (``None`` = any step)."""
+    path = os.path.join(workdir, "eval_synthetic.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    # GroupViT runs write one dict; the ViT writes {'pixel': ..., 'kmeans': ...}.
+    step = result.get("step", result.get("pixel", {}).get("step"))
+    if total_steps is not None and step != total_steps:
+        return None
+    return result
+
+
+def scores(result: dict) -> dict[str, float]:
+    """``{'groups': mIoU, 'groups_oracle': ..}`` for GroupViT runs, ``{'pixel': .., 'kmeans': ..,
+    'kmeans_oracle': ..}`` for the ViT (oracle entries only where the run computed them)."""
+    if "mIoU" in result:
+        out = {"groups": float(result["mIoU"])}
+        if result.get("oracle"):
+            out["groups_oracle"] = float(result["oracle"]["mIoU"])
+        return out
+    out = {m: float(result[m]["mIoU"]) for m in ("pixel", "kmeans") if m in result}
+    if result.get("kmeans", {}).get("oracle"):
+        out["kmeans_oracle"] = float(result["kmeans"]["oracle"]["mIoU"])
+    return out
+
+
+def train(name: str, seed: int, root: str, overrides: list[str], log_dir: str) -> None:
+    variant = VARIANTS[name][0]
+    config = os.path.join(REPO, "configs", "synthetic.py") + (f":{variant}" if variant else "")
+    cmd = [sys.executable, "-m", "groupvit_jax.main", f"--config={config}",
+           f"--workdir={run_dir(root, name, seed)}", f"--config.seed={seed}"]
+    cmd += [f"--config.{kv}" for kv in overrides]
+    log_path = os.path.join(log_dir, f"{name}_seed{seed}.log")
+    print(f"[emergence] {' '.join(cmd)}  (log: {log_path})", flush=True)
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+    print(f"[emergence] {name} seed {seed}: {time.time() - t0:.0f} s", flush=True)
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+    each = ", ".join(f"{v:.1f}" for v in values)
+    return f"{mean:.1f} ± {spread:.1f} ({each})" if not math.isnan(spread) else f"{mean:.1f} ({each})"
+
+
+def tables(results: dict[str, dict[int, dict[str, float]]]) -> str:
+    """Markdown tables from ``{variant: {seed: scores}}``."""
+
+    def col(name, key="groups"):
+        return _fmt([s[key] for _, s in sorted(results.get(name, {}).items()) if key in s])
+
+    g, o = "groups", "groups_oracle"
+    lines = ["Table 1 (assignment, multi-label loss): zero-shot mIoU on the synthetic val split "
+             "(oracle mIoU: every group relabelled with its best ground-truth class)", "",
+             "| assignment | multi-label loss | mIoU | oracle mIoU |", "|---|---|---|---|",
+             f"| hard | with | {col('hard', g)} | {col('hard', o)} |",
+             f"| soft | with | {col('soft', g)} | {col('soft', o)} |",
+             f"| hard | without | {col('hard_no_ml', g)} | {col('hard_no_ml', o)} |",
+             f"| soft | without | {col('soft_no_ml', g)} | {col('soft_no_ml', o)} |", "",
+             "Table 3 (grouping stages)", "", "| stages | mIoU | oracle mIoU |", "|---|---|---|",
+             f"| 1 | {col('1stage', g)} | {col('1stage', o)} |",
+             f"| 2 | {col('hard', g)} | {col('hard', o)} |", "",
+             "Table 4 (GroupViT vs ViT)", "", "| model | segmentation | mIoU | oracle mIoU |",
+             "|---|---|---|---|",
+             f"| ViT | pixel-wise | {col('vit', 'pixel')} | - |",
+             f"| ViT | k-means | {col('vit', 'kmeans')} | {col('vit', 'kmeans_oracle')} |",
+             f"| GroupViT | groups | {col('hard', g)} | {col('hard', o)} |"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", default="runs/emergence", help="one workdir per run under this")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run (repeatable)")
+    parser.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
+    args = parser.parse_args(argv)
+    root = os.path.abspath(args.root)
+    log_dir = os.path.join(root, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    total = None
+    for kv in args.set:
+        if kv.startswith("total_steps="):
+            total = int(kv.split("=", 1)[1])
+    if total is None:
+        sys.path.insert(0, REPO)
+        import importlib.util  # pylint: disable=g-import-not-at-top
+        spec = importlib.util.spec_from_file_location("synthetic_cfg", os.path.join(REPO, "configs", "synthetic.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        total = int(module.get_config().total_steps)
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for name in args.variants:
+        for seed in args.seeds:
+            result = final_result(run_dir(root, name, seed), total)
+            if result is None and not args.report_only:
+                train(name, seed, root, args.set, log_dir)
+                result = final_result(run_dir(root, name, seed), total)
+            if result is not None:
+                results.setdefault(name, {})[seed] = scores(result)
+    print(f"\ncommand: python benchmarks/emergence.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"runs under {root}, {total} steps each\n")
+    print(tables(results))
+
+
+if __name__ == "__main__":
+    main()

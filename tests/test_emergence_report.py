@@ -1,0 +1,42 @@
+"""benchmarks/emergence.py: finished runs are found, unfinished ones ignored, and the tables hold
+mean, spread and every seed's value (no training here; the sweep itself is a benchmark)."""
+
+import importlib.util
+import json
+
+from tests.conftest import REPO
+
+
+def _module():
+  spec = importlib.util.spec_from_file_location('emergence', REPO / 'benchmarks' / 'emergence.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_report_tabulates_finished_runs(tmp_path, capsys):
+  em = _module()
+  values = {'hard': [60.0, 62.0, 64.0], 'soft': [40.0, 41.0, 45.0]}
+  for name, vs in values.items():
+    for seed, v in enumerate(vs):
+      d = tmp_path / f'{name}_seed{seed}'
+      d.mkdir()
+      (d / 'eval_synthetic.json').write_text(
+          json.dumps({'step': 30, 'mIoU': v, 'oracle': {'mIoU': v + 10}}))
+  vit = tmp_path / 'vit_seed0'
+  vit.mkdir()
+  (vit / 'eval_synthetic.json').write_text(json.dumps(
+      {'pixel': {'step': 30, 'mIoU': 20.0, 'oracle': None},
+       'kmeans': {'step': 30, 'mIoU': 25.0, 'oracle': {'mIoU': 30.0}}}))
+  # A run that stopped early does not count.
+  early = tmp_path / 'soft_no_ml_seed0'
+  early.mkdir()
+  (early / 'eval_synthetic.json').write_text(json.dumps({'step': 10, 'mIoU': 99.0}))
+  em.main(['--root', str(tmp_path), '--set', 'total_steps=30', '--report-only'])
+  out = capsys.readouterr().out
+  assert '| hard | with | 62.0 ± 2.0 (60.0, 62.0, 64.0) | 72.0 ± 2.0 (70.0, 72.0, 74.0) |' in out
+  assert '| soft | with | 42.0 ± 2.6 (40.0, 41.0, 45.0) |' in out
+  assert '| soft | without | - | - |' in out
+  assert '| ViT | pixel-wise | 20.0 (20.0) | - |' in out
+  assert '| ViT | k-means | 25.0 (25.0) | 30.0 (30.0) |' in out
+  assert '99.0' not in out
