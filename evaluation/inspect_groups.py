@@ -101,7 +101,7 @@ def stage_panel(pretrained, images: Sequence[np.ndarray], size: Optional[int] = 
   ids = stage_group_ids(pretrained, images, size)
   rows = []
   for im, per_stage in zip(images, ids):
-    tiles = [("input", im)] + [(f"stage {s + 1}: {len(np.unique(g))} groups", group_overlay(im, g))
+    tiles = [("input", im)] + [(f"stage {s + 1}, groups: {len(np.unique(g))}", group_overlay(im, g))
                                for s, g in enumerate(per_stage)]
     rows.append(_labelled_row(tiles, height))
   return _stack(rows)
