@@ -53,8 +53,6 @@ def cosine_kmeans(x: jnp.ndarray, k: int, iters: int = 10) -> jnp.ndarray:
       int32 ``[N]`` cluster ids. Initialisation is farthest-point from vector 0 (deterministic); an
       emptied cluster keeps its previous centre.
     """
-    n = x.shape[0]
-
     def pick(centres, i):
         sim = jnp.max(jnp.where(jnp.arange(k)[None, :] < i, x @ centres.T, -jnp.inf), axis=1)
         nxt = x[jnp.argmin(sim)]
@@ -72,7 +70,6 @@ def cosine_kmeans(x: jnp.ndarray, k: int, iters: int = 10) -> jnp.ndarray:
         return new, None
 
     centres, _ = jax.lax.scan(lloyd, centres, None, length=iters)
-    del n
     return jnp.argmax(x @ centres.T, axis=1).astype(jnp.int32)
 
 

@@ -14,7 +14,8 @@ from PIL import Image
 from evaluation import inspect_groups, prompts, token_baselines
 from evaluation.synthetic import SyntheticSegmentationDataset
 from groupvit_jax.checkpoints import store
-from groupvit_jax.config_lib import build_model_config, model_config
+from groupvit_jax.config_lib import model_config
+from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, init_variables, l2_normalize
 from groupvit_jax.pretrained import Pretrained, load_pretrained
 from input_pipeline.synthetic_shapes import SyntheticConfig
@@ -26,15 +27,10 @@ def _model(**image):
   base = dict(image_size=64, patch_size=16, width=64, num_heads=2, depths=(1, 1, 1),
               num_group_tokens=(8, 4, 0), num_output_groups=(8, 4), drop_path_rate=0.0)
   base.update(image)
-  cfg = build_model_config(ml_config(model_config(
+  cfg = GroupViTConfig.from_dict(model_config(
       image=base, text=dict(width=32, num_layers=1, num_heads=2, context_length=16),
-      projection_dim=32, projection_hidden_dim=64)))
+      projection_dim=32, projection_hidden_dim=64))
   return Pretrained(cfg, init_variables(GroupViT(cfg), jax.random.PRNGKey(0)))
-
-
-def ml_config(model):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  return ml_collections.ConfigDict({'model': model})
 
 
 @pytest.fixture(scope='module')
@@ -150,7 +146,6 @@ def test_token_baseline_rejects_grouping_models(groupvit):
 
 
 def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from evaluation import hooks  # pylint: disable=g-import-not-at-top
   from groupvit_jax.config_lib import base_config  # pylint: disable=g-import-not-at-top
   config = base_config()
@@ -175,4 +170,3 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
   metrics = run(vit.variables, 1)
   assert set(metrics) == {f'eval/synthetic/{m}_{k}' for m in ('pixel', 'kmeans')
                           for k in ('mIoU', 'pixel_accuracy')} | {'eval/synthetic/kmeans_oracle_mIoU'}
-  del ml_collections
