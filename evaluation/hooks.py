@@ -93,7 +93,7 @@ def _token_baseline_evaluator(eval_config, model_config, workdir, name, data, sp
           num_clusters=int(eval_config.kmeans_clusters), max_images=int(eval_config.max_images))
       results[method] = _jsonable(result, step)
       metrics[f'eval/{name}/{method}_mIoU'] = float(result['mIoU'])
-      metrics[f'eval/{name}/{method}_pixel_accuracy'] = float(result['pixel_accuracy'])
+      metrics[f'eval/{name}/{method}_accuracy'] = float(result['pixel_accuracy'])
       if result['oracle'] is not None:
         metrics[f'eval/{name}/{method}_oracle_mIoU'] = float(result['oracle']['mIoU'])
     if is_main_process and workdir:

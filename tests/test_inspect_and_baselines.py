@@ -169,4 +169,4 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
   os.makedirs(tmp_path / 'vit')
   metrics = run(vit.variables, 1)
   assert set(metrics) == {f'eval/synthetic/{m}_{k}' for m in ('pixel', 'kmeans')
-                          for k in ('mIoU', 'pixel_accuracy')} | {'eval/synthetic/kmeans_oracle_mIoU'}
+                          for k in ('mIoU', 'accuracy')} | {'eval/synthetic/kmeans_oracle_mIoU'}
