@@ -57,19 +57,21 @@ def _dataset(entry: str, eval_config: ml_collections.ConfigDict,
 def _write_grid(panel_dir: str, path: str) -> None:
   """Stacks the per-image panels of `panel_dir` (sorted by name) into one PNG."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  from evaluation.inspect_groups import stack_rows  # pylint: disable=g-import-not-at-top
   panels = [Image.open(os.path.join(panel_dir, f)).convert('RGB')
             for f in sorted(os.listdir(panel_dir)) if f.endswith('.png')]
   if not panels:
     return
-  width = max(p.width for p in panels)
-  grid = Image.new('RGB', (width, sum(p.height for p in panels)), (255, 255, 255))
-  y = 0
-  for p in panels:
-    grid.paste(p, (0, y))
-    y += p.height
   tmp = path + '.tmp.png'
-  grid.save(tmp)
+  stack_rows(panels).save(tmp)
   os.replace(tmp, path)
+
+
+def _write_json(path: str, obj: Any) -> None:
+  """Writes `obj` as JSON, atomically (a reader never sees half a file)."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(obj, f, indent=1)
+  os.replace(path + '.tmp', path)
 
 
 def _jsonable(result: dict, step: int) -> dict:
@@ -97,10 +99,7 @@ def _token_baseline_evaluator(eval_config, model_config, workdir, name, data, sp
       if result['oracle'] is not None:
         metrics[f'eval/{name}/{method}_oracle_mIoU'] = float(result['oracle']['mIoU'])
     if is_main_process and workdir:
-      path = os.path.join(workdir, f'eval_{name}.json')
-      with open(path + '.tmp', 'w') as f:
-        json.dump(results, f, indent=1)
-      os.replace(path + '.tmp', path)
+      _write_json(os.path.join(workdir, f'eval_{name}.json'), results)
     return metrics
 
   return run
@@ -138,10 +137,7 @@ def build_evaluators(eval_config: ml_collections.ConfigDict, model_config: Group
         if num_vis:
           _write_grid(panel_dir, os.path.join(workdir, f'eval_{name}.png'))
       if is_main_process and workdir:
-        path = os.path.join(workdir, f'eval_{name}.json')
-        with open(path + '.tmp', 'w') as f:
-          json.dump(_jsonable(result, step), f, indent=1)
-        os.replace(path + '.tmp', path)
+        _write_json(os.path.join(workdir, f'eval_{name}.json'), _jsonable(result, step))
       metrics = {f'eval/{name}/mIoU': float(result['mIoU']),
                  f'eval/{name}/pixel_accuracy': float(result['pixel_accuracy']),
                  f'eval/{name}/images_per_s': float(result['timing']['images_per_second'])}

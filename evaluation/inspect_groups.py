@@ -19,7 +19,8 @@ from evaluation.visualize import colorize, group_palette, voc_palette
 from groupvit_jax.ops.resize import resize_matrix
 from groupvit_jax.preprocessing import normalize
 
-__all__ = ["stage_group_ids", "group_overlay", "stage_panel", "group_concepts", "segmentation_panel"]
+__all__ = ["stage_group_ids", "group_overlay", "stage_panel", "group_concepts", "segmentation_panel",
+           "stack_rows"]
 
 
 def _square_side(pretrained, size: Optional[int]) -> int:
@@ -86,7 +87,8 @@ def _labelled_row(tiles: Sequence[tuple[str, np.ndarray]], height: int, gap: int
   return canvas
 
 
-def _stack(rows: Sequence[Image.Image]) -> Image.Image:
+def stack_rows(rows: Sequence[Image.Image]) -> Image.Image:
+  """The ``PIL`` images ``rows`` stacked top to bottom on white, left-aligned."""
   grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), (255, 255, 255))
   y = 0
   for r in rows:
@@ -104,7 +106,7 @@ def stage_panel(pretrained, images: Sequence[np.ndarray], size: Optional[int] = 
     tiles = [("input", im)] + [(f"stage {s + 1}, groups: {len(np.unique(g))}", group_overlay(im, g))
                                for s, g in enumerate(per_stage)]
     rows.append(_labelled_row(tiles, height))
-  return _stack(rows)
+  return stack_rows(rows)
 
 
 def group_concepts(pretrained, images: Sequence[np.ndarray], stage: int = -1,
@@ -142,7 +144,7 @@ def group_concepts(pretrained, images: Sequence[np.ndarray], stage: int = -1,
       tiles.append((f"{100 * area[i, k]:.0f}%", dimmed))
     if tiles:
       rows.append(_labelled_row([(f"group {k}", np.full_like(images[0][:8, :8], 255))] + tiles, height))
-  return _stack(rows) if rows else Image.new("RGB", (1, 1)), shown
+  return stack_rows(rows) if rows else Image.new("RGB", (1, 1)), shown
 
 
 def segmentation_panel(pretrained, images: Sequence[np.ndarray], class_names: Sequence[str],
@@ -170,4 +172,4 @@ def segmentation_panel(pretrained, images: Sequence[np.ndarray], class_names: Se
     over = (0.45 * np.asarray(im, np.float32) + 0.55 * colorize(pred, palette, None)).astype(np.uint8)
     present = ", ".join(names[v] for v in np.unique(pred) if v < len(names))
     rows.append(_labelled_row([("input", im), (present or "-", over)], height))
-  return _stack(rows), preds
+  return stack_rows(rows), preds
