@@ -27,10 +27,12 @@ batch, with the same architecture and the same thread count:
   Without ``--multi-label`` (the default, like for like with ``return_loss=True``) the JAX model is built
   with ``multi_label=False``.
 
-Both sides do one untimed warm-up step, then ``--rounds`` rounds alternate (jax round, torch round, jax
-round, ...), each round ``--steps-per-round`` steps; the reported images/s are the medians over rounds,
-``ratio`` = jax / torch of those medians. Other load on the machine moves single rounds; alternating
-spreads it over both sides.
+Each side lives in its own process (``multiprocessing`` spawn), so neither framework's thread pool or
+allocator state slows the other (in one process, JAX steps right after torch steps were measured
+10-25 % slower). Both do one untimed warm-up step, then ``--rounds`` rounds alternate (jax round, torch
+round, jax round, ...), each round ``--steps-per-round`` steps; the reported images/s are the medians
+over rounds, ``ratio`` = jax / torch of those medians. Other load on the machine moves single rounds;
+alternating spreads it over both sides.
 
 Models: ``groupvit_s`` is the released GroupViT-S (``groupvit_jax.models.config.GroupViTConfig()``:
 224 px, patch 16, width 384, depths (6, 3, 3), group tokens (64, 8, 0)); ``tiny`` is the model of
@@ -39,16 +41,15 @@ parameters, a per-sample mask multiply per block: negligible in time).
 
 ``--threads N`` (default: every CPU this process may run on): ``torch.set_num_threads(N)``, and for JAX,
 whose XLA:CPU backend sizes its own intra-op thread pool from the CPUs the process may run on when the
-backend starts (there is no run-time knob), the process is restricted (``sched_setaffinity``) to the
+backend starts (there is no run-time knob), each side's process is restricted (``sched_setaffinity``) to the
 first N of its allowed CPUs before JAX starts. So both sides get N threads on the same N cores; use
 ``taskset -c LIST`` to choose which cores.
 
 Columns (JSON keys): ``jax_images_per_s`` / ``torch_images_per_s`` (median over rounds), ``ratio``,
 ``mfu`` = step_gflops * jax steps/s / ``matmul_peak_gflops`` (``torch_mfu`` likewise with the same FLOP
 count), where the peak is the best of a few jitted JAX ``--peak-size`` square matmuls of the row's dtype
-on this machine and thread count; ``compile_s``; ``step_gflops``; ``peak_rss_mib`` =
-``getrusage(RUSAGE_SELF).ru_maxrss``: process-wide and never decreasing, so it is the running maximum
-over this row and every row before it (run one config per invocation for a clean per-config peak);
+on this machine and thread count; ``compile_s``; ``step_gflops``; ``peak_rss_mib`` / ``torch_peak_rss_mib`` =
+``getrusage(RUSAGE_SELF).ru_maxrss`` of each side's own process, so per configuration and per framework;
 ``jax_params`` / ``torch_params``; per-round values and the final losses as a sanity check.
 """
 
@@ -361,32 +362,90 @@ class TorchSide:
         return elapsed
 
 
-def bench_row(model_name: str, batch_size: int, dtype: str, args, peaks: dict[str, float]) -> dict:
-    """Sets up both sides for one configuration and times alternating rounds. Returns the row."""
+def _side_worker(conn, side: str, model_name: str, batch_size: int, dtype: str, args) -> None:
+    """Child process holding one side: builds it, then runs `steps` on each ('run', steps) message.
+
+    Each framework gets its own process so that neither runs in the other's leftovers: measured here,
+    a JAX step in the same process right after torch steps ran 10-25 % slower than before them (torch's
+    OpenMP pool and allocator state), which would bias every alternating comparison.
+    """
+    restrict_threads(args.threads)  # before JAX's backend / torch's pool starts in this process
     from groupvit_jax import config_lib
     config = recipe(model_name, batch_size, dtype, args.multi_label)
     model_cfg = config_lib.build_model_config(config)
     batch = host_batch(batch_size, model_cfg.image.image_size, model_cfg.text.context_length,
                        int(config.data.text.num_prompts), args.multi_label, args.seed)
+    if side == "jax":
+        runner = JaxSide(config, batch, args.seed)
+        import jax
+        info = {"params": runner.params, "compile_s": runner.compile_s, "flops": runner.flops,
+                "matmul_peak_gflops": matmul_peak_gflops(dtype, args.peak_size),
+                "backend": jax.default_backend(), "device": str(jax.devices()[0])}
+    else:
+        import torch
+        torch.set_num_threads(args.threads)
+        runner = TorchSide(config, model_cfg, batch, dtype, args.seed)
+        info = {"params": runner.params}
+    runner.run(1)  # warm-up: allocates buffers (and AdamW state / autograd buffers on the torch side)
+    conn.send(info)
+    while True:
+        message = conn.recv()
+        if message is None:
+            conn.send({"loss": runner.loss, "peak_rss_mib": peak_rss_mib()})
+            return
+        conn.send(runner.run(message))
+
+
+class _Worker:
+    """Parent-side handle of a `_side_worker` process."""
+
+    def __init__(self, side: str, *worker_args):
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_side_worker, args=(child, side) + worker_args, daemon=True)
+        self._proc.start()
+        child.close()
+        self.info = self._recv(side)
+        self.side = side
+
+    def _recv(self, what: str):
+        try:
+            return self._conn.recv()
+        except EOFError:
+            self._proc.join()
+            raise SystemExit(f"the {what} worker died (exit code {self._proc.exitcode}); see its log above")
+
+    def run(self, steps: int) -> float:
+        self._conn.send(steps)
+        return self._recv(self.side)
+
+    def close(self) -> dict:
+        self._conn.send(None)
+        out = self._recv(self.side)
+        self._proc.join()
+        return out
+
+
+def bench_row(model_name: str, batch_size: int, dtype: str, args) -> dict:
+    """Starts one process per side for one configuration and times alternating rounds. Returns the row."""
     tag = f"{model_name} batch {batch_size} {dtype}"
-    log(f"[{tag}] compiling the JAX step ...")
-    jax_side = JaxSide(config, batch, args.seed)
-    log(f"[{tag}] compiled in {jax_side.compile_s:.1f} s, {jax_side.flops / 1e9:.2f} GFLOP/step, "
-        f"JAX parameters {jax_side.params:,}")
+    log(f"[{tag}] building and compiling the JAX step ...")
+    jax_side = _Worker("jax", model_name, batch_size, dtype, args)
+    flops, peak = jax_side.info["flops"], jax_side.info["matmul_peak_gflops"]
+    log(f"[{tag}] compiled in {jax_side.info['compile_s']:.1f} s, {flops / 1e9:.2f} GFLOP/step, "
+        f"JAX parameters {jax_side.info['params']:,}; matmul peak {peak:.1f} GFLOP/s")
     torch_side = None
     if not args.no_torch:
-        torch_side = TorchSide(config, model_cfg, batch, dtype, args.seed)
-        log(f"[{tag}] torch parameters {torch_side.params:,}")
+        torch_side = _Worker("torch", model_name, batch_size, dtype, args)
+        log(f"[{tag}] torch parameters {torch_side.info['params']:,}")
         # Same architecture => same trainable parameters. Exact today (HF's position_ids and BatchNorm
         # statistics are buffers, ours are 'batch_stats'; the one scalar HF lacks, the multi-label
         # temperature, the torch side adds itself); the tolerance of 1 leaves room for a scalar
         # temperature being counted on one side only by some future version, not for a missing layer.
-        if abs(jax_side.params - torch_side.params) > 1:
-            raise SystemExit(f"architectures differ: JAX {jax_side.params:,} vs torch {torch_side.params:,} "
-                             "parameters")
-    jax_side.run(1)  # warm-up: first execution allocates buffers
-    if torch_side is not None:
-        torch_side.run(1)  # warm-up: allocates AdamW state and autograd buffers
+        if abs(jax_side.info["params"] - torch_side.info["params"]) > 1:
+            raise SystemExit(f"architectures differ: JAX {jax_side.info['params']:,} vs torch "
+                             f"{torch_side.info['params']:,} parameters")
     times = {"jax": [], "torch": []}
     for r in range(args.rounds):
         times["jax"].append(jax_side.run(args.steps_per_round))
@@ -394,32 +453,32 @@ def bench_row(model_name: str, batch_size: int, dtype: str, args, peaks: dict[st
             times["torch"].append(torch_side.run(args.steps_per_round))
         log(f"[{tag}] round {r + 1}/{args.rounds}: " + ", ".join(
             f"{k} {batch_size * args.steps_per_round / v[-1]:.2f} images/s" for k, v in times.items() if v))
+    jax_end = jax_side.close()
+    torch_end = torch_side.close() if torch_side is not None else {"loss": None, "peak_rss_mib": None}
     ips = {k: [batch_size * args.steps_per_round / t for t in v] for k, v in times.items()}
     jax_ips = statistics.median(ips["jax"])
     torch_ips = statistics.median(ips["torch"]) if ips["torch"] else None
-    peak = peaks[dtype]
-    mfu = lambda images_per_s: jax_side.flops * images_per_s / batch_size / (peak * 1e9)
-    row = {
+    mfu = lambda images_per_s: flops * images_per_s / batch_size / (peak * 1e9)
+    return {
         "model": model_name, "batch": batch_size, "dtype": dtype, "multi_label": bool(args.multi_label),
         "jax_images_per_s": jax_ips, "torch_images_per_s": torch_ips,
         "ratio": jax_ips / torch_ips if torch_ips else None,
         "mfu": mfu(jax_ips), "torch_mfu": mfu(torch_ips) if torch_ips else None,
-        "compile_s": jax_side.compile_s, "step_gflops": jax_side.flops / 1e9,
-        "peak_rss_mib": peak_rss_mib(), "matmul_peak_gflops": peak,
-        "jax_params": jax_side.params, "torch_params": torch_side.params if torch_side else None,
+        "compile_s": jax_side.info["compile_s"], "step_gflops": flops / 1e9,
+        "peak_rss_mib": jax_end["peak_rss_mib"], "torch_peak_rss_mib": torch_end["peak_rss_mib"],
+        "matmul_peak_gflops": peak,
+        "jax_params": jax_side.info["params"], "torch_params": torch_side.info["params"] if torch_side else None,
         "jax_rounds_images_per_s": [round(x, 3) for x in ips["jax"]],
         "torch_rounds_images_per_s": [round(x, 3) for x in ips["torch"]],
-        "jax_loss": jax_side.loss, "torch_loss": torch_side.loss if torch_side else None,
+        "jax_loss": jax_end["loss"], "torch_loss": torch_end["loss"],
         "rounds": args.rounds, "steps_per_round": args.steps_per_round, "threads": args.threads,
+        "backend": jax_side.info["backend"], "device": jax_side.info["device"],
     }
-    del jax_side, torch_side
-    gc.collect()
-    return row
 
 
 HEADER = ("| model | batch | dtype | multi-label | JAX images/s | torch images/s | JAX / torch | MFU JAX | "
-          "MFU torch | compile s | GFLOP/step | peak RSS MiB (running max) | matmul peak GFLOP/s |\n"
-          "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "MFU torch | compile s | GFLOP/step | peak RSS MiB JAX | peak RSS MiB torch | matmul peak GFLOP/s |\n"
+          "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def markdown_row(r: dict) -> str:
@@ -428,6 +487,7 @@ def markdown_row(r: dict) -> str:
             f"{r['jax_images_per_s']:.2f} | {fmt(r['torch_images_per_s'], '.2f')} | {fmt(r['ratio'], '.2f', 1, 'x')} | "
             f"{100 * r['mfu']:.1f}% | {fmt(r['torch_mfu'], '.1f', 100, '%')} | "
             f"{r['compile_s']:.1f} | {r['step_gflops']:.2f} | {r['peak_rss_mib']:.0f} | "
+            f"{fmt(r['torch_peak_rss_mib'], '.0f')} | "
             f"{r['matmul_peak_gflops']:.1f} |")
 
 
@@ -436,27 +496,20 @@ def main(argv=None) -> int:
     command = shlex.join([sys.executable, "benchmarks/train_step.py"] + (list(argv) if argv is not None
                                                                          else sys.argv[1:]))
     args.threads = args.threads or len(allowed_cpus())
-    restrict_threads(args.threads)  # before JAX's backend (and its thread pool) starts
-
-    import jax
+    if args.threads > len(allowed_cpus()):
+        raise SystemExit(f"--threads {args.threads} > the {len(allowed_cpus())} CPUs this process may use")
+    from importlib import metadata
+    version = lambda dist: metadata.version(dist)
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {args.threads} used",
-        "jax": jax.__version__, "backend": jax.default_backend(), "device": str(jax.devices()[0]),
+        "jax": version("jax"), "jaxlib": version("jaxlib"),
     }
     if not args.no_torch:
-        import torch
-        import transformers
-        torch.set_num_threads(args.threads)
-        meta.update(torch=torch.__version__, transformers=transformers.__version__,
-                    torch_threads=torch.get_num_threads())
-    peaks = {}
-    for dtype in args.dtype:
-        peaks[dtype] = matmul_peak_gflops(dtype, args.peak_size)
-        log(f"matmul peak {dtype} ({args.peak_size}^2 @ {args.peak_size}^2): {peaks[dtype]:.1f} GFLOP/s")
+        meta.update(torch=version("torch"), transformers=version("transformers"), torch_threads=args.threads)
     if not args.json:
         print(f"command: `{command}`")
-        print(f"{meta['date']}; {meta['machine']}; jax {meta['jax']} ({meta['backend']})"
+        print(f"{meta['date']}; {meta['machine']}; jax {meta['jax']}"
               + (f", torch {meta['torch']} ({meta['torch_threads']} threads), transformers {meta['transformers']}"
                  if not args.no_torch else "")
               + f"; {args.rounds} rounds x {args.steps_per_round} steps, median")
@@ -465,7 +518,7 @@ def main(argv=None) -> int:
     for model_name in args.model:
         for dtype in args.dtype:
             for batch_size in args.batch:
-                row = bench_row(model_name, batch_size, dtype, args, peaks)
+                row = bench_row(model_name, batch_size, dtype, args)
                 if args.json:
                     print(json.dumps(dict(row, **meta, command=command)), flush=True)
                 else:

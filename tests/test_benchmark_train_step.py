@@ -17,7 +17,7 @@ pytest.importorskip('transformers')
 
 from tests.conftest import REPO  # noqa: E402
 
-POSITIVE_KEYS = ('jax_images_per_s', 'torch_images_per_s', 'ratio', 'mfu', 'torch_mfu', 'compile_s',
+POSITIVE_KEYS = ('jax_images_per_s', 'torch_images_per_s', 'ratio', 'mfu', 'torch_mfu', 'compile_s', 'torch_peak_rss_mib',
                  'step_gflops', 'peak_rss_mib', 'matmul_peak_gflops', 'jax_params', 'torch_params')
 
 
@@ -36,3 +36,23 @@ def test_tiny_row_json():
   assert row['ratio'] == pytest.approx(row['jax_images_per_s'] / row['torch_images_per_s'], rel=1e-12)
   assert row['jax_params'] == row['torch_params']  # same architecture
   assert math.isfinite(row['jax_loss']) and math.isfinite(row['torch_loss'])
+
+
+def test_profile_summary_attributes_kernels_to_model_ops():
+  sys.path.insert(0, str(REPO / 'benchmarks'))
+  import profile_step
+  hlo = '\n'.join([
+      '  %ynn_fusion.3 = f32[8,16]{1,0} fusion(%p), kind=kCustom, metadata={op_name="jit(train_step)/'
+      'jvp(GroupViT)/GroupViT.encode_image/img_encoder/layers_0/blocks_2/mlp/fc1/dot_general"}',
+      '  %ynn_fusion.9 = f32[8,16]{1,0} fusion(%p), kind=kCustom, metadata={op_name="jit(train_step)/'
+      'transpose(jvp(GroupViT))/GroupViT.encode_image/img_encoder/layers_1/blocks_0/mlp/fc1/dot_general"}',
+      '  %copy_fusion.1 = f32[16,8]{1,0} fusion(%p), kind=kLoop, metadata={op_name="jit(train_step)/'
+      'jvp(GroupViT)/GroupViT.encode_image/img_encoder/layers_1/blocks_4/mlp/fc1/dot_general"}'])
+  names = profile_step.hlo_op_names(hlo)
+  events = [{'ph': 'X', 'name': 'ynn_fusion.3', 'dur': 3000}, {'ph': 'X', 'name': 'ynn_fusion.9', 'dur': 5000},
+            {'ph': 'X', 'name': 'copy_fusion.1', 'dur': 1000}, {'ph': 'X', 'name': 'ynn_fusion.3', 'dur': 1000}]
+  by_kind, by_op = profile_step.summarise(events, names, steps=2)
+  assert by_kind == [('ynn_fusion', 4.5), ('copy_fusion', 0.5)]
+  op = 'GroupViT/GroupViT.encode_image/img_encoder/layers_N/blocks_N/mlp/fc1/dot_general'
+  assert by_op[0] == (('bwd', 'ynn_fusion', op), 2.5, 0)
+  assert by_op[1] == (('fwd', 'ynn_fusion', op), 2.0, 1)

@@ -10,7 +10,7 @@ import numpy as np
 
 from groupvit_jax.models.config import ImageEncoderConfig
 from groupvit_jax.models.grouping import Assignment, GroupingBlock
-from groupvit_jax.models.layers import MixerMlp, ViTBlock, dense_init, layer_norm
+from groupvit_jax.models.layers import MixerMlp, ViTBlock, cotangent_barrier, dense_init, layer_norm
 from groupvit_jax.ops.resize import resize_2d
 
 Dtype = Any
@@ -71,6 +71,7 @@ class GroupingStage(nn.Module):
     for i in range(cfg.depths[self.stage]):
       tokens = block_cls(cfg.num_heads, cfg.mlp_ratio, self.drop_path[i], cfg.layer_norm_eps,
                          dtype=self.dtype, name=f'blocks_{i}')(tokens, deterministic)
+      tokens = cotangent_barrier(tokens)
     if num_groups == 0:
       return tokens, None, None
     x, groups = tokens[:, :n], tokens[:, n:]

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from groupvit_jax.models.config import TextEncoderConfig
-from groupvit_jax.models.layers import Mlp, SelfAttention, layer_norm
+from groupvit_jax.models.layers import Mlp, SelfAttention, cotangent_barrier, layer_norm
 
 Dtype = Any
 
@@ -64,6 +64,7 @@ class TextEncoder(nn.Module):
     for i in range(cfg.num_layers):
       x = block_cls(cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.layer_norm_eps,
                     dtype=self.dtype, name=f'resblocks_{i}')(x, causal)
+      x = cotangent_barrier(x)
     # LayerNorm is per token, so normalising only the gathered end-of-text token is the same.
     eot = jnp.argmax(text, axis=-1)
     x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
