@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_windows", type=int, default=4)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    print("# " + shlex.join([sys.executable, "benchmarks/eval.py"] + (argv if argv is not None else sys.argv[1:])),
+    print("# " + shlex.join([os.path.relpath(sys.executable, REPO_ROOT), "benchmarks/eval.py"] + (argv if argv is not None else sys.argv[1:])),
           flush=True)
 
     import jax

@@ -493,7 +493,7 @@ def markdown_row(r: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = shlex.join([sys.executable, "benchmarks/train_step.py"] + (list(argv) if argv is not None
+    command = shlex.join([os.path.relpath(sys.executable, REPO_ROOT), "benchmarks/train_step.py"] + (list(argv) if argv is not None
                                                                          else sys.argv[1:]))
     args.threads = args.threads or len(allowed_cpus())
     if args.threads > len(allowed_cpus()):
