@@ -27,7 +27,6 @@ Usage: ``python benchmarks/input_pipeline.py [--seconds 20] [--batch 64] [--thre
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import math
@@ -44,6 +43,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from tests import clip_reference  # noqa: E402  (openai-clip's tokenizer, dev extra)
 DEFAULT_SHARD = os.path.join(REPO, "..", "shared", "data", "webdataset_coco", "00000.tar")
 DEFAULT_CAPTIONS = os.path.join(REPO, "..", "shared", "data", "captions", "cc3m_validation_first1000.txt")
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -78,28 +78,16 @@ class Timer:
 
 
 def load_reference_tokenizer():
-    """openai-clip's SimpleTokenizer, loaded from its file (``clip/__init__`` needs pkg_resources)."""
-    spec = importlib.util.find_spec("clip")
-    if spec is None or not spec.submodule_search_locations:
+    """openai-clip's SimpleTokenizer instance (see tests/clip_reference.py)."""
+    cls = clip_reference.simple_tokenizer_class()
+    if cls is None:
         raise ImportError("openai-clip (dev extra) is not installed")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "simple_tokenizer.py")
-    mod_spec = importlib.util.spec_from_file_location("clip_simple_tokenizer_ref", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod.SimpleTokenizer()
+    return cls()
 
 
 def ref_tokenize(tok, texts, context_length=77):
     """GroupViT's ``Tokenize``: [SOT] + encode + [EOT], zero-padded / truncated (EOT kept last)."""
-    sot, eot = tok.encoder["<|startoftext|>"], tok.encoder["<|endoftext|>"]
-    out = np.zeros((len(texts), context_length), np.int64)
-    for i, t in enumerate(texts):
-        ids = [sot] + tok.encode(t) + [eot]
-        if len(ids) > context_length:
-            ids = ids[:context_length]
-            ids[-1] = eot
-        out[i, : len(ids)] = ids
-    return out
+    return clip_reference.reference_tokenize(tok, texts, context_length)
 
 
 def ref_samples(paths) -> Iterator[dict]:

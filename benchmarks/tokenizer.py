@@ -29,7 +29,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
 import platform  # noqa: E402
@@ -43,6 +42,7 @@ import numpy as np  # noqa: E402
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from tests import clip_reference  # noqa: E402  (openai-clip's tokenizer, dev extra)
 from input_pipeline.tokenizer import (  # noqa: E402
     CONTEXT_LENGTH,
     EOT_TOKEN,
@@ -54,18 +54,8 @@ DEFAULT_CAPTIONS = REPO_ROOT / ".." / "shared" / "data" / "captions" / "cc3m_val
 
 
 def load_reference():
-    """CLIP's SimpleTokenizer class, loaded from its file (clip/__init__ needs torch)."""
-    spec = importlib.util.find_spec("clip")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        path = pathlib.Path(location) / "simple_tokenizer.py"
-        if path.is_file():
-            file_spec = importlib.util.spec_from_file_location("_clip_simple_tokenizer_ref", path)
-            module = importlib.util.module_from_spec(file_spec)
-            file_spec.loader.exec_module(module)
-            return module.SimpleTokenizer
-    return None
+    """CLIP's SimpleTokenizer class, or None without openai-clip (see tests/clip_reference.py)."""
+    return clip_reference.simple_tokenizer_class()
 
 
 def generated_captions(count: int, seed: int = 0) -> list[str]:
@@ -90,14 +80,7 @@ def generated_captions(count: int, seed: int = 0) -> list[str]:
 
 def pad_like_clip(id_lists, context_length=CONTEXT_LENGTH):
     """clip.tokenize(truncate=True)'s per-row padding loop, with NumPy instead of torch."""
-    result = np.zeros((len(id_lists), context_length), dtype=np.int32)
-    for row, ids in enumerate(id_lists):
-        tokens = [SOT_TOKEN, *ids, EOT_TOKEN]
-        if len(tokens) > context_length:
-            tokens = tokens[:context_length]
-            tokens[-1] = EOT_TOKEN
-        result[row, : len(tokens)] = tokens
-    return result
+    return clip_reference.pad_like_clip(id_lists, context_length, SOT_TOKEN, EOT_TOKEN, dtype=np.int32)
 
 
 def _workloads(impl: str, tokenizer):

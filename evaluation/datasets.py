@@ -138,7 +138,30 @@ def _files_by_name(folder: Path) -> set[str]:
     return {e.name for e in os.scandir(folder) if e.is_file() or e.is_symlink()}
 
 
-class SegmentationDataset:
+class SampleSequence:
+    """Sequence protocol over ``self.names``: subclasses implement ``_load(index) -> Sample``."""
+
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> Sample:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._load(index)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def _load(self, index: int) -> Sample:
+        raise NotImplementedError
+
+
+class SegmentationDataset(SampleSequence):
     """A list of (image file, label file) pairs read lazily; a sequence of :class:`Sample`.
 
     Attributes:
@@ -171,14 +194,7 @@ class SegmentationDataset:
                 f"{_listed(missing)}")
         return [folder / (n + suffix) for n in names]
 
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: int) -> Sample:
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+    def _load(self, index: int) -> Sample:
         image_path = self.image_paths[index]
         image = read_image(image_path)
         label = None
@@ -190,10 +206,6 @@ class SegmentationDataset:
                     f"{self.names[index]}: label {label_path} is {label.shape[1]}x{label.shape[0]} (WxH) but "
                     f"image {image_path} is {image.shape[1]}x{image.shape[0]}")
         return Sample(self.names[index], image, label)
-
-    def __iter__(self) -> Iterator[Sample]:
-        for i in range(len(self)):
-            yield self[i]
 
     def check_sizes(self) -> None:
         """Compares every image's size with its label's from the file headers (no decoding).

@@ -47,6 +47,7 @@ __all__ = [
     "oracle_group_labels",
     "oracle_relabel",
     "format_table",
+    "json_safe",
 ]
 
 
@@ -497,3 +498,17 @@ def format_table(per_class: Mapping[str, Mapping[str, Optional[float]]],
         for k, v in summary.items():
             lines.append(f"{k}: {_fmt(v) if isinstance(v, float) or v is None else v}")
     return "\n".join(lines)
+
+
+def json_safe(x):
+    """`x` (nested dicts / lists of numbers) with float NaNs replaced by None, for strict JSON.
+
+    NaN marks a class absent from both prediction and ground truth; JSON has no NaN.
+    """
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x

@@ -22,22 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 __all__ = ["main"]
-
-
-def _nan_to_none(x):
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
-    return x
 
 
 def _parse_scales(text: str) -> tuple[float, ...]:
@@ -142,10 +131,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     result["checkpoint"] = str(args.checkpoint)
     result["command"] = "python -m evaluation.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    from evaluation.metrics import json_safe  # pylint: disable=g-import-not-at-top
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
-        json.dump(_nan_to_none(result), f, indent=2, allow_nan=False)
+        json.dump(json_safe(result), f, indent=2, allow_nan=False)
         f.write("\n")
     print(f"{summary}  ({result['num_images']} images, {result['timing']['seconds']:.1f} s) -> {out}")
     return 0

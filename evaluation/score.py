@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from evaluation.metrics import (
     confusion_matrix_np,
     default_class_names,
     format_table,
+    json_safe,
     segmentation_metrics,
 )
 
@@ -84,16 +84,6 @@ def match_files(pred_dir: os.PathLike, gt_dir: os.PathLike, pred_suffix: str = "
 def _size(path: Path) -> tuple[int, int]:
     with Image.open(path) as img:
         return img.size
-
-
-def _nan_to_none(x):
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
-    return x
 
 
 def score_dirs(pred_dir: os.PathLike, gt_dir: os.PathLike, num_classes: int, ignore_index: int = 255,
@@ -233,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if out.parent and not out.parent.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", encoding="utf-8") as f:
-            json.dump(_nan_to_none(result), f, indent=2, allow_nan=False)
+            json.dump(json_safe(result), f, indent=2, allow_nan=False)
             f.write("\n")
     return 0
 

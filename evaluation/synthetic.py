@@ -14,10 +14,10 @@ never shows a training image.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Optional
 
 from evaluation.class_names import DatasetSpec
-from evaluation.datasets import Sample
+from evaluation.datasets import Sample, SampleSequence
 from input_pipeline import synthetic_shapes as ss
 
 __all__ = ["DEFAULT_BACKGROUND_THRESHOLD", "SyntheticSegmentationDataset", "synthetic_spec"]
@@ -46,7 +46,7 @@ def synthetic_spec(config: Optional[ss.SyntheticConfig] = None,
     return DatasetSpec("synthetic_shapes", names, names, float(background_threshold), None)
 
 
-class SyntheticSegmentationDataset:
+class SyntheticSegmentationDataset(SampleSequence):
     """The synthetic val split as a sequence of :class:`~evaluation.datasets.Sample`.
 
     Sample ``i`` is ``synthetic_shapes.generate(config, seed, i, split='val')``: ``image`` uint8
@@ -82,20 +82,9 @@ class SyntheticSegmentationDataset:
         self.ignore_index = self.spec.ignore_index
         self.names = [f"synthetic_{self.seed}_{i:06d}" for i in range(n)]
 
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: int) -> Sample:
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+    def _load(self, index: int) -> Sample:
         ex = ss.generate(self.config, self.seed, index, split="val")
         return Sample(self.names[index], ex["image"], ex["mask"])
-
-    def __iter__(self) -> Iterator[Sample]:
-        for i in range(len(self)):
-            yield self[i]
 
     def example(self, index: int) -> dict:
         """The full :func:`~input_pipeline.synthetic_shapes.generate` dict of sample ``index``

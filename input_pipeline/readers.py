@@ -200,16 +200,8 @@ def parse_tar(contents: tf.Tensor) -> dict[str, tf.Tensor]:
 def _parse_tar_general(contents: tf.Tensor) -> dict[str, tf.Tensor]:
     """``parse_tar`` for any header layout (checksum and size fields parsed in the loop).
 
-    Args:
-      contents: tf.string scalar, the whole tar file.
-
-    Returns:
-      dict with ``name`` string [M], ``offset`` int64 [M] (start of the member data in
-      ``contents``), ``size`` int64 [M], ``status`` int32 scalar (``STATUS_OK`` when the
-      end-of-archive block was reached, ``STATUS_TRUNCATED`` when the archive stops early -- inside
-      a header or member, or without end blocks -- and ``STATUS_CORRUPT`` on a header with a bad
-      checksum) and ``cut_name`` string scalar (name of the member cut off by truncation, ``""`` if
-      unknown).  Members before the point of failure are listed.
+    Same argument and result as ``parse_tar``, which calls it when the fast loop meets a size field
+    it does not read.
     """
     length = tf.cast(tf.strings.length(contents), tf.int64)
     pad = tf.constant(b"\x00" * _BLOCK)

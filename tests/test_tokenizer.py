@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import html
-import importlib.util
 import pathlib
 import random
 import string
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from input_pipeline import tokenizer as tok_mod
+from tests import clip_reference
 from input_pipeline.tokenizer import (
     CONTEXT_LENGTH,
     EOT_TOKEN,
@@ -36,26 +36,15 @@ CC3M_CAPTIONS = REPO_ROOT / ".." / "shared" / "data" / "captions" / "cc3m_valida
 # ----------------------------------------------------------------------------- reference
 
 
-def _load_reference_module():
-    spec = importlib.util.find_spec("clip")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("openai-clip is not installed")
-    for location in spec.submodule_search_locations:
-        path = pathlib.Path(location) / "simple_tokenizer.py"
-        if path.is_file():
-            file_spec = importlib.util.spec_from_file_location("_clip_simple_tokenizer_ref", path)
-            module = importlib.util.module_from_spec(file_spec)
-            file_spec.loader.exec_module(module)
-            return module
-    pytest.skip("clip/simple_tokenizer.py not found in the openai-clip package")
-
-
 @pytest.fixture(scope="module")
 def ref():
     """The reference ``SimpleTokenizer`` instance (skips when openai-clip is absent)."""
     pytest.importorskip("regex")  # the reference's own dependencies
     pytest.importorskip("ftfy")
-    return _load_reference_module().SimpleTokenizer()
+    cls = clip_reference.simple_tokenizer_class()
+    if cls is None:
+        pytest.skip("openai-clip is not installed")
+    return cls()
 
 
 @pytest.fixture(scope="module")
@@ -63,28 +52,7 @@ def ours():
     return ClipTokenizer()
 
 
-def _pad_like_clip(id_lists, context_length=CONTEXT_LENGTH, sot=SOT_TOKEN, eot=EOT_TOKEN):
-    """The padding/truncation part of ``clip.tokenize(..., truncate=True)``, in NumPy."""
-    result = np.zeros((len(id_lists), context_length), dtype=np.int64)
-    for row, ids in enumerate(id_lists):
-        tokens = [sot, *ids, eot]
-        if len(tokens) > context_length:
-            tokens = tokens[:context_length]
-            tokens[-1] = eot
-        result[row, : len(tokens)] = tokens
-    return result
-
-
-def reference_tokenize(ref_tokenizer, texts, context_length=CONTEXT_LENGTH):
-    """NumPy re-statement of ``clip.tokenize(texts, context_length, truncate=True)``."""
-    if isinstance(texts, str):
-        texts = [texts]
-    return _pad_like_clip(
-        [ref_tokenizer.encode(t) for t in texts],
-        context_length,
-        ref_tokenizer.encoder["<|startoftext|>"],
-        ref_tokenizer.encoder["<|endoftext|>"],
-    )
+reference_tokenize = clip_reference.reference_tokenize
 
 
 # ----------------------------------------------------------------------------- captions
@@ -278,7 +246,7 @@ def _assert_same_as_reference(ref, ours, captions):
     ]
     assert not mismatches, f"{len(mismatches)} encode mismatches, first: {mismatches[:3]!r}"
 
-    expected = _pad_like_clip(expected_ids)
+    expected = clip_reference.pad_like_clip(expected_ids, CONTEXT_LENGTH, SOT_TOKEN, EOT_TOKEN)
     got = ours(captions)
     assert got.shape == (len(captions), CONTEXT_LENGTH)
     bad_rows = np.flatnonzero((got != expected).any(axis=1))
