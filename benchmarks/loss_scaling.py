@@ -23,6 +23,7 @@ pod slice's compiler would plan for the same mesh (up to backend-specific fusion
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import re
 import sys
@@ -87,9 +88,7 @@ def measure(formulation: str, n: int, k: int, dim: int, mesh) -> dict:
     compile_s = time.perf_counter() - t
     mem = compiled.memory_analysis()
     comms = collectives(compiled.as_text())
-    kinds = {}
-    for op, size in comms:
-        kinds[op] = kinds.get(op, 0) + 1
+    kinds = collections.Counter(op for op, _ in comms)
     return {"formulation": formulation, "batch": n, "prompts": k, "per_device_rows": n // mesh.size,
             "temp_mib": mem.temp_size_in_bytes / 2 ** 20 if mem is not None else float("nan"),
             "comm_mib": sum(size for _, size in comms) / 2 ** 20,

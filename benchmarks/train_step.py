@@ -116,11 +116,17 @@ def allowed_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
-def restrict_threads(threads: int) -> None:
-    """Limits this process to `threads` of its CPUs, before XLA:CPU sizes its thread pool from them."""
+def check_threads(threads: int) -> list[int]:
+    """The CPUs this process may use; exits when `threads` asks for more."""
     cpus = allowed_cpus()
     if threads > len(cpus):
         raise SystemExit(f"--threads {threads} > the {len(cpus)} CPUs this process may use")
+    return cpus
+
+
+def restrict_threads(threads: int) -> None:
+    """Limits this process to `threads` of its CPUs, before XLA:CPU sizes its thread pool from them."""
+    cpus = check_threads(threads)
     if threads == len(cpus):
         return
     if not hasattr(os, "sched_setaffinity"):
@@ -361,8 +367,12 @@ class TorchSide:
         return elapsed
 
 
-def _side_worker(conn, side: str, model_name: str, batch_size: int, dtype: str, args) -> None:
+def _side_worker(conn, side: str, model_name: str, batch_size: int, dtype: str, args,
+                 peak_gflops: float | None) -> None:
     """Child process holding one side: builds it, then runs `steps` on each ('run', steps) message.
+
+    The JAX side measures the matmul peak of `dtype` when `peak_gflops` is None (the first row of a
+    dtype); later rows reuse that value, so every row of a dtype shares one MFU denominator.
 
     Each framework gets its own process so that neither runs in the other's leftovers: measured here,
     a JAX step in the same process right after torch steps ran 10-25 % slower than before them (torch's
@@ -378,7 +388,7 @@ def _side_worker(conn, side: str, model_name: str, batch_size: int, dtype: str, 
         runner = JaxSide(config, batch, args.seed)
         import jax
         info = {"params": runner.params, "compile_s": runner.compile_s, "flops": runner.flops,
-                "matmul_peak_gflops": matmul_peak_gflops(dtype, args.peak_size),
+                "matmul_peak_gflops": peak_gflops or matmul_peak_gflops(dtype, args.peak_size),
                 "backend": jax.default_backend(), "device": str(jax.devices()[0])}
     else:
         import torch
@@ -426,17 +436,21 @@ class _Worker:
         return out
 
 
-def bench_row(model_name: str, batch_size: int, dtype: str, args) -> dict:
-    """Starts one process per side for one configuration and times alternating rounds. Returns the row."""
+def bench_row(model_name: str, batch_size: int, dtype: str, args, peaks: dict[str, float]) -> dict:
+    """Starts one process per side for one configuration and times alternating rounds. Returns the row.
+
+    `peaks` maps dtype -> measured matmul peak; the first row of a dtype measures and records it.
+    """
     tag = f"{model_name} batch {batch_size} {dtype}"
     log(f"[{tag}] building and compiling the JAX step ...")
-    jax_side = _Worker("jax", model_name, batch_size, dtype, args)
-    flops, peak = jax_side.info["flops"], jax_side.info["matmul_peak_gflops"]
+    jax_side = _Worker("jax", model_name, batch_size, dtype, args, peaks.get(dtype))
+    flops = jax_side.info["flops"]
+    peak = peaks.setdefault(dtype, jax_side.info["matmul_peak_gflops"])
     log(f"[{tag}] compiled in {jax_side.info['compile_s']:.1f} s, {flops / 1e9:.2f} GFLOP/step, "
         f"JAX parameters {jax_side.info['params']:,}; matmul peak {peak:.1f} GFLOP/s")
     torch_side = None
     if not args.no_torch:
-        torch_side = _Worker("torch", model_name, batch_size, dtype, args)
+        torch_side = _Worker("torch", model_name, batch_size, dtype, args, None)
         log(f"[{tag}] torch parameters {torch_side.info['params']:,}")
         # Same architecture => same trainable parameters. Exact today (HF's position_ids and BatchNorm
         # statistics are buffers, ours are 'batch_stats'; the one scalar HF lacks, the multi-label
@@ -495,10 +509,8 @@ def main(argv=None) -> int:
     command = shlex.join([os.path.relpath(sys.executable, REPO_ROOT), "benchmarks/train_step.py"] + (list(argv) if argv is not None
                                                                          else sys.argv[1:]))
     args.threads = args.threads or len(allowed_cpus())
-    if args.threads > len(allowed_cpus()):
-        raise SystemExit(f"--threads {args.threads} > the {len(allowed_cpus())} CPUs this process may use")
-    from importlib import metadata
-    version = lambda dist: metadata.version(dist)
+    check_threads(args.threads)  # fail here, before any worker starts
+    from importlib.metadata import version
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {args.threads} used",
@@ -514,10 +526,11 @@ def main(argv=None) -> int:
               + f"; {args.rounds} rounds x {args.steps_per_round} steps, median")
         print()
         print(HEADER, flush=True)
+    peaks: dict[str, float] = {}
     for model_name in args.model:
         for dtype in args.dtype:
             for batch_size in args.batch:
-                row = bench_row(model_name, batch_size, dtype, args)
+                row = bench_row(model_name, batch_size, dtype, args, peaks)
                 if args.json:
                     print(json.dumps(dict(row, **meta, command=command)), flush=True)
                 else:
