@@ -1,0 +1,52 @@
+"""benchmarks/shape_probe.py: the metrics it reports, config overrides, and a short run end to end."""
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+
+def _module():
+  spec = importlib.util.spec_from_file_location('shape_probe', REPO / 'benchmarks' / 'shape_probe.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_metrics():
+  probe = _module()
+  targets = np.array([[1, 0], [0, 1], [1, 0], [0, 0]], np.float32)
+  assert probe.mean_average_precision(targets * 5.0, targets) == 1.0
+  # Class 0 ranked: hit, miss, hit -> AP (1 + 2/3) / 2; class 1 ranked first -> AP 1.
+  scores = np.array([[3, 0], [2, 9], [1, 0], [0, 0]], np.float32)
+  assert probe.mean_average_precision(scores, targets) == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+  p = np.array([0.5, 0.25])
+  expected = np.mean([-(0.5 * math.log(0.5) + 0.5 * math.log(0.5)),
+                      -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))])
+  assert probe.prior_cross_entropy(targets) == pytest.approx(expected)
+
+
+def test_overrides_reach_the_recipe_and_typos_are_errors():
+  probe = _module()
+  config = probe.load_recipe('configs/synthetic.py:vit',
+                             ['model.image.stem=conv', 'data.synthetic.rotation=False'])
+  assert config.model.image.stem == 'conv' and config.data.synthetic.rotation is False
+  assert config.model.image.num_group_tokens == (0,)
+  with pytest.raises(SystemExit, match='unknown config key'):
+    probe.load_recipe('configs/synthetic.py', ['model.image.stemm=conv'])
+
+
+@pytest.mark.parametrize('model', ['cnn', 'tower'])
+def test_short_run_reports_every_evaluation(model, capsys):
+  probe = _module()
+  rows = probe.main(['--config', 'configs/synthetic.py', '--model', model, '--steps', '2',
+                     '--batch', '4', '--train-images', '8', '--val-images', '8',
+                     '--eval-every', '1', '--set', 'data.synthetic.image_size=32',
+                     '--set', 'model.image.image_size=32'])
+  assert [r['step'] for r in rows] == [1, 2]
+  for r in rows:
+    assert np.isfinite(r['val_cross_entropy']) and 0.0 <= r['val_mAP'] <= 1.0
+  assert 'command: python benchmarks/shape_probe.py' in capsys.readouterr().out
