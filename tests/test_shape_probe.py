@@ -23,7 +23,7 @@ def test_metrics():
   # Class 0 ranked: hit, miss, hit -> AP (1 + 2/3) / 2; class 1 ranked first -> AP 1.
   scores = np.array([[3, 0], [2, 9], [1, 0], [0, 0]], np.float32)
   assert probe.mean_average_precision(scores, targets) == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
-  p = np.array([0.5, 0.25])
+  # Class frequencies 0.5 and 0.25.
   expected = np.mean([-(0.5 * math.log(0.5) + 0.5 * math.log(0.5)),
                       -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))])
   assert probe.prior_cross_entropy(targets) == pytest.approx(expected)
