@@ -16,7 +16,7 @@ precision over the categories (chance = the prior, about 0.25 with 1-3 of 8 shap
 Examples::
 
     python benchmarks/shape_probe.py --steps 600                              # the recipe's tower
-    python benchmarks/shape_probe.py --steps 600 --set model.image.stem=conv  # convolutional stem
+    python benchmarks/shape_probe.py --steps 600 --set model.image.patch_size=4  # finer patches
     python benchmarks/shape_probe.py --steps 600 --model cnn                  # a 4-layer CNN
     python benchmarks/shape_probe.py --config configs/synthetic.py:vit --set data.synthetic.rotation=False
 """
@@ -132,7 +132,7 @@ def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--config', default='configs/synthetic.py', help='recipe file[:variant]')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                      help='config override (repeatable), e.g. model.image.stem=conv')
+                      help='config override (repeatable), e.g. data.synthetic.rotation=False')
   parser.add_argument('--model', choices=('tower', 'cnn'), default='tower',
                       help="'tower': the recipe's image encoder; 'cnn': a 4-layer CNN")
   parser.add_argument('--steps', type=int, default=600)

@@ -240,24 +240,3 @@ def test_config_errors_name_the_problem():
     GroupViTConfig.from_dict({'image': {'width': 100, 'num_heads': 3}})
   with pytest.raises(ConfigError, match='dtype'):
     GroupViTConfig.from_dict({'dtype': 'float16'})
-
-
-def test_conv_stem_option_keeps_grid_and_runs_at_other_sizes():
-  image = dataclasses.replace(CFG.image, stem='conv', depths=(1, 1), num_group_tokens=(4, 0),
-                              num_output_groups=(2,), width=32, num_heads=2)
-  model = GroupViT(dataclasses.replace(CFG, image=image, text=dataclasses.replace(
-      CFG.text, width=32, num_heads=2, num_layers=1)))
-  variables = init_variables(model, jax.random.key(0))
-  stem = variables['params']['img_encoder']['conv_stem']
-  # patch 16 = four stride-2 3x3 convolutions (4 -> 8 -> 16 -> 16 channels at width 32), then 1x1.
-  assert [stem[f'conv_{i}']['kernel'].shape[-1] for i in range(4)] == [8, 8, 8, 16]
-  assert stem['proj']['kernel'].shape == (1, 1, 16, 32)
-  assert 'patch_embed' not in variables['params']['img_encoder']
-  out = model.apply(variables, jnp.zeros((1, 96, 80, 3)), with_groups=True,
-                    method=GroupViT.encode_image)
-  assert out['grid'] == (6, 5)
-  assert out['assignments'][0].soft.shape == (1, 2, 30)
-  with pytest.raises(ConfigError, match='power-of-two'):
-    GroupViTConfig.from_dict({'image': {'stem': 'conv', 'patch_size': 12, 'image_size': 48}})
-  with pytest.raises(ConfigError, match="stem must be"):
-    GroupViTConfig.from_dict({'image': {'stem': 'cnn'}})

@@ -32,11 +32,11 @@ def test_metrics():
 def test_overrides_reach_the_recipe_and_typos_are_errors():
   probe = _module()
   config = probe.load_recipe('configs/synthetic.py:vit',
-                             ['model.image.stem=conv', 'data.synthetic.rotation=False'])
-  assert config.model.image.stem == 'conv' and config.data.synthetic.rotation is False
+                             ['model.image.patch_size=4', 'data.synthetic.rotation=False'])
+  assert config.model.image.patch_size == 4 and config.data.synthetic.rotation is False
   assert config.model.image.num_group_tokens == (0,)
   with pytest.raises(SystemExit, match='unknown config key'):
-    probe.load_recipe('configs/synthetic.py', ['model.image.stemm=conv'])
+    probe.load_recipe('configs/synthetic.py', ['model.image.patch_sise=4'])
 
 
 @pytest.mark.parametrize('model', ['cnn', 'tower'])

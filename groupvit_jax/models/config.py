@@ -22,11 +22,6 @@ class ImageEncoderConfig:
   image_size: int = 224
   patch_size: int = 16
   in_channels: int = 3
-  # 'patch': one patch_size x patch_size convolution (the release). 'conv': log2(patch_size)
-  # 3x3 stride-2 convolutions with LayerNorm and ReLU, then a 1x1 projection to `width` (Xiao et
-  # al. 2021, "Early convolutions help transformers see better"): an option for small-data and
-  # from-scratch runs, where it learns shapes far sooner (benchmarks/emergence.md).
-  stem: str = 'patch'
   width: int = 384
   num_heads: int = 6
   mlp_ratio: float = 4.0
@@ -68,10 +63,6 @@ class ImageEncoderConfig:
     if self.image_size % self.patch_size:
       raise ConfigError(f'image_size {self.image_size} is not a multiple of patch_size '
                         f'{self.patch_size}')
-    if self.stem not in ('patch', 'conv'):
-      raise ConfigError(f"stem must be 'patch' or 'conv', got {self.stem!r}")
-    if self.stem == 'conv' and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
-      raise ConfigError(f'the conv stem needs a power-of-two patch_size, got {self.patch_size}')
 
   @property
   def num_grouping_stages(self) -> int:

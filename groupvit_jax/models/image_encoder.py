@@ -85,28 +85,6 @@ class GroupingStage(nn.Module):
     return x, groups, assignment
 
 
-class ConvStem(nn.Module):
-  """Convolutional stem: images [B, H, W, C_in] -> [B, H/p, W/p, width] with p = 2^k.
-
-  k 3x3 stride-2 convolutions, each followed by a channel LayerNorm (float32) and ReLU, with
-  channels width/2^k, ..., width/2; then a 1x1 convolution to `width`.
-  """
-
-  patch_size: int
-  width: int
-  eps: float = 1e-5
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    k = int(self.patch_size).bit_length() - 1
-    for i in range(k):
-      x = nn.Conv(max(self.width >> (k - i), 8), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                  dtype=self.dtype, name=f'conv_{i}')(x)
-      x = nn.relu(layer_norm(self.eps, f'norm_{i}')(x)).astype(self.dtype)
-    return nn.Conv(self.width, (1, 1), dtype=self.dtype, kernel_init=dense_init, name='proj')(x)
-
-
 class ImageEncoder(nn.Module):
   """GroupViT image tower: images [B, H, W, 3] (normalised) -> ImageEncoderOutput.
 
@@ -125,12 +103,8 @@ class ImageEncoder(nn.Module):
     if images.ndim != 4 or images.shape[1] % p or images.shape[2] % p:
       raise ValueError(f'images must be [B, H, W, {cfg.in_channels}] with H, W multiples of '
                        f'{p}; got {images.shape}')
-    if cfg.stem == 'conv':
-      x = ConvStem(p, cfg.width, cfg.layer_norm_eps, self.dtype, name='conv_stem')(
-          images.astype(self.dtype))
-    else:
-      x = nn.Conv(cfg.width, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                  kernel_init=dense_init, name='patch_embed')(images.astype(self.dtype))
+    x = nn.Conv(cfg.width, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
+                kernel_init=dense_init, name='patch_embed')(images.astype(self.dtype))
     b, h, w, c = x.shape
     x = layer_norm(cfg.layer_norm_eps, 'patch_norm')(x.reshape(b, h * w, c))
     pos = self.param('pos_embed', nn.initializers.truncated_normal(0.02),
