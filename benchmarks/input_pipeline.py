@@ -21,7 +21,12 @@ source):
 not depend on how many cores are free; ``--threads`` sizes the tf.data thread pool.  The reference
 is single-process, i.e. its per-core figure is what each DataLoader worker would achieve.
 
-Usage: ``python benchmarks/input_pipeline.py [--seconds 20] [--batch 64] [--threads 2] [--json]``
+``--max-side 512`` first rewrites the shard with every image downscaled to at most 512 px on its
+longer side and re-encoded as JPEG quality 95 (what img2dataset's ``--resize_mode keep_ratio_largest
+--image_size 512`` writes, and the size GroupViT's training shards keep); both pipelines then read
+that shard.
+
+Usage: ``python benchmarks/input_pipeline.py [--seconds 20] [--batch 64] [--threads 2] [--max-side 512] [--json]``
 """
 
 from __future__ import annotations
@@ -109,6 +114,32 @@ def ref_samples(paths) -> Iterator[dict]:
                 sample[ext.lower()] = tar.extractfile(m).read()
             if sample:
                 yield sample
+
+
+def write_resized_shard(src: str, dst: str, max_side: int) -> int:
+    """Copies webdataset shard ``src`` to ``dst`` with every image larger than ``max_side`` on its
+    longer side downscaled (area filter, aspect kept) and re-encoded as JPEG quality 95; other
+    members are copied unchanged. Returns the number of images rewritten."""
+    from PIL import Image
+
+    rewritten = 0
+    with tarfile.open(src, "r") as tin, tarfile.open(dst, "w") as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read() if m.isfile() else None
+            if data is not None and m.name.lower().endswith((".jpg", ".jpeg", ".png", ".webp")):
+                img = Image.open(io.BytesIO(data)).convert("RGB")
+                if max(img.size) > max_side:
+                    f = max_side / max(img.size)
+                    img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.BOX)
+                    buf = io.BytesIO()
+                    img.save(buf, format="JPEG", quality=95)
+                    data = buf.getvalue()
+                    rewritten += 1
+            info = tarfile.TarInfo(m.name)
+            info.size = len(data) if data is not None else 0
+            info.mtime = m.mtime
+            tout.addfile(info, io.BytesIO(data) if data is not None else None)
+    return rewritten
 
 
 class RefRandAugment:
@@ -321,6 +352,8 @@ def main(argv=None):
     p.add_argument("--warmup-batches", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: ours,online,reference,text")
+    p.add_argument("--max-side", type=int, default=0,
+                   help="downscale the shard's images to at most this many px first (0 = as they are)")
     p.add_argument("--json", action="store_true", help="one JSON row per measurement")
     args = p.parse_args(argv)
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]), flush=True)
@@ -335,8 +368,13 @@ def main(argv=None):
     try:
         shard_dir = os.path.join(tmp, "shards")
         os.makedirs(shard_dir)
+        source = os.path.abspath(args.shard)
+        if args.max_side > 0:
+            source = os.path.join(tmp, "resized.tar")
+            n = write_resized_shard(args.shard, source, args.max_side)
+            print(f"rewrote {n} images to at most {args.max_side} px", flush=True)
         for i in range(args.copies):
-            os.symlink(os.path.abspath(args.shard), os.path.join(shard_dir, f"{i:05d}.tar"))
+            os.symlink(source, os.path.join(shard_dir, f"{i:05d}.tar"))
         cache_dir = os.path.join(tmp, "cache")
         prepare_nouns.prepare([f"webdataset:{shard_dir}/*.tar"], cache_dir, workers=0, log=lambda m: None)
         paths = sorted(os.path.join(shard_dir, f) for f in os.listdir(shard_dir))
