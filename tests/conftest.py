@@ -1,6 +1,7 @@
 """Shared pytest fixtures: locations of optional real sample data."""
 
 import os
+import importlib.util
 import pathlib
 
 import pytest
@@ -22,3 +23,12 @@ def shared_data():
   if not SHARED_DATA.is_dir():
     pytest.skip('../shared/data is not present')
   return SHARED_DATA
+
+
+def load_script(relpath: str):
+  """Imports a repository file that is not in a package (a benchmark script) as a module."""
+  path = REPO / relpath
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -1,20 +1,16 @@
 """benchmarks/input_pipeline.py --max-side: the shard rewrite that models img2dataset's resizing."""
 
-import importlib.util
 import io
 import tarfile
 
 import numpy as np
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 
 def _module():
-  spec = importlib.util.spec_from_file_location('bench_input', REPO / 'benchmarks' / 'input_pipeline.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script('benchmarks/input_pipeline.py')
 
 
 def _add(tar, name, data):

@@ -1,17 +1,13 @@
 """benchmarks/emergence.py: finished runs are found, unfinished ones ignored, and the tables hold
 mean, spread and every seed's value (no training here; the sweep itself is a benchmark)."""
 
-import importlib.util
 import json
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 
 def _module():
-  spec = importlib.util.spec_from_file_location('emergence', REPO / 'benchmarks' / 'emergence.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script('benchmarks/emergence.py')
 
 
 def test_report_tabulates_finished_runs(tmp_path, capsys):

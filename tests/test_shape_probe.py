@@ -1,19 +1,15 @@
 """benchmarks/shape_probe.py: the metrics it reports, config overrides, and a short run end to end."""
 
-import importlib.util
 import math
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 
 def _module():
-  spec = importlib.util.spec_from_file_location('shape_probe', REPO / 'benchmarks' / 'shape_probe.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script('benchmarks/shape_probe.py')
 
 
 def test_metrics():
