@@ -35,6 +35,8 @@ def _apply_overrides(cfg: GroupViTConfig, overrides: list[str]) -> GroupViTConfi
       node = node[p]
     if parts[-1] not in node:
       raise ValueError(f'--set {key}: unknown key; valid: {sorted(node)}')
+    if value.lower() in ('true', 'false'):  # Python spelling too: a string 'False' is truthy
+      value = value.lower()
     node[parts[-1]] = json.loads(value) if value[:1] in '[{0123456789-tfn' else value
   return GroupViTConfig.from_dict(d)
 

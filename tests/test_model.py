@@ -240,3 +240,9 @@ def test_config_errors_name_the_problem():
     GroupViTConfig.from_dict({'image': {'width': 100, 'num_heads': 3}})
   with pytest.raises(ConfigError, match='dtype'):
     GroupViTConfig.from_dict({'dtype': 'float16'})
+  # a string where a switch belongs would be truthy: 'False' must not mean hard assignment
+  with pytest.raises(ConfigError, match='hard_assignment must be bool'):
+    GroupViTConfig.from_dict({'image': {'hard_assignment': 'False'}})
+  with pytest.raises(ConfigError, match='width must be int'):
+    GroupViTConfig.from_dict({'image': {'width': 96.0}})
+  assert GroupViTConfig.from_dict({'image': {'gumbel_tau': 1}}).image.gumbel_tau == 1.0

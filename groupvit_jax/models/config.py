@@ -10,6 +10,8 @@ import dataclasses
 import json
 from typing import Any, Mapping
 
+import numpy as np
+
 
 class ConfigError(ValueError):
   """A model configuration that names an unknown key or has inconsistent values."""
@@ -146,6 +148,27 @@ def _to_plain(x: Any) -> Any:
   return x
 
 
+def _check_type(value: Any, field: dataclasses.Field, where: str) -> Any:
+  """`value` for `field`, typed like the field's default (ints accepted where floats go)."""
+  default = field.default
+  if default is dataclasses.MISSING or default is None or value is None:
+    return value
+  name = f'{where}.{field.name}'
+  if isinstance(default, bool):
+    ok = isinstance(value, (bool, np.bool_))
+  elif isinstance(default, int):
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+  elif isinstance(default, float):
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    value = float(value) if ok else value
+  else:
+    ok = isinstance(value, type(default))
+  if not ok:
+    raise ConfigError(f'{name} must be {type(default).__name__} (like its default {default!r}); '
+                      f'got {value!r} of type {type(value).__name__}')
+  return value
+
+
 def _build(cls, d: Mapping[str, Any], where: str, **extra):
   names = {f.name: f for f in dataclasses.fields(cls)}
   unknown = sorted(set(d) - set(names))
@@ -155,6 +178,6 @@ def _build(cls, d: Mapping[str, Any], where: str, **extra):
   for k, v in d.items():
     if isinstance(v, list):
       v = tuple(v)
-    kwargs[k] = v
+    kwargs[k] = _check_type(v, names[k], where)
   kwargs.update(extra)
   return cls(**kwargs)
