@@ -19,6 +19,12 @@ Examples::
     python benchmarks/shape_probe.py --steps 600 --set model.image.patch_size=4  # finer patches
     python benchmarks/shape_probe.py --steps 600 --model cnn                  # a 4-layer CNN
     python benchmarks/shape_probe.py --config configs/synthetic.py:vit --set data.synthetic.rotation=False
+    python benchmarks/shape_probe.py --model cnn --input silhouette           # colour removed
+
+``--input`` says what the model sees: ``pixels`` (the recipe's normalisation, as in training),
+``per_image`` (each image standardised by its own per-channel mean and std) or ``silhouette`` (the
+per-pixel colour distance from the image's median colour, a colour-free picture of where objects
+are; for measuring how much of the difficulty is colour invariance).
 """
 
 from __future__ import annotations
@@ -81,6 +87,31 @@ def render_pool(synth_cfg, seed: int, split: str, count: int, mean, std):
   return images, targets
 
 
+INPUTS = ('pixels', 'per_image', 'silhouette')
+
+
+def transform_inputs(images, kind: str):
+  """images float32 [N, S, S, 3] normalised by the recipe -> what the model sees (same shape).
+
+  'pixels': unchanged. 'per_image': per image and channel, zero mean and unit std. 'silhouette':
+  L1 colour distance of each pixel from the image's median colour (mostly the background),
+  repeated over 3 channels and standardised over the whole pool.
+  """
+  import numpy as np
+
+  if kind == 'pixels':
+    return images
+  if kind == 'per_image':
+    mean = images.mean(axis=(1, 2), keepdims=True)
+    return (images - mean) / (images.std(axis=(1, 2), keepdims=True) + 1e-3)
+  if kind == 'silhouette':
+    median = np.median(images.reshape(len(images), -1, 3), axis=1)[:, None, None, :]
+    dist = np.abs(images - median).sum(-1, keepdims=True)
+    dist = (dist - dist.mean()) / (dist.std() + 1e-6)
+    return np.repeat(dist, 3, axis=-1).astype(np.float32)
+  raise ValueError(f'unknown input {kind!r}; valid: {INPUTS}')
+
+
 def mean_average_precision(scores, targets) -> float:
   """Mean over categories of the average precision: scores, targets [N, K]."""
   import numpy as np
@@ -135,6 +166,8 @@ def main(argv=None) -> list[dict]:
                       help='config override (repeatable), e.g. data.synthetic.rotation=False')
   parser.add_argument('--model', choices=('tower', 'cnn'), default='tower',
                       help="'tower': the recipe's image encoder; 'cnn': a 4-layer CNN")
+  parser.add_argument('--input', choices=INPUTS, default='pixels',
+                      help='what the model sees (see the module docstring)')
   parser.add_argument('--steps', type=int, default=600)
   parser.add_argument('--batch', type=int, default=0, help='0 = the recipe global_batch_size')
   parser.add_argument('--train-images', type=int, default=6400)
@@ -162,6 +195,7 @@ def main(argv=None) -> list[dict]:
   x_val, y_val = render_pool(synth, args.seed, 'val', args.val_images, config.data.mean,
                              config.data.std)
   render_s = time.perf_counter() - t0
+  x_train, x_val = transform_inputs(x_train, args.input), transform_inputs(x_val, args.input)
 
   model = build_classifier(config, args.model)
   rngs = {'params': jax.random.key(args.seed), 'gumbel': jax.random.key(args.seed + 1)}

@@ -125,6 +125,13 @@ PALETTE: tuple[tuple[str, tuple[str, ...], tuple[int, int, int]], ...] = (
     ("black", ("black",), (20, 20, 25)),
 )
 _PALETTE_RGB = np.array([p[2] for p in PALETTE], dtype=np.float32)
+# Rec. 601 luma of each palette entry; the dark half (luma < 120: red, green, blue, purple, brown,
+# black) and the light half (orange, yellow, cyan, pink, white, gray) for `object_polarity`.
+_PALETTE_LUMA = _PALETTE_RGB @ np.array([0.299, 0.587, 0.114], np.float32)
+_DARK = tuple(int(i) for i in np.flatnonzero(_PALETTE_LUMA < 120))
+_LIGHT = tuple(int(i) for i in np.flatnonzero(_PALETTE_LUMA >= 120))
+_LIGHTER_BACKGROUND_SCALE = 0.6  # dims the background further so jitter cannot close the gap
+POLARITIES: tuple[str, ...] = ("any", "lighter")
 
 BACKGROUND_TYPES: tuple[str, ...] = ("flat", "noise", "stripes", "gradient", "checker", "blobs")
 CAPTION_STYLES: tuple[str, ...] = ("sentence", "list", "count", "tags")
@@ -258,6 +265,10 @@ class SyntheticConfig:
         background under it and to the colours of objects it touches is at least this (0..441).
       object_shading: strength of a random linear shading across each object (0 = flat colour).
       pixel_noise: std of uniform per-channel pixel noise added to the final image (0..255 scale).
+      object_polarity: ``any`` (objects and backgrounds take any palette colours) or ``lighter``
+        (backgrounds from the dark half of the palette, dimmed, and objects from the light half, so
+        every object is brighter than what is behind it; colour still says nothing about the
+        category). ``lighter`` makes "where the objects are" a linear function of the pixels.
 
     Captions:
       p_omit_object_in_caption: each object is left unmentioned with this probability (if all would be,
@@ -293,6 +304,7 @@ class SyntheticConfig:
     min_contrast: float = 80.0
     object_shading: float = 0.15
     pixel_noise: float = 4.0
+    object_polarity: str = "any"
     p_omit_object_in_caption: float = 0.1
     p_distractor_words: float = 0.4
     p_background_words: float = 0.15
@@ -347,6 +359,8 @@ class SyntheticConfig:
                 err(f"{name} must be in [0, 1], got {v}")
         if not 0 <= self.min_contrast <= 441:
             err(f"min_contrast must be in [0, 441], got {self.min_contrast}")
+        if self.object_polarity not in POLARITIES:
+            err(f"object_polarity must be one of {POLARITIES}, got {self.object_polarity!r}")
         if self.pixel_noise < 0:
             err(f"pixel_noise must be >= 0, got {self.pixel_noise}")
         if self.num_val_examples < 1:
@@ -584,11 +598,16 @@ def _jittered(idx: int, jitter: float, rng: random.Random) -> np.ndarray:
 def _background(config: SyntheticConfig, nprng: np.random.Generator, rng: random.Random):
     size = config.image_size
     kind = rng.choice(config.background_types)
-    i1 = rng.randrange(len(PALETTE))
-    i2 = rng.randrange(len(PALETTE) - 1)
-    i2 += i2 >= i1
+    if config.object_polarity == "lighter":
+        i1, i2 = rng.sample(_DARK, 2)
+    else:
+        i1 = rng.randrange(len(PALETTE))
+        i2 = rng.randrange(len(PALETTE) - 1)
+        i2 += i2 >= i1
     c1 = _jittered(i1, config.background_jitter, rng)
     c2 = _jittered(i2, config.background_jitter, rng)
+    if config.object_polarity == "lighter":
+        c1, c2 = c1 * _LIGHTER_BACKGROUND_SCALE, c2 * _LIGHTER_BACKGROUND_SCALE
     strength = config.background_strength
     if kind == "flat" or strength == 0:
         p = None
@@ -625,7 +644,7 @@ def _background(config: SyntheticConfig, nprng: np.random.Generator, rng: random
 def _pick_colour(config, rng, bg_mean, neighbours):
     best, best_d = None, -1.0
     for _ in range(16):
-        idx = rng.randrange(len(PALETTE))
+        idx = rng.choice(_LIGHT) if config.object_polarity == "lighter" else rng.randrange(len(PALETTE))
         rgb = _jittered(idx, config.colour_jitter, rng)
         d = float(np.linalg.norm(rgb - bg_mean))
         for nb in neighbours:

@@ -25,6 +25,30 @@ def test_metrics():
   assert probe.prior_cross_entropy(targets) == pytest.approx(expected)
 
 
+def test_input_transforms():
+  probe = _module()
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((3, 8, 8, 3)).astype(np.float32) * 2 + 5
+  assert probe.transform_inputs(images, 'pixels') is images
+  std = probe.transform_inputs(images, 'per_image')
+  np.testing.assert_allclose(std.mean(axis=(1, 2)), 0, atol=1e-5)
+  np.testing.assert_allclose(std.std(axis=(1, 2)), 1, atol=1e-3)
+  # A flat background with one square of another colour: the silhouette is the square, whatever
+  # the two colours are, and it is the same in every channel.
+  flat = np.zeros((2, 8, 8, 3), np.float32)
+  flat[0] += [1, -1, 0.5]
+  flat[0, 2:4, 2:4] = [-2, 3, 0]
+  flat[1] += [-3, 0, 2]
+  flat[1, 2:4, 2:4] = [0, 0, 0]
+  sil = probe.transform_inputs(flat, 'silhouette')
+  assert np.array_equal(sil[..., 0], sil[..., 2])
+  for i in range(2):
+    inside, outside = sil[i, 2:4, 2:4, 0], sil[i, 4:, 4:, 0]
+    assert inside.min() > outside.max() and np.ptp(outside) == 0
+  with pytest.raises(ValueError, match='unknown input'):
+    probe.transform_inputs(flat, 'grey')
+
+
 def test_overrides_reach_the_recipe_and_typos_are_errors():
   probe = _module()
   config = probe.load_recipe('configs/synthetic.py:vit',
