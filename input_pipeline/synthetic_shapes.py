@@ -323,6 +323,23 @@ class SyntheticConfig:
         def err(msg):
             raise ValueError(f"SyntheticConfig: {msg}")
 
+        # Scalars must have their default's type: a string "False" for `rotation` would be truthy.
+        for f in dataclasses.fields(self):
+            v, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok = isinstance(v, (bool, np.bool_))
+            elif isinstance(default, int):
+                ok = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+            elif isinstance(default, float):
+                ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            elif isinstance(default, str):
+                ok = isinstance(v, str)
+            else:
+                continue
+            if not ok:
+                err(f"{f.name} must be {type(default).__name__} (like its default {default!r}), "
+                    f"got {v!r} of type {type(v).__name__}")
+
         object.__setattr__(self, "size_range", tuple(float(x) for x in self.size_range))
         object.__setattr__(self, "background_types", tuple(str(x) for x in self.background_types))
         object.__setattr__(self, "caption_styles",

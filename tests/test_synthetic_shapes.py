@@ -59,7 +59,7 @@ def test_config_from_dict_rejects_unknown_keys_and_round_trips():
     {"size_range": (0.3, 0.2)}, {"size_range": (0.1,)}, {"max_occlusion": 1.0},
     {"background_types": ("plaid",)}, {"caption_styles": {"poem": 1.0}},
     {"case_styles": {"lower": 0.0}}, {"p_omit_object_in_caption": 1.5}, {"image_size": 8},
-    {"object_polarity": "darker"},
+    {"object_polarity": "darker"}, {"rotation": "False"}, {"max_objects": 3.0},
 ])
 def test_config_rejects_invalid_values(bad):
     with pytest.raises(ValueError):
