@@ -51,7 +51,7 @@ def _hf_grads(hf, images, tokens):
            for name, p in hf.named_parameters()}
   # Buffers (BatchNorm statistics) have no gradient; the key mapping wants a complete state dict.
   grads.update({k: v for k, v in state.items() if k not in grads})
-  return float(out.loss), grads
+  return float(out.loss.detach()), grads
 
 
 @pytest.mark.parametrize('hard', [True, False], ids=['hard', 'soft'])
