@@ -112,21 +112,6 @@ def transform_inputs(images, kind: str):
   raise ValueError(f'unknown input {kind!r}; valid: {INPUTS}')
 
 
-def mean_average_precision(scores, targets) -> float:
-  """Mean over categories of the average precision: scores, targets [N, K]."""
-  import numpy as np
-
-  aps = []
-  for k in range(targets.shape[1]):
-    order = np.argsort(-scores[:, k], kind='stable')
-    hits = targets[order, k]
-    if hits.sum() == 0:
-      continue
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    aps.append(float((precision * hits).sum() / hits.sum()))
-  return float(np.mean(aps))
-
-
 def prior_cross_entropy(targets) -> float:
   """Mean sigmoid cross-entropy of predicting each category's frequency: the bar to beat."""
   import numpy as np
@@ -216,6 +201,8 @@ def main(argv=None) -> list[dict]:
   @jax.jit
   def predict(params, x):
     return model.apply(params, x, rngs={'gumbel': jax.random.key(0)})
+
+  from evaluation.naming import mean_average_precision  # pylint: disable=g-import-not-at-top
 
   def evaluate(step: int, train_loss: float) -> dict:
     logits = np.concatenate([np.asarray(predict(params, x_val[i:i + 256]))

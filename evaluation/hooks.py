@@ -11,7 +11,9 @@ per image with the input, the groups of every stage, the prediction and the grou
 A model without grouping stages (the plain-ViT baseline) is scored by pixel-wise classification and
 k-means on its tokens instead (`eval/<name>/pixel_mIoU`, `eval/<name>/kmeans_mIoU`). With
 `config.eval.oracle`, also the oracle mIoU (every group relabelled with its best-IoU ground-truth
-class: how well the groups follow objects, whatever their names).
+class: how well the groups follow objects, whatever their names). With `config.eval.naming`, also
+`eval/<name>/naming_mAP` and `naming_chance_mAP` (image level: how well the pooled embedding ranks the
+classes present, whatever the groups; evaluation/naming.py), stored under `naming` in the JSON.
 """
 
 from __future__ import annotations
@@ -81,6 +83,17 @@ def _jsonable(result: dict, step: int) -> dict:
   return out
 
 
+def _naming(eval_config, pretrained, name, data, spec, metrics, results) -> None:
+  """Adds the image-level naming scores to `metrics` and `results` when `config.eval.naming`."""
+  if not eval_config.get('naming', False):
+    return
+  from evaluation.naming import image_naming  # pylint: disable=g-import-not-at-top
+  result = image_naming(pretrained, data, spec, max_images=int(eval_config.max_images))
+  results['naming'] = result
+  metrics[f'eval/{name}/naming_mAP'] = float(result['mAP'])
+  metrics[f'eval/{name}/naming_chance_mAP'] = float(result['chance_mAP'])
+
+
 def _token_baseline_evaluator(eval_config, model_config, workdir, name, data, spec, threshold,
                               is_main_process) -> Evaluator:
   """A model without grouping (plain ViT baseline) has no groups to segment with: score it by
@@ -89,15 +102,17 @@ def _token_baseline_evaluator(eval_config, model_config, workdir, name, data, sp
 
   def run(variables, step):
     metrics, results = {}, {}
+    pretrained = Pretrained(model_config, variables)
     for method in ('pixel', 'kmeans'):
       result = evaluate_token_baseline(
-          Pretrained(model_config, variables), data, spec, threshold=threshold, method=method,
+          pretrained, data, spec, threshold=threshold, method=method,
           num_clusters=int(eval_config.kmeans_clusters), max_images=int(eval_config.max_images))
       results[method] = _jsonable(result, step)
       metrics[f'eval/{name}/{method}_mIoU'] = float(result['mIoU'])
       metrics[f'eval/{name}/{method}_accuracy'] = float(result['pixel_accuracy'])
       if result['oracle'] is not None:
         metrics[f'eval/{name}/{method}_oracle_mIoU'] = float(result['oracle']['mIoU'])
+    _naming(eval_config, pretrained, name, data, spec, metrics, results)
     if is_main_process and workdir:
       _write_json(os.path.join(workdir, f'eval_{name}.json'), results)
     return metrics
@@ -129,20 +144,23 @@ def build_evaluators(eval_config: ml_collections.ConfigDict, model_config: Group
     def run(variables, step, name=name, data=data, spec=spec, threshold=threshold,
             geometry=geometry):
       num_vis = int(eval_config.num_visualize) if is_main_process and workdir else 0
+      pretrained = Pretrained(model_config, variables)
       with tempfile.TemporaryDirectory() as panel_dir:
         result = evaluate_segmentation(
-            Pretrained(model_config, variables), data, spec, threshold=threshold,
+            pretrained, data, spec, threshold=threshold,
             mode=eval_config.mode, max_images=int(eval_config.max_images), boundary=False,
             oracle=bool(eval_config.oracle), visualize=num_vis, visualize_dir=panel_dir, **geometry)
         if num_vis:
           _write_grid(panel_dir, os.path.join(workdir, f'eval_{name}.png'))
-      if is_main_process and workdir:
-        _write_json(os.path.join(workdir, f'eval_{name}.json'), _jsonable(result, step))
       metrics = {f'eval/{name}/mIoU': float(result['mIoU']),
                  f'eval/{name}/pixel_accuracy': float(result['pixel_accuracy']),
                  f'eval/{name}/images_per_s': float(result['timing']['images_per_second'])}
       if result['oracle'] is not None:
         metrics[f'eval/{name}/oracle_mIoU'] = float(result['oracle']['mIoU'])
+      result = _jsonable(result, step)
+      _naming(eval_config, pretrained, name, data, spec, metrics, result)
+      if is_main_process and workdir:
+        _write_json(os.path.join(workdir, f'eval_{name}.json'), result)
       return metrics
 
     evaluators.append(run)

@@ -65,10 +65,12 @@ def base_config() -> ml_collections.ConfigDict:
   # synthetic_seed: the val stream of the built-in data (never the training stream).
   # kmeans_clusters: k of the k-means segmentation of models without grouping (ViT baseline).
   # oracle: also eval/<name>/oracle_mIoU (groups relabelled with their best ground-truth class).
+  # naming: also eval/<name>/naming_mAP (image-level: the pooled embedding ranks the classes present
+  # in the image, evaluation/naming.py), which separates naming from grouping.
   config.eval = ml_collections.ConfigDict(dict(
       every_steps=0, datasets=(), max_images=64, mode='slide',
       threshold=ml_collections.config_dict.placeholder(float), num_visualize=8,
-      synthetic_seed=0, kmeans_clusters=8, oracle=True))
+      synthetic_seed=0, kmeans_clusters=8, oracle=True, naming=True))
   return config
 
 

@@ -157,9 +157,12 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
   (run,) = hooks.build_evaluators(config.eval, model.config, str(tmp_path), data_config=config.data)
   metrics = run(model.variables, 7)
   assert set(metrics) == {'eval/synthetic/mIoU', 'eval/synthetic/pixel_accuracy',
-                          'eval/synthetic/images_per_s', 'eval/synthetic/oracle_mIoU'}
+                          'eval/synthetic/images_per_s', 'eval/synthetic/oracle_mIoU',
+                          'eval/synthetic/naming_mAP', 'eval/synthetic/naming_chance_mAP'}
   result = json.loads((tmp_path / 'eval_synthetic.json').read_text())
   assert result['step'] == 7 and result['num_images'] == 4
+  assert result['naming']['mAP'] == pytest.approx(metrics['eval/synthetic/naming_mAP'])
+  assert result['naming']['num_images'] == 4
   assert result['config']['crop_size'] == 64 and result['config']['img_scale'] == [64, 64]
   assert result['mIoU'] == pytest.approx(metrics['eval/synthetic/mIoU'])
   grid = Image.open(tmp_path / 'eval_synthetic.png')
@@ -169,4 +172,6 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
   os.makedirs(tmp_path / 'vit')
   metrics = run(vit.variables, 1)
   assert set(metrics) == {f'eval/synthetic/{m}_{k}' for m in ('pixel', 'kmeans')
-                          for k in ('mIoU', 'accuracy')} | {'eval/synthetic/kmeans_oracle_mIoU'}
+                          for k in ('mIoU', 'accuracy')} | {
+                              'eval/synthetic/kmeans_oracle_mIoU', 'eval/synthetic/naming_mAP',
+                              'eval/synthetic/naming_chance_mAP'}
