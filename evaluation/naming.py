@@ -101,6 +101,8 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
     raise ValueError("no images to score")
   size = config.image.image_size
   offset = 1 if with_bg else 0
+  # Global (multi-host, sharded) training variables -> this process's first device, as the segmenter.
+  variables = prompts.local_variables(pretrained.variables)
   scores, targets = [], []
   for start in range(0, total, batch_size):
     samples = [dataset[i] for i in range(start, min(total, start + batch_size))]
@@ -109,7 +111,7 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
     pad = batch_size - len(samples)
     if pad:
       pix = np.concatenate([pix, np.repeat(pix[-1:], pad, axis=0)])
-    s = np.asarray(_image_scores(pretrained.variables, jnp.asarray(pix), class_embed, config=config))
+    s = np.asarray(_image_scores(variables, jnp.asarray(pix), class_embed, config=config))
     scores.append(s[:len(samples)])
     for sample in samples:
       present = np.unique(np.asarray(sample.label))

@@ -69,6 +69,7 @@ def test_metrics_jsonl_and_exported_model(reference_run):
   assert rows[0]['lr'] < rows[4]['lr']  # warmup
   evals = [r for r in _metrics(reference_run) if 'eval/synthetic/mIoU' in r]
   assert [r['step'] for r in evals] == [STEPS] and 0 <= evals[0]['eval/synthetic/mIoU'] <= 100
+  assert 0 <= evals[0]['eval/synthetic/naming_mAP'] <= 100
   import groupvit_jax
   model = groupvit_jax.load_pretrained(str(reference_run / 'model'))
   assert model.encode_text(['a red circle']).shape == (1, 32)
