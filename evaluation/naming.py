@@ -9,8 +9,8 @@ segmentation dataset (VOC, the synthetic val split, ...) can be scored. A model 
 objects at the image level but not per group has a high ``naming_mAP`` and a low mIoU; a model with
 chance-level ``naming_mAP`` cannot segment zero-shot however good its groups are.
 
-    result = image_naming(pretrained, dataset, spec, max_images=200)
-    result['mAP'], result['chance_mAP'], result['per_class_ap']
+      result = image_naming(pretrained, dataset, spec, max_images=200)
+      result['mAP'], result['chance_mAP'], result['per_class_ap']
 """
 
 from __future__ import annotations
@@ -31,105 +31,107 @@ from groupvit_jax.preprocessing import normalize
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-  """Per-class average precision: the mean of the precision at the rank of every positive example
-  (non-interpolated, as scikit-learn's ``average_precision_score``).
+    """Per-class average precision: the mean of the precision at the rank of every positive example
+    (non-interpolated, as scikit-learn's ``average_precision_score``).
 
-  Args:
-    scores: float ``[N, K]``: higher = more likely.
-    targets: ``[N, K]`` in {0, 1}.
+    Args:
+      scores: float ``[N, K]``: higher = more likely.
+      targets: ``[N, K]`` in {0, 1}.
 
-  Returns:
-    float64 ``[K]``; NaN for a class with no positive example. Tied scores keep their input order.
-  """
-  scores, targets = np.asarray(scores, np.float64), np.asarray(targets, np.float64)
-  if scores.shape != targets.shape or scores.ndim != 2:
-    raise ValueError(f"scores {scores.shape} and targets {targets.shape} must both be [N, K]")
-  ap = np.full(scores.shape[1], np.nan)
-  for k in range(scores.shape[1]):
-    hits = targets[np.argsort(-scores[:, k], kind="stable"), k]
-    if hits.sum() == 0:
-      continue
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    ap[k] = float((precision * hits).sum() / hits.sum())
-  return ap
+    Returns:
+      float64 ``[K]``; NaN for a class with no positive example. Tied scores keep their input order.
+    """
+    scores, targets = np.asarray(scores, np.float64), np.asarray(targets, np.float64)
+    if scores.shape != targets.shape or scores.ndim != 2:
+        raise ValueError(f"scores {scores.shape} and targets {targets.shape} must both be [N, K]")
+    ap = np.full(scores.shape[1], np.nan)
+    for k in range(scores.shape[1]):
+        hits = targets[np.argsort(-scores[:, k], kind="stable"), k]
+        if hits.sum() == 0:
+            continue
+        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        ap[k] = float((precision * hits).sum() / hits.sum())
+    return ap
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-  """Mean of :func:`average_precision` over the classes with at least one positive example."""
-  return float(np.nanmean(average_precision(scores, targets)))
+    """Mean of :func:`average_precision` over the classes with at least one positive example
+    (NaN when there is none)."""
+    ap = average_precision(scores, targets)
+    return float(np.mean(ap[~np.isnan(ap)])) if not np.isnan(ap).all() else float("nan")
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _image_scores(variables, pixels, class_embed, *, config: GroupViTConfig):
-  """pixels float32 [B, S, S, 3] -> cosine similarities [B, K] of pooled image embeddings."""
-  out = GroupViT(config).apply(variables, pixels, with_groups=False, method=GroupViT.encode_image)
-  emb = l2_normalize(out["image_embed"].astype(jnp.float32))
-  return jnp.einsum("bd,kd->bk", emb, class_embed, precision=HIGHEST)
+    """pixels float32 [B, S, S, 3] -> cosine similarities [B, K] of pooled image embeddings."""
+    out = GroupViT(config).apply(variables, pixels, with_groups=False, method=GroupViT.encode_image)
+    emb = l2_normalize(out["image_embed"].astype(jnp.float32))
+    return jnp.einsum("bd,kd->bk", emb, class_embed, precision=HIGHEST)
 
 
 def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
                  max_images: Optional[int] = None, batch_size: int = 32,
                  templates: prompts.Templates = "simple") -> dict:
-  """Image-level zero-shot naming of a segmentation dataset's classes.
+    """Image-level zero-shot naming of a segmentation dataset's classes.
 
-  Args:
-    pretrained: ``Pretrained`` (``config``, ``variables``, ``tokenize``).
-    dataset: sequence of ``Sample(name, image uint8 [H, W, 3], label [H, W])``.
-    spec_or_class_names: a ``DatasetSpec`` or class names; a leading ``background`` class is not
-      scored (it has no prompt).
-    max_images: only the first ``max_images`` samples.
-    batch_size: images per compiled call (the last batch is padded).
-    templates: prompt templates ("a photo of a {}." by default, as the segmentation).
+    Args:
+      pretrained: ``Pretrained`` (``config``, ``variables``, ``tokenize``).
+      dataset: sequence of ``Sample(name, image uint8 [H, W, 3], label [H, W])``.
+      spec_or_class_names: a ``DatasetSpec`` or class names; a leading ``background`` class is not
+        scored (it has no prompt).
+      max_images: only the first ``max_images`` samples.
+      batch_size: images per compiled call (the last batch is padded).
+      templates: prompt templates ("a photo of a {}." by default, as the segmentation).
 
-  Each image is resized whole (not cropped: a crop could cut the objects the label counts) to the
-  model's input size.
+    Each image is resized whole (not cropped: a crop could cut the objects the label counts) to the
+    model's input size.
 
-  Returns:
-    dict: ``mAP`` (percent, over classes present in at least one image), ``chance_mAP`` (percent:
-    the mean frequency of those classes, what a ranking that carries no information scores in
-    expectation), ``per_class_ap``
-    (``{name: percent or None}``), ``num_images``.
-  """
-  # The threshold plays no part here; resolve_classes only insists on one when there is a background.
-  names, fg_names, with_bg, ignore = resolve_classes(
-      spec_or_class_names, 0.0 if _starts_with_background(spec_or_class_names) else None)
-  config = pretrained.config
-  class_embed = jnp.asarray(prompts.class_embeddings(config, pretrained.variables, pretrained.tokenize,
-                                                     fg_names, templates), jnp.float32)
-  total = len(dataset) if max_images is None else min(len(dataset), max_images)
-  if total < 1:
-    raise ValueError("no images to score")
-  size = config.image.image_size
-  offset = 1 if with_bg else 0
-  # Global (multi-host, sharded) training variables -> this process's first device, as the segmenter.
-  variables = prompts.local_variables(pretrained.variables)
-  scores, targets = [], []
-  for start in range(0, total, batch_size):
-    samples = [dataset[i] for i in range(start, min(total, start + batch_size))]
-    pix = normalize(np.stack([resize_uint8(np.asarray(s.image, np.uint8), size, size)
-                              for s in samples]))
-    pad = batch_size - len(samples)
-    if pad:
-      pix = np.concatenate([pix, np.repeat(pix[-1:], pad, axis=0)])
-    s = np.asarray(_image_scores(variables, jnp.asarray(pix), class_embed, config=config))
-    scores.append(s[:len(samples)])
-    for sample in samples:
-      present = np.unique(np.asarray(sample.label))
-      present = present[(present != ignore) & (present >= offset) & (present < len(names))] - offset
-      row = np.zeros(len(fg_names), np.float32)
-      row[present.astype(np.int64)] = 1.0
-      targets.append(row)
-  scores, targets = np.concatenate(scores), np.stack(targets)
-  ap = average_precision(scores, targets)
-  seen = targets.sum(0) > 0
-  return {
-      "mAP": 100.0 * float(np.nanmean(ap)),
-      "chance_mAP": 100.0 * float(targets.mean(0)[seen].mean()),
-      "per_class_ap": {n: (None if np.isnan(v) else 100.0 * float(v)) for n, v in zip(fg_names, ap)},
-      "num_images": int(total),
-  }
+    Returns:
+      dict: ``mAP`` (percent, over classes present in at least one image), ``chance_mAP`` (percent:
+      the mean frequency of those classes, what a ranking that carries no information scores in
+      expectation), ``per_class_ap`` (``{name: percent or None}``), ``num_images``. When no image
+      contains any foreground class, ``mAP`` and ``chance_mAP`` are NaN.
+    """
+    # The threshold plays no part here; resolve_classes only insists on one when there is a background.
+    names, fg_names, with_bg, ignore = resolve_classes(
+        spec_or_class_names, 0.0 if _starts_with_background(spec_or_class_names) else None)
+    config = pretrained.config
+    class_embed = jnp.asarray(prompts.class_embeddings(
+        config, pretrained.variables, pretrained.tokenize, fg_names, templates), jnp.float32)
+    total = len(dataset) if max_images is None else min(len(dataset), max_images)
+    if total < 1:
+        raise ValueError("no images to score")
+    size = config.image.image_size
+    offset = 1 if with_bg else 0
+    # Global (multi-host, sharded) training variables -> this process's first device, as the segmenter.
+    variables = prompts.local_variables(pretrained.variables)
+    scores, targets = [], []
+    for start in range(0, total, batch_size):
+        samples = [dataset[i] for i in range(start, min(total, start + batch_size))]
+        pix = normalize(np.stack([resize_uint8(np.asarray(s.image, np.uint8), size, size)
+                                  for s in samples]))
+        pad = batch_size - len(samples)
+        if pad:
+            pix = np.concatenate([pix, np.repeat(pix[-1:], pad, axis=0)])
+        s = np.asarray(_image_scores(variables, jnp.asarray(pix), class_embed, config=config))
+        scores.append(s[:len(samples)])
+        for sample in samples:
+            present = np.unique(np.asarray(sample.label))
+            present = present[(present != ignore) & (present >= offset) & (present < len(names))]
+            row = np.zeros(len(fg_names), np.float32)
+            row[(present - offset).astype(np.int64)] = 1.0
+            targets.append(row)
+    scores, targets = np.concatenate(scores), np.stack(targets)
+    ap = average_precision(scores, targets)
+    seen = targets.sum(0) > 0
+    return {
+        "mAP": 100.0 * float(np.mean(ap[seen])) if seen.any() else float("nan"),
+        "chance_mAP": 100.0 * float(np.mean(targets.mean(0)[seen])) if seen.any() else float("nan"),
+        "per_class_ap": {n: (None if np.isnan(v) else 100.0 * float(v)) for n, v in zip(fg_names, ap)},
+        "num_images": int(total),
+    }
 
 
 def _starts_with_background(spec_or_class_names) -> bool:
-  names = getattr(spec_or_class_names, "class_names", spec_or_class_names)
-  return bool(names) and str(names[0]).strip().lower() == "background"
+    names = getattr(spec_or_class_names, "class_names", spec_or_class_names)
+    return bool(names) and str(names[0]).strip().lower() == "background"

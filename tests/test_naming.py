@@ -20,6 +20,7 @@ def test_average_precision():
   # Class 0 ranked: hit, miss, hit -> AP (1 + 2/3) / 2; class 1 ranked first -> AP 1.
   scores = np.array([[3, 0, 0], [2, 9, 0], [1, 0, 0], [0, 0, 0]], np.float32)
   assert naming.mean_average_precision(scores, targets) == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+  assert np.isnan(naming.mean_average_precision(scores, np.zeros_like(targets)))
   with pytest.raises(ValueError, match='must both be'):
     naming.average_precision(scores[:, :2], targets)
 
@@ -56,3 +57,6 @@ def test_image_naming_scores_the_pooled_embedding_against_label_presence():
   assert naming.image_naming(model, samples, names, max_images=2)['num_images'] == 2
   with pytest.raises(ValueError, match='no images'):
     naming.image_naming(model, [], names)
+  empty = [Sample('bg', samples[0].image, np.zeros((32, 32), np.uint8))]
+  result = naming.image_naming(model, empty, names)  # no class present anywhere: nothing to rank
+  assert np.isnan(result['mAP']) and np.isnan(result['chance_mAP'])
