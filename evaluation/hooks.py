@@ -85,7 +85,7 @@ def _jsonable(result: dict, step: int) -> dict:
 
 def _naming(eval_config, pretrained, name, data, spec, metrics, results) -> None:
   """Adds the image-level naming scores to `metrics` and `results` when `config.eval.naming`."""
-  if not eval_config.get('naming', False):
+  if not eval_config.naming:
     return
   from evaluation.naming import image_naming  # pylint: disable=g-import-not-at-top
   result = image_naming(pretrained, data, spec, max_images=int(eval_config.max_images))
