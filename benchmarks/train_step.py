@@ -35,8 +35,10 @@ over rounds, ``ratio`` = jax / torch of those medians. Other load on the machine
 alternating spreads it over both sides.
 
 Models: ``groupvit_s`` is the released GroupViT-S (``groupvit_jax.models.config.GroupViTConfig()``:
-224 px, patch 16, width 384, depths (6, 3, 3), group tokens (64, 8, 0)); ``tiny`` is the model of
-``configs/tiny.py``. The released config has stochastic depth 0.1, which Hugging Face's model lacks (no
+224 px, patch 16, width 384, depths (6, 3, 3), group tokens (64, 8, 0)); ``tiny`` and ``synthetic`` are
+the models of ``configs/tiny.py`` and ``configs/synthetic.py`` (the README's main job). The JAX step is
+compiled as the trainer compiles it, with ``groupvit_jax.xla_cpu.compiler_options`` for the model; each
+row records those options and the ``XLA_FLAGS`` of its JAX process. The released config has stochastic depth 0.1, which Hugging Face's model lacks (no
 parameters, a per-sample mask multiply per block: negligible in time).
 
 ``--threads N`` (default: every CPU this process may run on): ``torch.set_num_threads(N)``, and for JAX,
@@ -74,7 +76,7 @@ import numpy as np
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-MODELS = ("groupvit_s", "tiny")
+MODELS = ("groupvit_s", "tiny", "synthetic")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -148,7 +150,7 @@ def recipe(model_name: str, batch: int, dtype: str, multi_label: bool):
         config.model = config_lib.model_config()  # GroupViTConfig() defaults: the release
     else:
         import importlib.util
-        spec = importlib.util.spec_from_file_location("tiny", REPO_ROOT / "configs" / "tiny.py")
+        spec = importlib.util.spec_from_file_location(model_name, REPO_ROOT / "configs" / f"{model_name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         config = module.get_config()
@@ -271,7 +273,9 @@ class JaxSide:
         self.rng = jax.random.key(seed + 1)
         step = train_lib.make_train_step(model, optimizer, schedule, config, mesh, shardings)
         t0 = time.perf_counter()
-        self.compiled = step.lower(abstract, self.batch, self.rng).compile()
+        from groupvit_jax import xla_cpu
+        self.compiler_options = xla_cpu.compiler_options(model_cfg)  # as groupvit_jax/main.py compiles
+        self.compiled = step.lower(abstract, self.batch, self.rng).compile(compiler_options=self.compiler_options)
         self.compile_s = time.perf_counter() - t0
         cost = self.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -389,7 +393,8 @@ def _side_worker(conn, side: str, model_name: str, batch_size: int, dtype: str, 
         import jax
         info = {"params": runner.params, "compile_s": runner.compile_s, "flops": runner.flops,
                 "matmul_peak_gflops": peak_gflops or matmul_peak_gflops(dtype, args.peak_size),
-                "backend": jax.default_backend(), "device": str(jax.devices()[0])}
+                "backend": jax.default_backend(), "device": str(jax.devices()[0]),
+                "xla_flags": os.environ.get("XLA_FLAGS", ""), "compiler_options": runner.compiler_options}
     else:
         import torch
         torch.set_num_threads(args.threads)
@@ -486,6 +491,7 @@ def bench_row(model_name: str, batch_size: int, dtype: str, args, peaks: dict[st
         "jax_loss": jax_end["loss"], "torch_loss": torch_end["loss"],
         "rounds": args.rounds, "steps_per_round": args.steps_per_round, "threads": args.threads,
         "backend": jax_side.info["backend"], "device": jax_side.info["device"],
+        "xla_flags": jax_side.info["xla_flags"], "compiler_options": jax_side.info["compiler_options"],
     }
 
 

@@ -62,6 +62,7 @@ import numpy as np
 
 from evaluation import prompts
 from evaluation.metrics import confusion_matrix_update
+from groupvit_jax import xla_cpu
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, compose_group_maps, l2_normalize
 from groupvit_jax.ops.resize import resize_matrix
@@ -302,8 +303,7 @@ def class_table(group_embeds: jnp.ndarray, image_embed: jnp.ndarray, class_embed
     return jnp.concatenate([bg[..., None], scores], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "top_k", "with_background"))
-def _window_fn(variables, class_embed, class_mask, threshold, pixels, rh, rw, *, config: GroupViTConfig,
+def _window_impl(variables, class_embed, class_mask, threshold, pixels, rh, rw, *, config: GroupViTConfig,
                top_k: int, with_background: bool):
     """Stage 1. pixels uint8 [B, hp, wp, 3]; rh [B, Ho, gh], rw [B, Wo, gw] bilinear matrices ->
     (group ids uint8 [B, Ho, Wo], class tables float32 [B, G, C])."""
@@ -323,8 +323,7 @@ def _window_fn(variables, class_embed, class_mask, threshold, pixels, rh, rw, *,
     return groups, table
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _stage_maps_fn(variables, pixels, *, config: GroupViTConfig):
+def _stage_maps_impl(variables, pixels, *, config: GroupViTConfig):
     """uint8 [B, H, W, 3] -> per grouping stage soft maps composed across stages, [B, h, w, G_s]."""
     model = GroupViT(config)
     x = (pixels.astype(jnp.float32) - _MEAN255) * _INV_STD255
@@ -359,6 +358,16 @@ def _contributions(groups, tables, rtap, rwt, ctap, cwt):
             term = w * (vals[:, :, :, a, :, b, None] == iota).astype(jnp.float32)
             onehot = term if onehot is None else onehot + term
     return jnp.einsum("tnyxg,tngc->tyxc", onehot, tables.astype(jnp.float32), precision=HIGHEST)
+
+
+def _window_fn(config: GroupViTConfig):
+    """_window_impl jitted for `config`, with its XLA:CPU compiler options (groupvit_jax.xla_cpu)."""
+    return xla_cpu.jit_for(config, _window_impl, static_argnames=("config", "top_k", "with_background"))
+
+
+def _stage_maps_fn(config: GroupViTConfig):
+    """_stage_maps_impl jitted for `config`, with its XLA:CPU compiler options."""
+    return xla_cpu.jit_for(config, _stage_maps_impl, static_argnames=("config",))
 
 
 @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -634,7 +643,7 @@ class ZeroShotSegmenter:
         for i, win in enumerate(windows):
             pixels[i], rh[i], rw[i] = win.pixels, win.rh, win.rw
             win.pixels = None
-        return _window_fn(self.variables, self.class_embed, self.class_mask, self._threshold, self._put(pixels),
+        return _window_fn(self.config)(self.variables, self.class_embed, self.class_mask, self._threshold, self._put(pixels),
                           self._put(rh), self._put(rw), config=self.config,
                           top_k=min(self.protocol.top_k, self.class_embed.shape[0]),
                           with_background=self.with_background)
@@ -828,7 +837,7 @@ class ZeroShotSegmenter:
         h, w = image.shape[:2]
         size = max(self.patch, (size // self.patch) * self.patch)
         pix = resize_uint8(np.asarray(image, np.uint8), size, size)[None]
-        maps = _stage_maps_fn(self.variables, jax.device_put(pix, self._replicated), config=self.config)
+        maps = _stage_maps_fn(self.config)(self.variables, jax.device_put(pix, self._replicated), config=self.config)
         out = []
         for m in maps:
             m = np.asarray(m[0], np.float64)  # [gh, gw, G]

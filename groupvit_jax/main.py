@@ -25,7 +25,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from groupvit_jax import checkpointing, config_lib, metric_writers, optim
+from groupvit_jax import checkpointing, config_lib, metric_writers, optim, xla_cpu
 from groupvit_jax import sharding as sharding_lib
 from groupvit_jax import train_step as train_lib
 from groupvit_jax.checkpoints import store
@@ -181,8 +181,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Step, compiled once before the loop.
   step_fn = train_lib.make_train_step(model, optimizer, schedule, config, mesh, shardings)
   t0 = time.time()
+  cpu_options = xla_cpu.compiler_options(model_cfg)
   compiled = step_fn.lower(abstract, _abstract_batch(config, model_cfg, mesh),
-                           jax.ShapeDtypeStruct(train_rng.shape, train_rng.dtype)).compile()
+                           jax.ShapeDtypeStruct(train_rng.shape, train_rng.dtype)
+                           ).compile(compiler_options=cpu_options)
   compile_s = time.time() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
@@ -193,7 +195,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mem_txt = (f', memory: args {memory.argument_size_in_bytes / 2**20:.1f} MiB, temp '
                f'{memory.temp_size_in_bytes / 2**20:.1f} MiB, out '
                f'{memory.output_size_in_bytes / 2**20:.1f} MiB')
-  log(f'train step compiled in {compile_s:.1f}s; {flops / 1e9:.2f} GFLOPs/step{mem_txt}')
+  log(f'train step compiled in {compile_s:.1f}s; {flops / 1e9:.2f} GFLOPs/step{mem_txt}'
+      + (f'; compiler options {cpu_options}' if cpu_options else ''))
 
   writer = metric_writers.MetricsWriter(workdir, resume_step=start)
   if start == 0:
