@@ -36,6 +36,8 @@ def test_tiny_row_json():
   assert row['ratio'] == pytest.approx(row['jax_images_per_s'] / row['torch_images_per_s'], rel=1e-12)
   assert row['jax_params'] == row['torch_params']  # same architecture
   assert math.isfinite(row['jax_loss']) and math.isfinite(row['torch_loss'])
+  # Compiled as the trainer compiles it: the tiny tower (width 64) keeps XLA:CPU's defaults.
+  assert row['compiler_options'] is None
 
 
 def test_profile_summary_attributes_kernels_to_model_ops():
