@@ -304,7 +304,7 @@ def class_table(group_embeds: jnp.ndarray, image_embed: jnp.ndarray, class_embed
 
 
 def _window_impl(variables, class_embed, class_mask, threshold, pixels, rh, rw, *, config: GroupViTConfig,
-               top_k: int, with_background: bool):
+                 top_k: int, with_background: bool):
     """Stage 1. pixels uint8 [B, hp, wp, 3]; rh [B, Ho, gh], rw [B, Wo, gw] bilinear matrices ->
     (group ids uint8 [B, Ho, Wo], class tables float32 [B, G, C])."""
     model = GroupViT(config)
