@@ -2,7 +2,7 @@
 
 XLA:CPU hands matmuls, elementwise chains and reductions to YNNPACK fusions by default. For
 GroupViT-S-sized towers (width 384, 196-848 tokens) XLA's own kernels are faster: without the fusions
-(`xla_cpu_experimental_ynn_fusion_type` empty) the training step at batch 16 runs about 7 % faster and
+(`xla_cpu_experimental_ynn_fusion_type` empty) the training step at batch 16 runs about 6 % faster and
 the 448-window evaluation forward about 11 % faster (its batched attention matmuls and softmax are the
 difference). For narrow towers the fusions win: the synthetic recipe's width-128 step is about 8 %
 slower without them. So the option is set per compiled program, by the image tower's width
