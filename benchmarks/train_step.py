@@ -38,8 +38,9 @@ Models: ``groupvit_s`` is the released GroupViT-S (``groupvit_jax.models.config.
 224 px, patch 16, width 384, depths (6, 3, 3), group tokens (64, 8, 0)); ``tiny`` and ``synthetic`` are
 the models of ``configs/tiny.py`` and ``configs/synthetic.py`` (the README's main job). The JAX step is
 compiled as the trainer compiles it, with ``groupvit_jax.xla_cpu.compiler_options`` for the model; each
-row records those options and the ``XLA_FLAGS`` of its JAX process. The released config has stochastic depth 0.1, which Hugging Face's model lacks (no
-parameters, a per-sample mask multiply per block: negligible in time).
+row records those options and the ``XLA_FLAGS`` of its JAX process. The released config has stochastic
+depth 0.1, which Hugging Face's model lacks (no parameters, a per-sample mask multiply per block:
+negligible in time).
 
 ``--threads N`` (default: every CPU this process may run on): ``torch.set_num_threads(N)``, and for JAX,
 whose XLA:CPU backend sizes its own intra-op thread pool from the CPUs the process may run on when the

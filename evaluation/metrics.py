@@ -177,7 +177,8 @@ def default_class_names(num_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
-def _nanmean(x: np.ndarray) -> float:
+def nanmean(x: np.ndarray) -> float:
+    """Mean over the non-NaN entries of `x` (any shape); NaN when every entry is NaN."""
     x = np.asarray(x, dtype=np.float64)
     finite = ~np.isnan(x)
     return float(x[finite].mean()) if finite.any() else float("nan")
@@ -232,10 +233,10 @@ def segmentation_metrics(conf: np.ndarray, class_names: Optional[Sequence[str]] 
         fw = float("nan")
         pix_acc = float("nan")
     return {
-        "mIoU": _nanmean(iou),
+        "mIoU": nanmean(iou),
         "per_class_iou": {n: float(v) for n, v in zip(names, iou)},
         "pixel_accuracy": pix_acc,
-        "mean_accuracy": _nanmean(acc),
+        "mean_accuracy": nanmean(acc),
         "per_class_accuracy": {n: float(v) for n, v in zip(names, acc)},
         "fwIoU": fw,
         "num_pixels": int(total),
@@ -373,7 +374,7 @@ def boundary_iou_metrics(intersection: np.ndarray, union: np.ndarray,
         raise ValueError(f"{len(names)} class names for {len(union)} classes")
     iou = _ratio(intersection, union) * 100.0
     return {
-        "mBoundaryIoU": _nanmean(iou),
+        "mBoundaryIoU": nanmean(iou),
         "per_class_boundary_iou": {n: float(v) for n, v in zip(names, iou)},
     }
 

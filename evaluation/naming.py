@@ -24,6 +24,7 @@ import numpy as np
 
 from evaluation import prompts
 from evaluation.evaluator import resolve_classes
+from evaluation.metrics import nanmean
 from evaluation.segmenter import HIGHEST, resize_uint8
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, l2_normalize
@@ -57,8 +58,7 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     """Mean of :func:`average_precision` over the classes with at least one positive example
     (NaN when there is none)."""
-    ap = average_precision(scores, targets)
-    return float(np.mean(ap[~np.isnan(ap)])) if not np.isnan(ap).all() else float("nan")
+    return nanmean(average_precision(scores, targets))
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -125,7 +125,7 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
     ap = average_precision(scores, targets)
     seen = targets.sum(0) > 0
     return {
-        "mAP": 100.0 * float(np.mean(ap[seen])) if seen.any() else float("nan"),
+        "mAP": 100.0 * nanmean(ap),  # NaN exactly for the classes not in `seen`
         "chance_mAP": 100.0 * float(np.mean(targets.mean(0)[seen])) if seen.any() else float("nan"),
         "per_class_ap": {n: (None if np.isnan(v) else 100.0 * float(v)) for n, v in zip(fg_names, ap)},
         "num_images": int(total),

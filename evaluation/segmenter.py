@@ -494,6 +494,9 @@ class ZeroShotSegmenter:
                  devices: Optional[Sequence[jax.Device]] = None, pad_classes_to: Optional[int] = None):
         self.config = config
         self.protocol = protocol
+        # Resolved once: the compiler options (groupvit_jax.xla_cpu) depend only on the model.
+        self._window = _window_fn(config)
+        self._stage_maps = _stage_maps_fn(config)
         self.patch = config.image.patch_size
         self.num_groups = config.image.num_output_groups[config.image.num_grouping_stages - 1]
         self.with_background = background_threshold is not None
@@ -643,10 +646,10 @@ class ZeroShotSegmenter:
         for i, win in enumerate(windows):
             pixels[i], rh[i], rw[i] = win.pixels, win.rh, win.rw
             win.pixels = None
-        return _window_fn(self.config)(self.variables, self.class_embed, self.class_mask, self._threshold, self._put(pixels),
-                          self._put(rh), self._put(rw), config=self.config,
-                          top_k=min(self.protocol.top_k, self.class_embed.shape[0]),
-                          with_background=self.with_background)
+        return self._window(self.variables, self.class_embed, self.class_mask, self._threshold, self._put(pixels),
+                            self._put(rh), self._put(rw), config=self.config,
+                            top_k=min(self.protocol.top_k, self.class_embed.shape[0]),
+                            with_background=self.with_background)
 
     def _buffers_for(self, channels: int):
         shape = (self.tile_batch, self.protocol.tile_size, self.protocol.tile_size, channels)
@@ -837,7 +840,7 @@ class ZeroShotSegmenter:
         h, w = image.shape[:2]
         size = max(self.patch, (size // self.patch) * self.patch)
         pix = resize_uint8(np.asarray(image, np.uint8), size, size)[None]
-        maps = _stage_maps_fn(self.config)(self.variables, jax.device_put(pix, self._replicated), config=self.config)
+        maps = self._stage_maps(self.variables, jax.device_put(pix, self._replicated), config=self.config)
         out = []
         for m in maps:
             m = np.asarray(m[0], np.float64)  # [gh, gw, G]
