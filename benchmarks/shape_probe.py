@@ -133,13 +133,14 @@ def build_classifier(config, kind: str):
   class Classifier(nn.Module):
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
       if kind == 'cnn':
         for features in (32, 64, 128, 128):
           x = nn.relu(nn.Conv(features, (3, 3), strides=(2, 2))(x))
         return nn.Dense(num_classes)(x.mean((1, 2)))
-      # deterministic=True: no drop path; hard assignment still draws Gumbel noise.
-      return nn.Dense(num_classes)(ImageEncoder(image_cfg)(x, deterministic=True).pooled)
+      # As in the trainer: Gumbel noise (and drop path, if configured) only while training.
+      pooled = ImageEncoder(image_cfg)(x, deterministic=not train).pooled
+      return nn.Dense(num_classes)(pooled)
 
   return Classifier()
 
@@ -183,7 +184,8 @@ def main(argv=None) -> list[dict]:
   x_train, x_val = transform_inputs(x_train, args.input), transform_inputs(x_val, args.input)
 
   model = build_classifier(config, args.model)
-  rngs = {'params': jax.random.key(args.seed), 'gumbel': jax.random.key(args.seed + 1)}
+  rngs = {'params': jax.random.key(args.seed), 'gumbel': jax.random.key(args.seed + 1),
+          'droppath': jax.random.key(args.seed + 2)}
   params = jax.jit(model.init)(rngs, x_train[:2])
   tx, _ = make_optimizer(config.optimizer, batch, args.steps)
   opt_state = tx.init(params)
@@ -191,7 +193,8 @@ def main(argv=None) -> list[dict]:
   @jax.jit
   def train_step(params, opt_state, x, y, key):
     def loss_fn(p):
-      logits = model.apply(p, x, rngs={'gumbel': key})
+      gumbel_key, drop_key = jax.random.split(key)
+      logits = model.apply(p, x, train=True, rngs={'gumbel': gumbel_key, 'droppath': drop_key})
       return optax.sigmoid_binary_cross_entropy(logits, y).mean()
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -200,7 +203,7 @@ def main(argv=None) -> list[dict]:
 
   @jax.jit
   def predict(params, x):
-    return model.apply(params, x, rngs={'gumbel': jax.random.key(0)})
+    return model.apply(params, x)
 
   from evaluation.naming import mean_average_precision  # pylint: disable=g-import-not-at-top
 

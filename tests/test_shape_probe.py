@@ -66,3 +66,25 @@ def test_short_run_reports_every_evaluation(model, capsys):
   for r in rows:
     assert np.isfinite(r['val_cross_entropy']) and 0.0 <= r['val_mAP'] <= 1.0
   assert 'command: python benchmarks/shape_probe.py' in capsys.readouterr().out
+
+
+def test_tower_trains_with_gumbel_noise_and_evaluates_without():
+  """The probe must train the tower as the trainer does (noisy hard assignment), not noise-free."""
+  import jax
+
+  probe = _module()
+  config = probe.load_recipe('configs/synthetic.py', ['model.image.image_size=32'])
+  model = probe.build_classifier(config, 'tower')
+  x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+  params = model.init({'params': jax.random.key(0)}, x)
+
+  def train_logits(seed):
+    return np.asarray(model.apply(params, x, train=True,
+                                  rngs={'gumbel': jax.random.key(seed),
+                                        'droppath': jax.random.key(seed)}))
+
+  assert not np.allclose(train_logits(1), train_logits(2))
+  np.testing.assert_array_equal(train_logits(1), train_logits(1))
+  # Evaluation is deterministic and needs no random streams.
+  np.testing.assert_array_equal(np.asarray(model.apply(params, x)),
+                                np.asarray(model.apply(params, x)))
