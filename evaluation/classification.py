@@ -24,12 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evaluation import prompts
+from evaluation import pooled, prompts
 from evaluation.datasets import read_class_names, read_image
 from evaluation.segmenter import _prefetch_map, compile_stats
 from groupvit_jax import preprocessing
 from groupvit_jax.models.config import GroupViTConfig
-from groupvit_jax.models.groupvit import GroupViT, l2_normalize
 
 __all__ = ["ImageFolder", "evaluate_classification"]
 
@@ -69,9 +68,7 @@ class ImageFolder:
 @functools.partial(jax.jit, static_argnames=("config", "k"))
 def _classify(variables, pixels, text, targets, valid, *, config: GroupViTConfig, k: int):
     """pixels [B, S, S, 3] normalised -> (top-1 hits, top-k hits) counted over valid rows."""
-    out = GroupViT(config).apply(variables, pixels, method=GroupViT.encode_image)
-    emb = l2_normalize(out["image_embed"])
-    logits = jnp.einsum("bd,kd->bk", emb, text, precision=jax.lax.Precision.HIGHEST)
+    logits = pooled.class_similarities(variables, pixels, text, config=config)
     _, top = jax.lax.top_k(logits, k)
     hit1 = (top[:, 0] == targets) & valid
     hitk = jnp.any(top == targets[:, None], axis=1) & valid

@@ -15,20 +15,15 @@ chance-level ``naming_mAP`` cannot segment zero-shot however good its groups are
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evaluation import prompts
+from evaluation import pooled, prompts
 from evaluation.evaluator import resolve_classes
 from evaluation.metrics import nanmean
-from evaluation.segmenter import HIGHEST, resize_uint8
-from groupvit_jax.models.config import GroupViTConfig
-from groupvit_jax.models.groupvit import GroupViT, l2_normalize
-from groupvit_jax.preprocessing import normalize
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -61,12 +56,7 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     return nanmean(average_precision(scores, targets))
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _image_scores(variables, pixels, class_embed, *, config: GroupViTConfig):
-    """pixels float32 [B, S, S, 3] -> cosine similarities [B, K] of pooled image embeddings."""
-    out = GroupViT(config).apply(variables, pixels, with_groups=False, method=GroupViT.encode_image)
-    emb = l2_normalize(out["image_embed"].astype(jnp.float32))
-    return jnp.einsum("bd,kd->bk", emb, class_embed, precision=HIGHEST)
+_image_scores = jax.jit(pooled.class_similarities, static_argnames=("config",))
 
 
 def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
@@ -106,13 +96,7 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
     # Global (multi-host, sharded) training variables -> this process's first device, as the segmenter.
     variables = prompts.local_variables(pretrained.variables)
     scores, targets = [], []
-    for start in range(0, total, batch_size):
-        samples = [dataset[i] for i in range(start, min(total, start + batch_size))]
-        pix = normalize(np.stack([resize_uint8(np.asarray(s.image, np.uint8), size, size)
-                                  for s in samples]))
-        pad = batch_size - len(samples)
-        if pad:
-            pix = np.concatenate([pix, np.repeat(pix[-1:], pad, axis=0)])
+    for samples, pix in pooled.whole_image_batches(dataset, total, batch_size, size):
         s = np.asarray(_image_scores(variables, jnp.asarray(pix), class_embed, config=config))
         scores.append(s[:len(samples)])
         for sample in samples:

@@ -30,11 +30,11 @@ import numpy as np
 from evaluation import prompts
 from evaluation.evaluator import resolve_classes
 from evaluation.metrics import ConfusionMatrix, oracle_relabel, segmentation_metrics
-from evaluation.segmenter import HIGHEST, class_table, resize_uint8
+from evaluation.pooled import whole_image_batches
+from evaluation.segmenter import HIGHEST, class_table
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, l2_normalize
 from groupvit_jax.ops.resize import resize_matrix
-from groupvit_jax.preprocessing import normalize
 
 __all__ = ["METHODS", "cosine_kmeans", "evaluate_token_baseline"]
 
@@ -146,18 +146,12 @@ def evaluate_token_baseline(pretrained: Any, dataset: Sequence, spec_or_class_na
     thr = jnp.float32(threshold if with_bg else 0.0)
     t0 = time.perf_counter()
     out_hw = None
-    for start in range(0, total, batch_size):
-        samples = [dataset[i] for i in range(start, min(total, start + batch_size))]
+    for samples, pix in whole_image_batches(dataset, total, batch_size, size):
         hw = samples[0].image.shape[:2]
         if out_hw is None:
             out_hw = tuple(int(v) for v in hw)
         if any(s.image.shape[:2] != out_hw for s in samples):
             raise ValueError(f"token baselines need images of one size; got {hw} after {out_hw}")
-        pix = np.stack([resize_uint8(np.asarray(s.image, np.uint8), size, size) for s in samples])
-        pix = normalize(pix)
-        pad = batch_size - len(samples)
-        if pad:
-            pix = np.concatenate([pix, np.repeat(pix[-1:], pad, axis=0)])
         pred, group_ids = _segment_batch(pretrained.variables, jnp.asarray(pix), class_embed, thr, config=config,
                               method=method, num_clusters=int(num_clusters),
                               top_k=min(int(top_k), len(fg_names)), with_background=with_bg,

@@ -1,0 +1,61 @@
+"""Whole-image scoring with the pooled image embedding: the pieces shared by the image-level evaluations.
+
+Zero-shot classification (:mod:`evaluation.classification`), image-level naming
+(:mod:`evaluation.naming`) and the token baselines (:mod:`evaluation.token_baselines`) all feed whole
+images at the model's input size and, for the first two, compare the pooled image embedding (the one
+the contrastive losses train) with class prompt embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from evaluation.segmenter import HIGHEST, resize_uint8
+from groupvit_jax.models.config import GroupViTConfig
+from groupvit_jax.models.groupvit import GroupViT, l2_normalize
+from groupvit_jax.preprocessing import normalize
+
+
+def class_similarities(variables, pixels: jnp.ndarray, class_embed: jnp.ndarray, *,
+                       config: GroupViTConfig) -> jnp.ndarray:
+    """Cosine similarity of each image's pooled embedding with each class embedding (traceable).
+
+    Args:
+      variables: the model's variables.
+      pixels: float32 ``[B, S, S, 3]``, normalised.
+      class_embed: ``[K, D]`` L2-normalised class embeddings.
+      config: the model's config.
+
+    Returns:
+      float32 ``[B, K]``. The embedding is normalised in float32 whatever the model's dtype.
+    """
+    out = GroupViT(config).apply(variables, pixels, with_groups=False, method=GroupViT.encode_image)
+    emb = l2_normalize(out["image_embed"].astype(jnp.float32))
+    return jnp.einsum("bd,kd->bk", emb, class_embed.astype(jnp.float32), precision=HIGHEST)
+
+
+def whole_image_batches(dataset: Sequence, total: int, batch_size: int, size: int
+                        ) -> Iterator[tuple[list, np.ndarray]]:
+    """Fixed-size batches of whole images, for one compiled call per batch.
+
+    Args:
+      dataset: sequence of samples with an ``image`` uint8 ``[H, W, 3]``.
+      total: use ``dataset[:total]``.
+      batch_size: images per batch; the last batch is padded by repeating its last image.
+      size: the model's input size; every image is resized whole (not cropped) to ``size x size``.
+
+    Yields:
+      ``(samples, pixels)``: the batch's samples (without padding) and float32
+      ``[batch_size, size, size, 3]`` ImageNet-normalised pixels.
+    """
+    for start in range(0, total, batch_size):
+        samples = [dataset[i] for i in range(start, min(total, start + batch_size))]
+        pix = normalize(np.stack([resize_uint8(np.asarray(s.image, np.uint8), size, size)
+                                  for s in samples]))
+        pad = batch_size - len(samples)
+        if pad:
+            pix = np.concatenate([pix, np.repeat(pix[-1:], pad, axis=0)])
+        yield samples, pix
