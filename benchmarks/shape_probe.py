@@ -184,9 +184,8 @@ def main(argv=None) -> list[dict]:
   x_train, x_val = transform_inputs(x_train, args.input), transform_inputs(x_val, args.input)
 
   model = build_classifier(config, args.model)
-  rngs = {'params': jax.random.key(args.seed), 'gumbel': jax.random.key(args.seed + 1),
-          'droppath': jax.random.key(args.seed + 2)}
-  params = jax.jit(model.init)(rngs, x_train[:2])
+  # Initialised in evaluation mode: only the parameter stream is drawn.
+  params = jax.jit(model.init)({'params': jax.random.key(args.seed)}, x_train[:2])
   tx, _ = make_optimizer(config.optimizer, batch, args.steps)
   opt_state = tx.init(params)
 
