@@ -13,7 +13,10 @@ k-means on its tokens instead (`eval/<name>/pixel_mIoU`, `eval/<name>/kmeans_mIo
 `config.eval.oracle`, also the oracle mIoU (every group relabelled with its best-IoU ground-truth
 class: how well the groups follow objects, whatever their names). With `config.eval.naming`, also
 `eval/<name>/naming_mAP` and `naming_chance_mAP` (image level: how well the pooled embedding ranks the
-classes present, whatever the groups; evaluation/naming.py), stored under `naming` in the JSON.
+classes present, whatever the groups; evaluation/naming.py), stored under `naming` in the JSON; for a
+model with groups also `group_naming_mAP`, `group_naming_chance_mAP` (the same ranking with every final
+group's own embedding and majority class) and `background_leak` (percent of background groups whose
+best class is in their image).
 """
 
 from __future__ import annotations
@@ -92,6 +95,10 @@ def _naming(eval_config, pretrained, name, data, spec, metrics, results) -> None
   results['naming'] = result
   metrics[f'eval/{name}/naming_mAP'] = float(result['mAP'])
   metrics[f'eval/{name}/naming_chance_mAP'] = float(result['chance_mAP'])
+  if result['groups'] is not None:
+    metrics[f'eval/{name}/group_naming_mAP'] = float(result['groups']['mAP'])
+    metrics[f'eval/{name}/group_naming_chance_mAP'] = float(result['groups']['chance_mAP'])
+    metrics[f'eval/{name}/background_leak'] = float(result['groups']['background_leak'])
 
 
 def _token_baseline_evaluator(eval_config, model_config, workdir, name, data, spec, threshold,

@@ -19,8 +19,8 @@ from evaluation.visualize import colorize, group_palette, voc_palette
 from groupvit_jax.ops.resize import resize_matrix
 from groupvit_jax.preprocessing import normalize
 
-__all__ = ["stage_group_ids", "group_overlay", "stage_panel", "group_concepts", "segmentation_panel",
-           "stack_rows"]
+__all__ = ["stage_group_ids", "upsampled_group_ids", "group_overlay", "stage_panel", "group_concepts",
+           "segmentation_panel", "stack_rows"]
 
 
 def _square_side(pretrained, size: Optional[int]) -> int:
@@ -45,17 +45,23 @@ def stage_group_ids(pretrained, images: Sequence[np.ndarray], size: Optional[int
   side = _square_side(pretrained, size)
   pixels = np.stack([resize_uint8(np.asarray(im, np.uint8), side, side) for im in images])
   maps = pretrained.group_maps(normalize(pixels), preprocess=False)  # per stage [B, h, w, G]
-  out = []
-  for i, im in enumerate(images):
-    h, w = im.shape[:2]
-    per_stage = []
-    for m in maps:
-      mi = np.asarray(m[i], np.float64)
-      full = np.einsum("oh,hwg->owg", resize_matrix(mi.shape[0], h, "bilinear"), mi)
-      full = np.einsum("pw,owg->opg", resize_matrix(mi.shape[1], w, "bilinear"), full)
-      per_stage.append(np.argmax(full, axis=-1).astype(np.int32))
-    out.append(per_stage)
-  return out
+  return [[upsampled_group_ids(m[i], *im.shape[:2]) for m in maps] for i, im in enumerate(images)]
+
+
+def upsampled_group_ids(group_map: np.ndarray, height: int, width: int) -> np.ndarray:
+  """The group of every pixel, from a patch-grid map of group weights.
+
+  Args:
+    group_map: float ``[h, w, G]`` weights of each patch over the groups.
+    height, width: the output size.
+
+  Returns:
+    int32 ``[height, width]``: argmax over the groups of the map, bilinearly upsampled.
+  """
+  m = np.asarray(group_map, np.float64)
+  full = np.einsum("oh,hwg->owg", resize_matrix(m.shape[0], height, "bilinear"), m)
+  full = np.einsum("pw,owg->opg", resize_matrix(m.shape[1], width, "bilinear"), full)
+  return np.argmax(full, axis=-1).astype(np.int32)
 
 
 def group_overlay(image: np.ndarray, ids: np.ndarray, alpha: float = 0.55) -> np.ndarray:

@@ -9,8 +9,17 @@ segmentation dataset (VOC, the synthetic val split, ...) can be scored. A model 
 objects at the image level but not per group has a high ``naming_mAP`` and a low mIoU; a model with
 chance-level ``naming_mAP`` cannot segment zero-shot however good its groups are.
 
+For a model with groups, the same pass also scores naming at the group level: every final group that
+covers at least one labelled pixel is an item, its class is the ground-truth class most of its pixels
+belong to, and each class's groups are ranked by their own embedding's similarity to the class prompt.
+A model whose group embeddings all carry the image's object name (whatever pixels they hold) names
+images perfectly, but its background groups rank as high as its object groups, and ``group mAP``
+falls towards that of a ranking that only knows the image; ``background_leak`` counts how often a
+background group's best class is one present in its image.
+
       result = image_naming(pretrained, dataset, spec, max_images=200)
       result['mAP'], result['chance_mAP'], result['per_class_ap']
+      result['groups']['mAP'], result['groups']['background_leak']   # None for a model without groups
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import numpy as np
 
 from evaluation import pooled, prompts
 from evaluation.evaluator import resolve_classes
+from evaluation.inspect_groups import upsampled_group_ids
 from evaluation.metrics import nanmean
 
 
@@ -57,6 +67,7 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
 
 
 _image_scores = jax.jit(pooled.class_similarities, static_argnames=("config",))
+_group_scores = jax.jit(pooled.group_similarities, static_argnames=("config",))
 
 
 def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
@@ -80,7 +91,11 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
       dict: ``mAP`` (percent, over classes present in at least one image), ``chance_mAP`` (percent:
       the mean frequency of those classes, what a ranking that carries no information scores in
       expectation), ``per_class_ap`` (``{name: percent or None}``), ``num_images``. When no image
-      contains any foreground class, ``mAP`` and ``chance_mAP`` are NaN.
+      contains any foreground class, ``mAP`` and ``chance_mAP`` are NaN. ``groups``: ``None`` for a
+      model without grouping stages, else the same scores over the final groups (``mAP``,
+      ``chance_mAP``, ``per_class_ap``), with ``num_groups`` (groups covering a labelled pixel),
+      ``num_background_groups`` (those mostly on background) and ``background_leak`` (percent of
+      the background groups whose best class is present in their image; NaN without any).
     """
     # The threshold plays no part here; resolve_classes only insists on one when there is a background.
     names, fg_names, with_bg, ignore = resolve_classes(
@@ -95,25 +110,85 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
     offset = 1 if with_bg else 0
     # Global (multi-host, sharded) training variables -> this process's first device, as the segmenter.
     variables = prompts.local_variables(pretrained.variables)
-    scores, targets = [], []
+    with_groups = config.image.num_grouping_stages > 0
+    grid = size // config.image.patch_size
+    scores, targets, groups = [], [], _GroupItems(len(fg_names))
     for samples, pix in pooled.whole_image_batches(dataset, total, batch_size, size):
-        s = np.asarray(_image_scores(variables, jnp.asarray(pix), class_embed, config=config))
+        if with_groups:
+            out = jax.device_get(_group_scores(variables, jnp.asarray(pix), class_embed, config=config))
+            s = out["image"]
+        else:
+            s = np.asarray(_image_scores(variables, jnp.asarray(pix), class_embed, config=config))
         scores.append(s[:len(samples)])
-        for sample in samples:
-            present = np.unique(np.asarray(sample.label))
-            present = present[(present != ignore) & (present >= offset) & (present < len(names))]
+        for i, sample in enumerate(samples):
+            label = np.asarray(sample.label).astype(np.int64)
+            fg = (label != ignore) & (label >= offset) & (label < len(names))
             row = np.zeros(len(fg_names), np.float32)
-            row[(present - offset).astype(np.int64)] = 1.0
+            row[np.unique(label[fg]) - offset] = 1.0
             targets.append(row)
+            if with_groups:
+                ids = upsampled_group_ids(out["maps"][i].reshape(grid, grid, -1), *label.shape)
+                counted = (label != ignore) & (label >= 0) & (label < len(names))
+                groups.add(ids[counted], label[counted] - offset, out["groups"][i], row)
     scores, targets = np.concatenate(scores), np.stack(targets)
+    return {**_ranking_scores(scores, targets, fg_names), "num_images": int(total),
+            "groups": groups.result(fg_names) if with_groups else None}
+
+
+def _ranking_scores(scores: np.ndarray, targets: np.ndarray, fg_names: Sequence[str]) -> dict:
+    """mAP, chance mAP and per-class AP (percent) of items ``[N, K]`` ranked per class."""
     ap = average_precision(scores, targets)
     seen = targets.sum(0) > 0
     return {
         "mAP": 100.0 * nanmean(ap),  # NaN exactly for the classes not in `seen`
         "chance_mAP": 100.0 * float(np.mean(targets.mean(0)[seen])) if seen.any() else float("nan"),
         "per_class_ap": {n: (None if np.isnan(v) else 100.0 * float(v)) for n, v in zip(fg_names, ap)},
-        "num_images": int(total),
     }
+
+
+class _GroupItems:
+    """Collects one ranking item per final group that covers a labelled pixel."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.scores, self.targets = [], []
+        self.background = self.leaks = 0
+
+    def add(self, ids: np.ndarray, classes: np.ndarray, sims: np.ndarray, present: np.ndarray):
+        """One image.
+
+        Args:
+          ids: int ``[P]`` final group of each counted pixel.
+          classes: int ``[P]`` its class, ``-1`` for background, else ``0..K-1``.
+          sims: ``[G, K]`` each group's similarity to the classes.
+          present: ``[K]`` 1 where the class is in the image.
+        """
+        num_groups = sims.shape[0]
+        # Rows: groups; columns: background, then the K classes.
+        joint = np.bincount(ids * (self.num_classes + 1) + classes + 1,
+                            minlength=num_groups * (self.num_classes + 1))
+        joint = joint.reshape(num_groups, self.num_classes + 1)
+        for g in np.flatnonzero(joint.sum(1)):
+            majority = int(np.argmax(joint[g])) - 1  # ties go to background, then the lower class
+            row = np.zeros(self.num_classes, np.float32)
+            if majority >= 0:
+                row[majority] = 1.0
+            else:
+                self.background += 1
+                self.leaks += int(present[int(np.argmax(sims[g]))] > 0)
+            self.scores.append(np.asarray(sims[g], np.float64))
+            self.targets.append(row)
+
+    def result(self, fg_names: Sequence[str]) -> dict:
+        if self.scores:
+            out = _ranking_scores(np.stack(self.scores), np.stack(self.targets), fg_names)
+        else:  # every pixel ignored: nothing to rank
+            out = {"mAP": float("nan"), "chance_mAP": float("nan"),
+                   "per_class_ap": {n: None for n in fg_names}}
+        out.update(num_groups=len(self.scores), num_background_groups=self.background,
+                   background_leak=100.0 * self.leaks / self.background if self.background
+                   else float("nan"))
+        return out
 
 
 def _starts_with_background(spec_or_class_names) -> bool:

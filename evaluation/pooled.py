@@ -3,7 +3,8 @@
 Zero-shot classification (:mod:`evaluation.classification`), image-level naming
 (:mod:`evaluation.naming`) and the token baselines (:mod:`evaluation.token_baselines`) all feed whole
 images at the model's input size and, for the first two, compare the pooled image embedding (the one
-the contrastive losses train) with class prompt embeddings.
+the contrastive losses train) with class prompt embeddings; group-level naming also compares each
+final group's embedding (the one the segmentation uses).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from evaluation.segmenter import HIGHEST, resize_uint8
 from groupvit_jax.models.config import GroupViTConfig
-from groupvit_jax.models.groupvit import GroupViT, l2_normalize
+from groupvit_jax.models.groupvit import GroupViT, compose_group_maps, l2_normalize
 from groupvit_jax.preprocessing import normalize
 
 
@@ -35,6 +36,31 @@ def class_similarities(variables, pixels: jnp.ndarray, class_embed: jnp.ndarray,
     out = GroupViT(config).apply(variables, pixels, with_groups=False, method=GroupViT.encode_image)
     emb = l2_normalize(out["image_embed"].astype(jnp.float32))
     return jnp.einsum("bd,kd->bk", emb, class_embed.astype(jnp.float32), precision=HIGHEST)
+
+
+def group_similarities(variables, pixels: jnp.ndarray, class_embed: jnp.ndarray, *,
+                       config: GroupViTConfig) -> dict[str, jnp.ndarray]:
+    """Cosine similarities of the pooled embedding and of every final group with each class (traceable).
+
+    Args:
+      variables: the variables of a model with at least one grouping stage.
+      pixels: float32 ``[B, S, S, 3]``, normalised.
+      class_embed: ``[K, D]`` L2-normalised class embeddings.
+      config: the model's config.
+
+    Returns:
+      ``image`` float32 ``[B, K]`` (as :func:`class_similarities`), ``groups`` float32 ``[B, G, K]``
+      (each final group's projected embedding, normalised in float32) and ``maps`` float32
+      ``[B, h*w, G]``: each patch's soft weights over the final groups, composed across stages as
+      the segmentation composes them.
+    """
+    out = GroupViT(config).apply(variables, pixels, with_groups=True, method=GroupViT.encode_image)
+    classes = class_embed.astype(jnp.float32)
+    image = l2_normalize(out["image_embed"].astype(jnp.float32))
+    groups = l2_normalize(out["group_embeds"].astype(jnp.float32))
+    return {"image": jnp.einsum("bd,kd->bk", image, classes, precision=HIGHEST),
+            "groups": jnp.einsum("bgd,kd->bgk", groups, classes, precision=HIGHEST),
+            "maps": compose_group_maps(out["assignments"])[-1]}
 
 
 def whole_image_batches(dataset: Sequence, total: int, batch_size: int, size: int

@@ -158,11 +158,15 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
   metrics = run(model.variables, 7)
   assert set(metrics) == {'eval/synthetic/mIoU', 'eval/synthetic/pixel_accuracy',
                           'eval/synthetic/images_per_s', 'eval/synthetic/oracle_mIoU',
-                          'eval/synthetic/naming_mAP', 'eval/synthetic/naming_chance_mAP'}
+                          'eval/synthetic/naming_mAP', 'eval/synthetic/naming_chance_mAP',
+                          'eval/synthetic/group_naming_mAP', 'eval/synthetic/group_naming_chance_mAP',
+                          'eval/synthetic/background_leak'}
   result = json.loads((tmp_path / 'eval_synthetic.json').read_text())
   assert result['step'] == 7 and result['num_images'] == 4
   assert result['naming']['mAP'] == pytest.approx(metrics['eval/synthetic/naming_mAP'])
   assert result['naming']['num_images'] == 4
+  assert result['naming']['groups']['mAP'] == pytest.approx(
+      metrics['eval/synthetic/group_naming_mAP'], nan_ok=True)
   assert result['config']['crop_size'] == 64 and result['config']['img_scale'] == [64, 64]
   assert result['mIoU'] == pytest.approx(metrics['eval/synthetic/mIoU'])
   grid = Image.open(tmp_path / 'eval_synthetic.png')

@@ -1,10 +1,11 @@
-"""evaluation/naming.py: average precision, and image-level naming read from segmentation labels."""
+"""evaluation/naming.py: average precision, and image- and group-level naming read from segmentation
+labels."""
 
 import jax
 import numpy as np
 import pytest
 
-from evaluation import naming
+from evaluation import inspect_groups, naming, pooled, prompts
 from evaluation.datasets import Sample
 from groupvit_jax.config_lib import model_config
 from groupvit_jax.models.config import GroupViTConfig
@@ -38,12 +39,13 @@ def test_image_naming_scores_the_pooled_embedding_against_label_presence():
   for i in range(5):
     image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     label = np.zeros((32, 32), np.uint8)
-    label[:8, :8] = 1 + i % 3
+    label[:16, :20] = 1 + i % 3  # large enough to be the majority of some groups
     label[-4:, -4:] = 255  # ignored pixels name no class
     if i == 0:
       label[20:, :4] = 2
     samples.append(Sample(f's{i}', image, label))
   result = naming.image_naming(model, samples, names, batch_size=2)  # 3 calls, the last padded
+  _check_group_naming(model, samples, names, result['groups'])
   targets = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0]], np.float32)
   # The same scores through the public inference API (images already at the model's size, so
   # naming's whole-image resize is the identity), with the prompt naming uses.
@@ -60,3 +62,54 @@ def test_image_naming_scores_the_pooled_embedding_against_label_presence():
   empty = [Sample('bg', samples[0].image, np.zeros((32, 32), np.uint8))]
   result = naming.image_naming(model, empty, names)  # no class present anywhere: nothing to rank
   assert np.isnan(result['mAP']) and np.isnan(result['chance_mAP'])
+
+
+def _check_group_naming(model, samples, names, groups):
+  """Group-level naming through other public paths: the pixel groups of `inspect_groups` and the
+  group similarities of `pooled`, majority classes counted by hand."""
+  class_embed = prompts.class_embeddings(model.config, model.variables, model.tokenize, names[1:],
+                                         'simple')
+  pixels = normalize(np.stack([s.image for s in samples]))
+  sims = np.asarray(pooled.group_similarities(model.variables, pixels, class_embed,
+                                              config=model.config)['groups'])
+  ids = [per_stage[-1] for per_stage in inspect_groups.stage_group_ids(model, [s.image for s in samples])]
+  scores, targets, background, leaks = [], [], 0, 0
+  for i, sample in enumerate(samples):
+    present = {int(c) - 1 for c in np.unique(sample.label) if 1 <= c <= 3}
+    for g in range(sims.shape[1]):
+      labels = sample.label[(ids[i] == g) & (sample.label != 255)].astype(int)
+      if not labels.size:
+        continue
+      majority = int(np.argmax(np.bincount(labels, minlength=4)))
+      targets.append(np.eye(4, dtype=np.float32)[majority][1:])
+      scores.append(sims[i, g])
+      if majority == 0:
+        background += 1
+        leaks += int(np.argmax(sims[i, g])) in present
+  assert 0 < leaks < background < len(scores)  # all three kinds of group occur in these samples
+  assert groups['num_groups'] == len(scores) and groups['num_background_groups'] == background
+  assert groups['background_leak'] == pytest.approx(100 * leaks / background)
+  expected = naming.mean_average_precision(np.stack(scores), np.stack(targets))
+  assert not np.isnan(expected) and groups['mAP'] == pytest.approx(100 * expected, abs=1e-4)
+
+
+def test_group_items_rank_each_group_by_its_own_embedding():
+  """Groups that all carry their image's object name name every image but not their own pixels."""
+  ids = np.array([0, 0, 1, 1])  # four pixels: two in group 0, two in group 1 (group 2 is empty)
+  classes = np.array([0, 0, -1, -1])  # group 0 on the object, group 1 on the background
+  present = [np.array([1.0, 0.0]), np.array([0.0, 1.0])]
+  def score(sims_a, sims_b):
+    items = naming._GroupItems(2)
+    items.add(ids, classes, np.array(sims_a), present[0])
+    items.add(ids, 1 - 2 * (classes < 0), np.array(sims_b), present[1])  # class 1 instead of 0
+    return items.result(['circle', 'square'])
+  # The background groups outscore the object groups on the image's class: AP 1/2 per class.
+  global_ = score([[0.9, 0.1], [0.95, 0.1], [0.0, 0.0]], [[0.1, 0.9], [0.1, 0.95], [0.0, 0.0]])
+  assert global_['mAP'] == pytest.approx(50.0) and global_['chance_mAP'] == pytest.approx(25.0)
+  assert global_['num_groups'] == 4 and global_['num_background_groups'] == 2
+  assert global_['background_leak'] == pytest.approx(100.0)
+  # Background groups that name nothing in their image: perfect ranking, no leak.
+  local = score([[0.9, 0.1], [0.1, 0.3], [0.0, 0.0]], [[0.1, 0.9], [0.3, 0.1], [0.0, 0.0]])
+  assert local['mAP'] == pytest.approx(100.0) and local['background_leak'] == 0.0
+  nothing = naming._GroupItems(2).result(['circle', 'square'])  # every pixel ignored
+  assert np.isnan(nothing['mAP']) and np.isnan(nothing['background_leak'])
