@@ -15,8 +15,9 @@ class: how well the groups follow objects, whatever their names). With `config.e
 `eval/<name>/naming_mAP` and `naming_chance_mAP` (image level: how well the pooled embedding ranks the
 classes present, whatever the groups; evaluation/naming.py), stored under `naming` in the JSON; for a
 model with groups also `group_naming_mAP`, `group_naming_chance_mAP` (the same ranking with every final
-group's own embedding and majority class) and `background_leak` (percent of background groups whose
-best class is in their image).
+group's own embedding and majority class), `background_leak` (percent of background groups whose
+best class is in their image) and `within_image_auc` (how often a group on class c scores c above
+another group of its image that holds something else: 50 = group embeddings carry only the image).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def _naming(eval_config, pretrained, name, data, spec, metrics, results) -> None
     metrics[f'eval/{name}/group_naming_mAP'] = float(result['groups']['mAP'])
     metrics[f'eval/{name}/group_naming_chance_mAP'] = float(result['groups']['chance_mAP'])
     metrics[f'eval/{name}/background_leak'] = float(result['groups']['background_leak'])
+    metrics[f'eval/{name}/within_image_auc'] = float(result['groups']['within_image_auc'])
 
 
 def _token_baseline_evaluator(eval_config, model_config, workdir, name, data, spec, threshold,

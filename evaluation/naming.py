@@ -15,7 +15,9 @@ belong to, and each class's groups are ranked by their own embedding's similarit
 A model whose group embeddings all carry the image's object name (whatever pixels they hold) names
 images perfectly, but its background groups rank as high as its object groups, and ``group mAP``
 falls towards that of a ranking that only knows the image; ``background_leak`` counts how often a
-background group's best class is one present in its image.
+background group's best class is one present in its image, and ``within_image_auc`` how often, in
+one image, a group on class c scores c higher than a group on anything else (50 when the groups
+carry only the image's names, 100 when each names its own pixels).
 
       result = image_naming(pretrained, dataset, spec, max_images=200)
       result['mAP'], result['chance_mAP'], result['per_class_ap']
@@ -94,8 +96,11 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
       contains any foreground class, ``mAP`` and ``chance_mAP`` are NaN. ``groups``: ``None`` for a
       model without grouping stages, else the same scores over the final groups (``mAP``,
       ``chance_mAP``, ``per_class_ap``), with ``num_groups`` (groups covering a labelled pixel),
-      ``num_background_groups`` (those mostly on background) and ``background_leak`` (percent of
-      the background groups whose best class is present in their image; NaN without any).
+      ``num_background_groups`` (those mostly on background), ``background_leak`` (percent of
+      the background groups whose best class is present in their image; NaN without any) and
+      ``within_image_auc`` (percent, over ``num_pairs`` pairs of groups of one image with different
+      majority classes, the first on a class c: how often the first scores c higher; a tie counts
+      half; NaN without pairs).
     """
     # The threshold plays no part here; resolve_classes only insists on one when there is a background.
     names, fg_names, with_bg, ignore = resolve_classes(
@@ -147,12 +152,14 @@ def _ranking_scores(scores: np.ndarray, targets: np.ndarray, fg_names: Sequence[
 
 
 class _GroupItems:
-    """Collects one ranking item per final group that covers a labelled pixel."""
+    """Collects one ranking item per final group that covers a labelled pixel, and the within-image
+    pairs of groups that hold different classes."""
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
         self.scores, self.targets = [], []
         self.background = self.leaks = 0
+        self.pairs = self.pairs_won = 0.0
 
     def add(self, ids: np.ndarray, classes: np.ndarray, sims: np.ndarray, present: np.ndarray):
         """One image.
@@ -164,19 +171,26 @@ class _GroupItems:
           present: ``[K]`` 1 where the class is in the image.
         """
         num_groups = sims.shape[0]
+        sims = np.asarray(sims, np.float64)
         # Rows: groups; columns: background, then the K classes.
         joint = np.bincount(ids * (self.num_classes + 1) + classes + 1,
                             minlength=num_groups * (self.num_classes + 1))
         joint = joint.reshape(num_groups, self.num_classes + 1)
-        for g in np.flatnonzero(joint.sum(1)):
-            majority = int(np.argmax(joint[g])) - 1  # ties go to background, then the lower class
+        visible = np.flatnonzero(joint.sum(1))
+        majority = np.argmax(joint[visible], axis=1) - 1  # ties: background, then the lower class
+        for g, c in zip(visible, majority):
             row = np.zeros(self.num_classes, np.float32)
-            if majority >= 0:
-                row[majority] = 1.0
+            if c >= 0:
+                row[c] = 1.0
+                # Against every visible group of another class (or background) in the same image,
+                # on this group's class: a win when it scores higher, half a win on a tie.
+                others = sims[visible[majority != c], c]
+                self.pairs += others.size
+                self.pairs_won += float(np.sum(sims[g, c] > others) + 0.5 * np.sum(sims[g, c] == others))
             else:
                 self.background += 1
                 self.leaks += int(present[int(np.argmax(sims[g]))] > 0)
-            self.scores.append(np.asarray(sims[g], np.float64))
+            self.scores.append(sims[g])
             self.targets.append(row)
 
     def result(self, fg_names: Sequence[str]) -> dict:
@@ -185,9 +199,11 @@ class _GroupItems:
         else:  # every pixel ignored: nothing to rank
             out = {"mAP": float("nan"), "chance_mAP": float("nan"),
                    "per_class_ap": {n: None for n in fg_names}}
+        nan = float("nan")
         out.update(num_groups=len(self.scores), num_background_groups=self.background,
-                   background_leak=100.0 * self.leaks / self.background if self.background
-                   else float("nan"))
+                   background_leak=100.0 * self.leaks / self.background if self.background else nan,
+                   num_pairs=int(self.pairs),
+                   within_image_auc=100.0 * self.pairs_won / self.pairs if self.pairs else nan)
         return out
 
 

@@ -67,9 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
   # oracle: also eval/<name>/oracle_mIoU (groups relabelled with their best ground-truth class).
   # naming: also eval/<name>/naming_mAP (image-level: the pooled embedding ranks the classes present
   # in the image, evaluation/naming.py), which separates naming from grouping; with groups also
-  # group_naming_mAP (each final group's embedding ranked against its majority class) and
-  # background_leak (background groups whose best class is in their image), which measure whether
-  # the group embeddings name their own pixels.
+  # group_naming_mAP (each final group's embedding ranked against its majority class),
+  # background_leak (background groups whose best class is in their image) and within_image_auc
+  # (50 = groups carry only the image's names), which measure whether groups name their own pixels.
   config.eval = ml_collections.ConfigDict(dict(
       every_steps=0, datasets=(), max_images=64, mode='slide',
       threshold=ml_collections.config_dict.placeholder(float), num_visualize=8,

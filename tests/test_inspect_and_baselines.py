@@ -160,7 +160,7 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
                           'eval/synthetic/images_per_s', 'eval/synthetic/oracle_mIoU',
                           'eval/synthetic/naming_mAP', 'eval/synthetic/naming_chance_mAP',
                           'eval/synthetic/group_naming_mAP', 'eval/synthetic/group_naming_chance_mAP',
-                          'eval/synthetic/background_leak'}
+                          'eval/synthetic/background_leak', 'eval/synthetic/within_image_auc'}
   result = json.loads((tmp_path / 'eval_synthetic.json').read_text())
   assert result['step'] == 7 and result['num_images'] == 4
   assert result['naming']['mAP'] == pytest.approx(metrics['eval/synthetic/naming_mAP'])

@@ -73,22 +73,30 @@ def _check_group_naming(model, samples, names, groups):
   sims = np.asarray(pooled.group_similarities(model.variables, pixels, class_embed,
                                               config=model.config)['groups'])
   ids = [per_stage[-1] for per_stage in inspect_groups.stage_group_ids(model, [s.image for s in samples])]
-  scores, targets, background, leaks = [], [], 0, 0
+  scores, targets, background, leaks, pairs, won = [], [], 0, 0, 0, 0
   for i, sample in enumerate(samples):
     present = {int(c) - 1 for c in np.unique(sample.label) if 1 <= c <= 3}
+    majority = {}
     for g in range(sims.shape[1]):
       labels = sample.label[(ids[i] == g) & (sample.label != 255)].astype(int)
-      if not labels.size:
-        continue
-      majority = int(np.argmax(np.bincount(labels, minlength=4)))
-      targets.append(np.eye(4, dtype=np.float32)[majority][1:])
+      if labels.size:
+        majority[g] = int(np.argmax(np.bincount(labels, minlength=4)))
+    for g, c in majority.items():
+      targets.append(np.eye(4, dtype=np.float32)[c][1:])
       scores.append(sims[i, g])
-      if majority == 0:
+      if c == 0:
         background += 1
         leaks += int(np.argmax(sims[i, g])) in present
+        continue
+      for h, d in majority.items():
+        if d != c:
+          pairs += 1
+          won += float(sims[i, g, c - 1] > sims[i, h, c - 1])
   assert 0 < leaks < background < len(scores)  # all three kinds of group occur in these samples
   assert groups['num_groups'] == len(scores) and groups['num_background_groups'] == background
   assert groups['background_leak'] == pytest.approx(100 * leaks / background)
+  assert pairs > 0 and groups['num_pairs'] == pairs
+  assert groups['within_image_auc'] == pytest.approx(100 * won / pairs)
   expected = naming.mean_average_precision(np.stack(scores), np.stack(targets))
   assert not np.isnan(expected) and groups['mAP'] == pytest.approx(100 * expected, abs=1e-4)
 
@@ -108,8 +116,13 @@ def test_group_items_rank_each_group_by_its_own_embedding():
   assert global_['mAP'] == pytest.approx(50.0) and global_['chance_mAP'] == pytest.approx(25.0)
   assert global_['num_groups'] == 4 and global_['num_background_groups'] == 2
   assert global_['background_leak'] == pytest.approx(100.0)
+  assert global_['num_pairs'] == 2 and global_['within_image_auc'] == 0.0
+  same = score([[0.9, 0.1], [0.9, 0.1], [0.0, 0.0]], [[0.1, 0.9], [0.1, 0.9], [0.0, 0.0]])
+  assert same['within_image_auc'] == 50.0  # identical group embeddings: ties count half
   # Background groups that name nothing in their image: perfect ranking, no leak.
   local = score([[0.9, 0.1], [0.1, 0.3], [0.0, 0.0]], [[0.1, 0.9], [0.3, 0.1], [0.0, 0.0]])
   assert local['mAP'] == pytest.approx(100.0) and local['background_leak'] == 0.0
+  assert local['within_image_auc'] == 100.0
   nothing = naming._GroupItems(2).result(['circle', 'square'])  # every pixel ignored
   assert np.isnan(nothing['mAP']) and np.isnan(nothing['background_leak'])
+  assert np.isnan(nothing['within_image_auc']) and nothing['num_pairs'] == 0
