@@ -13,7 +13,8 @@ Segmentation (``voc``, ``context``, ``coco_object``, ``folder``): the released p
 Context 0.35, COCO-Object 0.95); ``--paper_threshold`` uses the paper's, ``--threshold X`` any value.
 A ``folder`` dataset (``images/``, ``labels/``, ``classes.txt``) with ``background`` as its first class
 needs ``--threshold``. The JSON holds every metric (``mIoU``, ``per_class_iou``, ``pixel_accuracy``,
-boundary IoU, oracle mIoU with ``--oracle``), the confusion matrix, the configuration and timing.
+boundary IoU, oracle mIoU with ``--oracle``, image- and group-level naming with ``--naming``), the
+confusion matrix, the configuration and timing.
 
 Classification (``imagenet_folder``): :mod:`evaluation.classification` (top-1/top-5, 7 templates).
 """
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--visualize_dir", default=None, help="panel folder (default: <output dir>/visualize)")
     p.add_argument("--oracle", action="store_true", help="also the oracle mIoU (groups given their "
                    "best-IoU ground-truth class)")
+    p.add_argument("--naming", action="store_true", help="also image- and group-level naming "
+                   "(evaluation/naming.py: naming mAP, group naming mAP, background leak, within-image "
+                   "AUC), each image resized whole to the model's input size")
     p.add_argument("--no_boundary", action="store_true", help="skip boundary IoU")
     p.add_argument("--batch_windows", type=int, default=4, help="windows per device call")
     p.add_argument("--tile_size", type=int, default=512)
@@ -123,9 +127,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 visualize_dir=vis_dir, oracle=args.oracle, boundary=not args.no_boundary, scales=args.scales,
                 flip=args.flip, templates=args.templates or "simple", tile_size=args.tile_size,
                 tile_batch=args.tile_batch, log_every=args.log_every, devices=devices)
+            if args.naming:
+                from evaluation.naming import image_naming
+                result["naming"] = image_naming(model, ds, classes, max_images=args.max_images,
+                                                templates=args.templates or "simple")
             result["task"] = "segmentation"
             result["dataset"] = {"name": dataset_name, "data_dir": str(args.data_dir), "split": args.split}
             summary = f"mIoU {result['mIoU']:.2f}  pixel accuracy {result['pixel_accuracy']:.2f}"
+            if args.naming:
+                groups = result["naming"]["groups"] or {}
+                summary += (f"  naming mAP {result['naming']['mAP']:.2f}  within-image AUC "
+                            f"{groups.get('within_image_auc', float('nan')):.2f}")
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -56,7 +56,8 @@ def _check_run(tmp_path, ours_dir, data_dir, split, expected_images):
   vis = tmp_path / 'vis'
   rc = run.main(['--checkpoint', ours_dir, '--dataset', 'voc', '--data_dir', str(data_dir), '--split', split,
                  '--output', str(out), '--save_predictions', str(preds), '--visualize', '2',
-                 '--visualize_dir', str(vis), '--oracle', '--batch_windows', '3', '--num_devices', '1'])
+                 '--visualize_dir', str(vis), '--oracle', '--naming', '--batch_windows', '3',
+                 '--num_devices', '1'])
   assert rc == 0
   result = json.loads(out.read_text())
   for key in ('mIoU', 'pixel_accuracy', 'per_class_iou', 'num_images', 'config', 'timing',
@@ -67,6 +68,7 @@ def _check_run(tmp_path, ours_dir, data_dir, split, expected_images):
   assert result['config']['threshold'] == 0.95 and result['config']['mode'] == 'slide'
   assert result['timing']['images_per_second'] > 0
   assert result['oracle']['mIoU'] is not None
+  assert result['naming']['num_images'] == expected_images and result['naming']['groups']['num_groups'] > 0
   assert len(list(preds.glob('*.png'))) == expected_images
   assert len(list(vis.glob('*.png'))) == min(2, expected_images)
   # predictions re-scored from the PNGs give the same confusion matrix and metrics
