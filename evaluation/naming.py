@@ -75,7 +75,7 @@ _group_scores = jax.jit(pooled.group_similarities, static_argnames=("config",))
 def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
                  max_images: Optional[int] = None, batch_size: int = 32,
                  templates: prompts.Templates = "simple") -> dict:
-    """Image-level zero-shot naming of a segmentation dataset's classes.
+    """Image-level (and, for a model with groups, group-level) zero-shot naming of a dataset's classes.
 
     Args:
       pretrained: ``Pretrained`` (``config``, ``variables``, ``tokenize``).
