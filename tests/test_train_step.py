@@ -1,7 +1,11 @@
 """One training step on 1 device equals the same step data-parallel / FSDP on 8 fake devices,
 with both loss formulations, including the synchronised BatchNorm statistics.
 
-Tolerances. Losses: 2e-6 relative (float32 sums in another order; the loss is ~11 at init).
+Tolerances. Losses: 1e-5 relative. The sharded forward runs its matmuls on 2 examples per device
+instead of 16, and XLA:CPU blocks (and so rounds) them by shape and by the CPU's vector width: on
+an AVX-512 Xeon the step-0 losses (~11) differ by up to 2.2e-6 relative, on another CPU type by
+less than 2e-6 (the bound this test used before). A missing all-reduce changes the loss by ~1e-1
+(the log-softmax over 2 examples instead of 16), four orders of magnitude above the tolerance.
 Gradients are checked through the parameters after the AdamW updates: several gradients are
 mathematically zero (biases before a BatchNorm or LayerNorm) and hold only float32 cancellation
 noise, which Adam with eps=1e-8 turns into +-lr steps whose sign depends on summation order. The
@@ -82,7 +86,7 @@ def test_sharded_step_equals_single_device(formulation, mesh):
   state, metrics, live = _run(_config(formulation, mesh), jax.devices()[:8])
   for m, r in zip(metrics, ref_metrics):
     for key in ('loss', 'loss/image_text', 'loss/multi_label', 'acc/i2t', 'logit_scale'):
-      assert float(m[key]) == pytest.approx(float(r[key]), rel=2e-6, abs=1e-6), key
+      assert float(m[key]) == pytest.approx(float(r[key]), rel=1e-5, abs=1e-6), key
     assert float(m['grad_norm']) == pytest.approx(float(r['grad_norm']), rel=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
                state.batch_stats, ref_state.batch_stats)
