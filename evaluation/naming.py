@@ -127,13 +127,12 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
         scores.append(s[:len(samples)])
         for i, sample in enumerate(samples):
             label = np.asarray(sample.label).astype(np.int64)
-            fg = (label != ignore) & (label >= offset) & (label < len(names))
+            counted = (label != ignore) & (label >= 0) & (label < len(names))  # background included
             row = np.zeros(len(fg_names), np.float32)
-            row[np.unique(label[fg]) - offset] = 1.0
+            row[np.unique(label[counted & (label >= offset)]) - offset] = 1.0
             targets.append(row)
             if with_groups:
                 ids = upsampled_group_ids(out["maps"][i].reshape(grid, grid, -1), *label.shape)
-                counted = (label != ignore) & (label >= 0) & (label < len(names))
                 groups.add(ids[counted], label[counted] - offset, out["groups"][i], row)
     scores, targets = np.concatenate(scores), np.stack(targets)
     return {**_ranking_scores(scores, targets, fg_names), "num_images": int(total),

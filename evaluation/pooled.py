@@ -34,8 +34,14 @@ def class_similarities(variables, pixels: jnp.ndarray, class_embed: jnp.ndarray,
       float32 ``[B, K]``. The embedding is normalised in float32 whatever the model's dtype.
     """
     out = GroupViT(config).apply(variables, pixels, with_groups=False, method=GroupViT.encode_image)
-    emb = l2_normalize(out["image_embed"].astype(jnp.float32))
-    return jnp.einsum("bd,kd->bk", emb, class_embed.astype(jnp.float32), precision=HIGHEST)
+    return _cosine(out["image_embed"], class_embed)
+
+
+def _cosine(embeds: jnp.ndarray, class_embed: jnp.ndarray) -> jnp.ndarray:
+    """``[..., D]`` unnormalised embeddings x ``[K, D]`` normalised classes -> float32 ``[..., K]``
+    (normalised in float32 whatever the model's dtype)."""
+    emb = l2_normalize(embeds.astype(jnp.float32))
+    return jnp.einsum("...d,kd->...k", emb, class_embed.astype(jnp.float32), precision=HIGHEST)
 
 
 def group_similarities(variables, pixels: jnp.ndarray, class_embed: jnp.ndarray, *,
@@ -55,11 +61,8 @@ def group_similarities(variables, pixels: jnp.ndarray, class_embed: jnp.ndarray,
       the segmentation composes them.
     """
     out = GroupViT(config).apply(variables, pixels, with_groups=True, method=GroupViT.encode_image)
-    classes = class_embed.astype(jnp.float32)
-    image = l2_normalize(out["image_embed"].astype(jnp.float32))
-    groups = l2_normalize(out["group_embeds"].astype(jnp.float32))
-    return {"image": jnp.einsum("bd,kd->bk", image, classes, precision=HIGHEST),
-            "groups": jnp.einsum("bgd,kd->bgk", groups, classes, precision=HIGHEST),
+    return {"image": _cosine(out["image_embed"], class_embed),
+            "groups": _cosine(out["group_embeds"], class_embed),
             "maps": compose_group_maps(out["assignments"])[-1]}
 
 
