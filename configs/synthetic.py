@@ -15,6 +15,9 @@ Variants for the paper's ablations in miniature (benchmarks/emergence.py runs th
   configs/synthetic.py:1stage        one grouping stage, 4 groups, same depth (Table 3)
   configs/synthetic.py:vit           a plain ViT of the same depth and width, same loss and budget,
                                      segmented by pixel-wise classification and k-means (Table 4)
+  configs/synthetic.py:mosaic        not in the release: half of every batch tiled into 2-image
+                                     mosaics, each caption matched to the groups of its own tile
+                                     (groupvit_jax/mosaic.py); also vit_mosaic for the ViT
 
 The generator's difficulty knobs are `config.data.synthetic.*` (see SyntheticConfig). This recipe
 uses 1-3 objects a little larger than the generator's defaults, milder caption noise and no colour
@@ -26,7 +29,8 @@ import ml_collections
 
 from groupvit_jax.config_lib import base_config, model_config
 
-VARIANTS = ('', 'soft', 'no_multi_label', 'soft_no_multi_label', '1stage', 'vit')
+VARIANTS = ('', 'soft', 'no_multi_label', 'soft_no_multi_label', '1stage', 'vit', 'mosaic',
+            'vit_mosaic')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -39,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     image['hard_assignment'] = False
   if variant == '1stage':
     image.update(depths=(3, 2), num_group_tokens=(4, 0), num_output_groups=(4,))
-  if variant == 'vit':
+  if variant in ('vit', 'vit_mosaic'):
     image.update(depths=(5,), num_group_tokens=(0,), num_output_groups=())
   config = base_config()
   config.model = model_config(
@@ -68,6 +72,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   synth.p_colour_word = 0.0
   synth.caption_styles = (('sentence', 0.6), ('list', 0.3), ('count', 0.1))
 
+  if variant.endswith('mosaic'):
+    config.loss.mosaic.fraction = 0.5
   config.global_batch_size = 64
   config.total_steps = 1500
   config.log_every_steps = 50

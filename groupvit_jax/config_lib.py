@@ -54,7 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
       scale_lr_by_batch=True))  # lr * global_batch / 4096, as released
   # 'global': losses on global arrays (the compiler inserts collectives); 'shard_map': local
   # rows against all-gathered keys (memory [n_local, N] per device).
-  config.loss = ml_collections.ConfigDict(dict(formulation='global'))
+  # mosaic (not in the release; groupvit_jax/mosaic.py): this fraction of every (micro-)batch is
+  # tiled into mosaics of grid (rows, cols) images, each caption contrasted with the groups that
+  # cover its tile; roll shifts each mosaic cyclically by a random number of patches.
+  config.loss = ml_collections.ConfigDict(dict(
+      formulation='global', mosaic=dict(fraction=0.0, grid=(1, 2), roll=True)))
   # Mesh axes (name, size; -1 = the rest) and parameter partition rules (regex on the
   # '/'-joined parameter path -> 'replicate' | 'fsdp'); the batch is split over all axes.
   config.mesh = (('data', -1), ('fsdp', 1))

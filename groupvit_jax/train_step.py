@@ -13,6 +13,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from groupvit_jax import losses as losses_lib
+from groupvit_jax import mosaic as mosaic_lib
 from groupvit_jax import sharding as sharding_lib
 from groupvit_jax.models.groupvit import GroupViT, init_variables
 
@@ -90,12 +91,33 @@ def make_train_step(model: GroupViT, optimizer: optax.GradientTransformation,
     raise ValueError(f'loss.formulation must be global or shard_map, got '
                      f'{config.loss.formulation!r}')
 
+  mosaic = config.loss.mosaic
+  image_cfg = model.config.image
+
+  def mosaic_inputs(images, rng):
+    """Splits [B, H, W, 3] into whole images and mosaics of the last examples (mosaic.py)."""
+    n_mosaic = mosaic_lib.num_mosaic_examples(images.shape[0], mosaic)
+    if n_mosaic == 0:
+      return images, {}
+    grid = tuple(int(g) for g in mosaic.grid)
+    p = image_cfg.patch_size
+    tiles = images[images.shape[0] - n_mosaic:]
+    shifts = None
+    if mosaic.roll:
+      shifts = mosaic_lib.random_shifts(rng, n_mosaic // mosaic_lib.tiles_per_mosaic(grid), grid,
+                                        (images.shape[1] // p, images.shape[2] // p))
+    mosaics, regions = mosaic_lib.build_mosaics(tiles, grid, p, shifts)
+    return images[:images.shape[0] - n_mosaic], {'mosaics': mosaics, 'mosaic_regions': regions}
+
   def loss_fn(params, batch_stats, micro, rng):
     gumbel_rng, drop_rng = jax.random.split(rng)
+    # fold_in, not a third split: runs without mosaics keep their noise bit for bit.
+    images, mosaic_args = mosaic_inputs(micro['image'], jax.random.fold_in(rng, 2))
     out, new_vars = model.apply(
-        {'params': params, 'batch_stats': batch_stats}, micro['image'], micro['text'],
+        {'params': params, 'batch_stats': batch_stats}, images, micro['text'],
         micro['prompts'] if multi_label else None, train=True,
-        rngs={'gumbel': gumbel_rng, 'droppath': drop_rng}, mutable=['batch_stats'])
+        rngs={'gumbel': gumbel_rng, 'droppath': drop_rng}, mutable=['batch_stats'],
+        **mosaic_args)
     terms = compute_losses(out)
     terms.update(losses_lib.embedding_stats(out['image_embed'], out['text_embed']))
     terms['logit_scale'] = out['logit_scale']

@@ -41,15 +41,17 @@ def test_expected_recipes_exist():
   assert not one.image.pre_assign_attention
 
 
-@pytest.mark.parametrize('variant', ['soft', 'no_multi_label', 'soft_no_multi_label', '1stage', 'vit'])
+@pytest.mark.parametrize('variant', ['soft', 'no_multi_label', 'soft_no_multi_label', '1stage', 'vit',
+                                     'mosaic', 'vit_mosaic'])
 def test_synthetic_ablation_variants(variant):
   base, config = load('synthetic'), load('synthetic', variant)
   model, ref = build_model_config(config), build_model_config(base)
   assert sum(model.image.depths) == sum(ref.image.depths) and model.image.width == ref.image.width
   assert model.image.hard_assignment == ('soft' not in variant)
   assert model.multi_label == ('no_multi_label' not in variant)
-  assert model.image.num_grouping_stages == {'1stage': 1, 'vit': 0}.get(variant, 2)
-  # Only the model differs: same data, budget and evaluation.
+  assert model.image.num_grouping_stages == {'1stage': 1, 'vit': 0, 'vit_mosaic': 0}.get(variant, 2)
+  assert config.loss.mosaic.fraction == (0.5 if variant.endswith('mosaic') else 0.0)
+  # Only the model (and the mosaic objective) differs: same data, budget and evaluation.
   for key in ('data', 'total_steps', 'global_batch_size', 'optimizer', 'eval'):
     assert config[key].to_dict() == base[key].to_dict() if hasattr(config[key], 'to_dict') else (
         config[key] == base[key])

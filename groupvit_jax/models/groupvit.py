@@ -13,6 +13,7 @@ from groupvit_jax.models.grouping import Assignment
 from groupvit_jax.models.heads import ProjectionHead
 from groupvit_jax.models.image_encoder import ImageEncoder
 from groupvit_jax.models.text_encoder import TextEncoder
+from groupvit_jax.mosaic import region_pool
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -72,25 +73,50 @@ class GroupViT(nn.Module):
       result['group_embeds'] = self.img_projector(out.tokens, train)
     return result
 
+  def _encode_with_mosaics(self, images, mosaics, regions, train):
+    """Pooled features of whole images and of mosaic tiles, projected by one head call (its
+    BatchNorm sees both together, as it sees one batch without mosaics)."""
+    pooled, assignments = [], ()
+    if images.shape[0]:
+      out = self.img_encoder(images, deterministic=not train)
+      pooled.append(out.pooled.astype(jnp.float32))
+      assignments = out.assignments
+    mos = self.img_encoder(mosaics, deterministic=not train)
+    patch_to_token = compose_group_maps(mos.assignments, use_soft=False)[-1] \
+        if mos.assignments else None
+    tiles = region_pool(mos.tokens, regions, patch_to_token)  # [M, T, C]
+    pooled.append(tiles.reshape(-1, tiles.shape[-1]))
+    return {'image_embed': self.img_projector(jnp.concatenate(pooled), train),
+            'assignments': assignments}
+
   def encode_text(self, text: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """text int [N, L] -> [N, D] projected end-of-text features (not normalised)."""
     return self.text_projector(self.text_encoder(text), train)
 
   def __call__(self, images: jnp.ndarray, text: jnp.ndarray, prompts: jnp.ndarray | None = None,
-               train: bool = False) -> dict[str, Any]:
+               train: bool = False, mosaics: jnp.ndarray | None = None,
+               mosaic_regions: jnp.ndarray | None = None) -> dict[str, Any]:
     """The training forward pass.
 
     Args:
-      images: [B, H, W, 3] normalised images.
-      text: int [B, L] caption tokens.
+      images: [B_1, H, W, 3] normalised images (B_1 may be 0 when every example is in a mosaic).
+      text: int [B, L] caption tokens, B = B_1 + M * T.
       prompts: int [B, K, L] prompt tokens for the multi-label loss, or None.
       train: batch statistics, Gumbel noise and stochastic depth when True.
+      mosaics: [M, H', W', 3] images tiled from T examples each (groupvit_jax/mosaic.py), or None.
+      mosaic_regions: [M, N', T] patch -> tile one-hot of the mosaics.
     Returns:
-      dict with 'image_embed' [B, D], 'text_embed' [B, D], 'prompt_embed' [B, K, D] (if prompts),
-      'assignments', and the used scales; embeddings are float32 and not normalised.
+      dict with 'image_embed' [B, D] (whole images, then mosaic tiles), 'text_embed' [B, D],
+      'prompt_embed' [B, K, D] (if prompts), 'assignments' (of `images`), and the used scales;
+      embeddings are float32 and not normalised.
     """
-    image = self.encode_image(images, train)
+    if mosaics is None:
+      image = self.encode_image(images, train)
+    else:
+      image = self._encode_with_mosaics(images, mosaics, mosaic_regions, train)
     b = text.shape[0]
+    if image['image_embed'].shape[0] != b:
+      raise ValueError(f"{image['image_embed'].shape[0]} image embeddings for {b} captions")
     if prompts is not None:
       k = prompts.shape[1]
       # One text-head call over captions and prompts: the released model's BatchNorm statistics

@@ -1,0 +1,117 @@
+"""Mosaic training: several images tiled into one input, each caption matched to its own tile.
+
+Not part of the released recipe (opt-in with `config.loss.mosaic.fraction > 0`). The released
+losses see only the mean of the final groups, so nothing asks one group to describe its own pixels
+rather than the whole image (benchmarks/emergence.md, "Measuring locality"). In a mosaic, the
+embedding of tile t is the mean of the final groups weighted by how many of the tile's patches
+each group took (the assignment actually used, so gradients reach the grouping too); it can only
+match tile t's caption and not its neighbours' when groups hold the content of their own patches.
+The same idea drives MixReorg (Cai et al., ICCV 2023), which mixes patches rather than tiles.
+
+A random cyclic shift of each mosaic (whole patches, wrapping around) moves the tile borders, so
+that groups cannot find tiles by position alone.
+
+Ordering: the last `num_mosaic_examples` examples of a batch are tiled, `tiles` consecutive
+examples per mosaic, row-major; their captions stay where they are, and the tile embeddings come
+back in the same order, so the contrastive losses need no change.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+
+def tiles_per_mosaic(grid) -> int:
+  rows, cols = (int(g) for g in grid)
+  return rows * cols
+
+
+def validate(mosaic: ml_collections.ConfigDict, batch_size: int) -> None:
+  """Raises ValueError for settings that cannot build at least one mosaic of this batch."""
+  fraction = float(mosaic.fraction)
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f'loss.mosaic.fraction must be in [0, 1], got {fraction}')
+  if len(mosaic.grid) != 2 or min(int(g) for g in mosaic.grid) < 1:
+    raise ValueError(f'loss.mosaic.grid must be (rows, cols) >= 1, got {tuple(mosaic.grid)}')
+  tiles = tiles_per_mosaic(mosaic.grid)
+  if fraction > 0 and tiles < 2:
+    raise ValueError('loss.mosaic.grid must hold at least 2 tiles')
+  if fraction > 0 and num_mosaic_examples(batch_size, mosaic) == 0:
+    raise ValueError(f'loss.mosaic.fraction={fraction} of a (micro-)batch of {batch_size} '
+                     f'examples makes no mosaic of {tiles} tiles')
+
+
+def num_mosaic_examples(batch_size: int, mosaic: ml_collections.ConfigDict) -> int:
+  """How many examples of a batch of `batch_size` go into mosaics (a multiple of the tiles)."""
+  tiles = tiles_per_mosaic(mosaic.grid)
+  return int(float(mosaic.fraction) * batch_size) // tiles * tiles
+
+
+def build_mosaics(images: jnp.ndarray, grid: tuple[int, int], patch_size: int,
+                  shifts: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Tiles images into mosaics and marks which patches belong to which tile.
+
+  Args:
+    images: [M * T, H, W, 3], T = rows * cols consecutive images per mosaic (row-major).
+    grid: (rows, cols).
+    patch_size: the model's patch size; H and W must be multiples of it.
+    shifts: int [M, 2] cyclic shift of each mosaic in patches (down, right), or None.
+  Returns:
+    mosaics [M, rows * H, cols * W, 3] and regions [M, (rows*H/p) * (cols*W/p), T] float32 one-hot
+    (patch -> tile), patches in row-major order as the image encoder flattens them.
+  """
+  rows, cols = grid
+  tiles = rows * cols
+  n, h, w, c = images.shape
+  if n % tiles:
+    raise ValueError(f'{n} images do not fill mosaics of {tiles} tiles')
+  if h % patch_size or w % patch_size:
+    raise ValueError(f'image size {h}x{w} is not a multiple of the patch size {patch_size}')
+  m = n // tiles
+  mosaics = images.reshape(m, rows, cols, h, w, c).transpose(0, 1, 3, 2, 4, 5)
+  mosaics = mosaics.reshape(m, rows * h, cols * w, c)
+  ph, pw = h // patch_size, w // patch_size
+  tile_of_patch = jnp.arange(tiles).reshape(rows, 1, cols, 1)
+  tile_of_patch = jnp.broadcast_to(tile_of_patch, (rows, ph, cols, pw)).reshape(rows * ph,
+                                                                               cols * pw)
+  tile_of_patch = jnp.broadcast_to(tile_of_patch, (m,) + tile_of_patch.shape)
+  if shifts is not None:
+    roll = jax.vmap(lambda x, s: jnp.roll(x, (s[0], s[1]), axis=(0, 1)))
+    mosaics = roll(mosaics, shifts * patch_size)
+    tile_of_patch = roll(tile_of_patch, shifts)
+  regions = jax.nn.one_hot(tile_of_patch.reshape(m, -1), tiles, dtype=jnp.float32)
+  return mosaics, regions
+
+
+def random_shifts(rng: jax.Array, num_mosaics: int, grid: tuple[int, int],
+                  patch_grid: tuple[int, int]) -> jnp.ndarray:
+  """int32 [M, 2]: uniform cyclic shifts over the whole mosaic, in patches.
+
+  patch_grid: (h, w) patches of one tile.
+  """
+  limits = jnp.array([grid[0] * patch_grid[0], grid[1] * patch_grid[1]], jnp.int32)
+  return jax.random.randint(rng, (num_mosaics, 2), 0, limits)
+
+
+def region_pool(tokens: jnp.ndarray, regions: jnp.ndarray,
+                patch_to_token: jnp.ndarray | None = None) -> jnp.ndarray:
+  """Mean of the tokens covering each region, weighted by their share of the region's patches.
+
+  Args:
+    tokens: [B, S, C] final tokens (groups, or patches for a model without grouping).
+    regions: [B, N, T] patch -> region weights (one-hot rows from `build_mosaics`).
+    patch_to_token: [B, N, S] patch -> token map (composed assignments, rows summing to 1), or
+      None when the tokens are the N patches themselves.
+  Returns:
+    [B, T, C] float32.
+  """
+  regions = regions.astype(jnp.float32)
+  if patch_to_token is None:
+    weights = jnp.swapaxes(regions, 1, 2)  # [B, T, N]
+  else:
+    weights = jnp.einsum('bnt,bns->bts', regions, patch_to_token.astype(jnp.float32),
+                         precision='highest')
+  weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-6)
+  return jnp.einsum('bts,bsc->btc', weights, tokens.astype(jnp.float32), precision='highest')
