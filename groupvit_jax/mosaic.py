@@ -3,8 +3,8 @@
 Not part of the released recipe (opt-in with `config.loss.mosaic.fraction > 0`). The released
 losses see only the mean of the final groups, so nothing asks one group to describe its own pixels
 rather than the whole image (benchmarks/emergence.md, "Measuring locality"). In a mosaic, the
-embedding of tile t is the mean of the final groups inside it, a group split over tiles counted by
-its share in each (from the assignment actually used, so gradients reach the grouping too); it can only
+embedding of tile t is the mean of the final groups weighted by how many of the tile's patches
+each group took (the assignment actually used, so gradients reach the grouping too); it can only
 match tile t's caption and not its neighbours' when groups hold the content of their own patches.
 The same idea drives MixReorg (Cai et al., ICCV 2023), which mixes patches rather than tiles.
 
@@ -97,13 +97,7 @@ def random_shifts(rng: jax.Array, num_mosaics: int, grid: tuple[int, int],
 
 def region_pool(tokens: jnp.ndarray, regions: jnp.ndarray,
                 patch_to_token: jnp.ndarray | None = None) -> jnp.ndarray:
-  """Mean of the tokens in each region, each token weighted by the share of it inside the region.
-
-  A token wholly inside a region counts 1, whatever its size, as every group counts 1 in the
-  released mean over an image's groups; a token split over regions counts its share in each;
-  a token that took no patches counts nowhere. (Weighting by patch counts instead would let the
-  background group, most of a tile's area, stand for the tile, and so carry its caption's
-  objects.)
+  """Mean of the tokens covering each region, weighted by their share of the region's patches.
 
   Args:
     tokens: [B, S, C] final tokens (groups, or patches for a model without grouping).
@@ -115,10 +109,9 @@ def region_pool(tokens: jnp.ndarray, regions: jnp.ndarray,
   """
   regions = regions.astype(jnp.float32)
   if patch_to_token is None:
-    share = jnp.swapaxes(regions, 1, 2)  # [B, T, N]: each patch lies in one region
+    weights = jnp.swapaxes(regions, 1, 2)  # [B, T, N]
   else:
-    mass = jnp.einsum('bnt,bns->bts', regions, patch_to_token.astype(jnp.float32),
-                      precision='highest')  # [B, T, S]: patches of token s in region t
-    share = mass / jnp.maximum(jnp.sum(mass, axis=1, keepdims=True), 1e-6)
-  weights = share / jnp.maximum(jnp.sum(share, axis=-1, keepdims=True), 1e-6)
+    weights = jnp.einsum('bnt,bns->bts', regions, patch_to_token.astype(jnp.float32),
+                         precision='highest')
+  weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-6)
   return jnp.einsum('bts,bsc->btc', weights, tokens.astype(jnp.float32), precision='highest')

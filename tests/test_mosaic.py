@@ -45,26 +45,20 @@ def test_every_patch_comes_from_the_image_its_region_names(grid, with_shifts):
   np.testing.assert_array_equal(patches[..., 2] - patches[..., 0], 200.0)
 
 
-def test_region_pool_counts_each_group_by_its_share_inside_the_tile():
+def test_region_pool_weights_groups_by_their_share_of_each_tile():
   rng = np.random.default_rng(0)
-  tokens = rng.standard_normal((1, 4, 5)).astype(np.float32)
-  # 6 patches, 2 tiles. Tile 0 = patches 0-2: group 0 on patches 0, 1 (all of group 0), group 1
-  # on patch 2 and half of patch 5 (2/3 of group 1 in tile 0).
-  # Tile 1 = patches 3-5: group 2 on patches 3, 4 and half of 5. Group 3 takes no patch.
-  maps = np.array([[[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0],
-                    [0, 0, 1, 0], [0, 0, 1, 0], [0, 0.5, 0.5, 0]]], np.float32)
-  regions = np.array([[[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [0, 1]]], np.float32)
+  tokens = rng.standard_normal((1, 3, 5)).astype(np.float32)
+  # 4 patches, 2 tiles: tile 0 = patches 0, 1 (groups 0 and 1), tile 1 = patches 2, 3 (group 2,
+  # and half of patch 3 to group 1).
+  maps = np.array([[[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0.5, 0.5]]], np.float32)
+  regions = np.array([[[1, 0], [1, 0], [0, 1], [0, 1]]], np.float32)
   pooled = np.asarray(mosaic_lib.region_pool(tokens, regions, maps))
-  # Tile 0: group 0 whole (1), group 1 two thirds: not weighted by area (2 patches vs 1).
-  np.testing.assert_allclose(pooled[0, 0], (tokens[0, 0] + 2 / 3 * tokens[0, 1]) / (5 / 3),
-                             rtol=1e-5)
-  # Tile 1: group 2 whole (1), group 1 one third.
-  np.testing.assert_allclose(pooled[0, 1], (tokens[0, 2] + 1 / 3 * tokens[0, 1]) / (4 / 3),
-                             rtol=1e-5)
+  np.testing.assert_allclose(pooled[0, 0], (tokens[0, 0] + tokens[0, 1]) / 2, rtol=1e-6)
+  np.testing.assert_allclose(pooled[0, 1], 0.25 * tokens[0, 1] + 0.75 * tokens[0, 2], rtol=1e-6)
   # Without a patch -> token map the tokens are the patches themselves.
-  patch_tokens = rng.standard_normal((1, 6, 5)).astype(np.float32)
+  patch_tokens = rng.standard_normal((1, 4, 5)).astype(np.float32)
   pooled = np.asarray(mosaic_lib.region_pool(patch_tokens, regions))
-  np.testing.assert_allclose(pooled[0, 1], patch_tokens[0, 3:].mean(0), rtol=1e-6)
+  np.testing.assert_allclose(pooled[0, 1], patch_tokens[0, 2:].mean(0), rtol=1e-6)
 
 
 def test_counts_and_errors():
