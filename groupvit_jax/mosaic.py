@@ -99,6 +99,11 @@ def region_pool(tokens: jnp.ndarray, regions: jnp.ndarray,
                 patch_to_token: jnp.ndarray | None = None) -> jnp.ndarray:
   """Mean of the tokens covering each region, weighted by their share of the region's patches.
 
+  Counting each group once per tile instead (its fraction inside the tile, normalised over the
+  groups present) was tried: a group with almost no patches then divides by almost nothing, and
+  the straight-through gradients reached norms of 1e5-1e7 and stopped training (benchmarks/
+  emergence.md, "The mosaic objective").
+
   Args:
     tokens: [B, S, C] final tokens (groups, or patches for a model without grouping).
     regions: [B, N, T] patch -> region weights (one-hot rows from `build_mosaics`).
