@@ -184,6 +184,7 @@ _POSITIONS = {
 _LAST_JOINERS = (" and ", " and ", ", and ", " with ", " & ")
 _REST_JOINERS = (", ", " and ", ", also ")
 _BACKGROUND_LEADS = ("on a ", "on a ", "over a ", "with a ")
+_EMPTY_LEADS = ("", "", "a ", "just a ", "an empty ", "nothing but a ", "a photo of a ")
 _SINGLE_LEADS = ("look at this ", "i like this ", "check out this ")
 _LIST_SEPARATORS = (", ", ", ", " / ", " + ", " | ", " ")
 _COUNT_LEADS = {True: ("there are ", "i count "), False: ("there is ", "just ")}
@@ -201,7 +202,7 @@ def _check_vocabulary() -> None:
     pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
                          + r")\b")
     others = (_DISTRACTORS + _HASHTAGS + _INTROS + _VERBS + _STANDALONE_VERBS + _SMALL + _LARGE + _ON_TOP
-              + _BEHIND + _NEAR + _LAST_JOINERS + _REST_JOINERS + _BACKGROUND_LEADS + _SINGLE_LEADS
+              + _BEHIND + _NEAR + _LAST_JOINERS + _REST_JOINERS + _BACKGROUND_LEADS + _EMPTY_LEADS + _SINGLE_LEADS
               + _LIST_SEPARATORS + _COUNT_LEADS[True] + _COUNT_LEADS[False] + _DISTRACTOR_SEPARATORS
               + ("there is ", "there are ", "a ", "an ", "#")
               + tuple(w for v in _BACKGROUND_WORDS.values() for w in v)
@@ -275,6 +276,11 @@ class SyntheticConfig:
         one random object is kept).
       p_distractor_words: probability of adding 1-2 non-category phrases ("stock image", "#art").
       p_background_words: probability of describing the background ("on a striped background").
+      p_background_only: probability that a *train* scene has no objects at all; its caption then
+        names only the background ("just a striped background"). Real captions name the things
+        behind the objects too (grass, sky, a table), which gives background regions concepts of
+        their own; these scenes are that signal. Val scenes always hold objects (the val split
+        measures object segmentation), and 0 (the default) leaves the train stream unchanged.
       p_colour_word, p_size_word, p_position_word: probability that a mention carries a colour word,
         a size word (only for objects in the smallest/largest quarter of ``size_range``), a position.
       p_relation: in sentence captions with >= 2 mentions, probability of a relation ("above",
@@ -308,6 +314,7 @@ class SyntheticConfig:
     p_omit_object_in_caption: float = 0.1
     p_distractor_words: float = 0.4
     p_background_words: float = 0.15
+    p_background_only: float = 0.0
     p_colour_word: float = 0.6
     p_size_word: float = 0.5
     p_position_word: float = 0.25
@@ -369,7 +376,7 @@ class SyntheticConfig:
             err(f"background_types must be a non-empty subset of {BACKGROUND_TYPES}, "
                 f"got {self.background_types}")
         for name in ("background_strength", "colour_jitter", "background_jitter", "object_shading",
-                     "p_omit_object_in_caption", "p_distractor_words", "p_background_words",
+                     "p_omit_object_in_caption", "p_distractor_words", "p_background_words", "p_background_only",
                      "p_colour_word", "p_size_word", "p_position_word", "p_relation", "p_canonical_name"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
@@ -606,6 +613,19 @@ def _streams(seed: int, index: int, split: str) -> tuple[np.random.Generator, ra
             random.Random(int(state[2])))
 
 
+def _background_only(config: SyntheticConfig, seed: int, index: int, split: str) -> bool:
+    """Whether train example ``index`` is a background-only scene (``p_background_only``).
+
+    Decided from a fourth word of the example's seed sequence (``generate_state`` is prefix-stable,
+    so the other three streams are untouched): the scenes that keep their objects are exactly the
+    default stream's, and a background-only scene keeps the default scene's background.
+    """
+    if split != "train" or config.p_background_only <= 0:
+        return False
+    word = np.random.SeedSequence([int(seed), SPLITS[split], int(index)]).generate_state(4, dtype=np.uint64)[3]
+    return random.Random(int(word)).random() < config.p_background_only
+
+
 def _jittered(idx: int, jitter: float, rng: random.Random) -> np.ndarray:
     j = jitter * 255.0
     base = _PALETTE_RGB[idx]
@@ -686,15 +706,16 @@ def render_scene(config: SyntheticConfig, seed: int, index: int, split: str = "t
       A :class:`Scene` with image uint8 ``[H, W, 3]``, masks uint8 ``[H, W]`` and the objects.
     """
     nprng, rng, _ = _streams(seed, index, split)
-    return _render(config, nprng, rng)
+    return _render(config, nprng, rng, _background_only(config, seed, index, split))
 
 
-def _render(config: SyntheticConfig, nprng: np.random.Generator, rng: random.Random) -> Scene:
+def _render(config: SyntheticConfig, nprng: np.random.Generator, rng: random.Random,
+            background_only: bool = False) -> Scene:
     size = config.image_size
     img, bg_kind = _background(config, nprng, rng)
     bg = img.copy() if config.min_contrast > 0 else img
     inst = np.zeros((size, size), np.uint8)
-    n_obj = rng.randint(config.min_objects, config.max_objects)
+    n_obj = 0 if background_only else rng.randint(config.min_objects, config.max_objects)
     lo, hi = config.size_range
     objects: list[SceneObject] = []
     full_area: list[int] = []
@@ -948,9 +969,12 @@ def make_caption(config: SyntheticConfig, scene: Scene, rng: random.Random) -> t
     order = [o for o, m in zip(objs, mentioned) if m]
     rng.shuffle(order)
     style = _weighted(rng, config.caption_styles)
-    text = _STYLE_FNS[style](config, rng, scene, order) if order else ""
-    if rng.random() < config.p_background_words:
-        text += " " + _background_phrase(scene.background, rng)
+    if not objs:  # a background-only scene: its caption names the background, always
+        text = rng.choice(_EMPTY_LEADS) + rng.choice(_BACKGROUND_WORDS[scene.background])
+    else:
+        text = _STYLE_FNS[style](config, rng, scene, order) if order else ""
+        if rng.random() < config.p_background_words:
+            text += " " + _background_phrase(scene.background, rng)
     if rng.random() < config.p_distractor_words:
         if style == "tags" or rng.random() < 0.3:
             extra = " ".join(rng.sample(_HASHTAGS, rng.randint(1, 2)))
@@ -987,7 +1011,7 @@ def generate(config: Optional[SyntheticConfig], seed: int, index: int, split: st
     """
     config = config or SyntheticConfig()
     nprng, rng, caption_rng = _streams(seed, index, split)
-    scene = _render(config, nprng, rng)
+    scene = _render(config, nprng, rng, _background_only(config, seed, index, split))
     caption, mentioned = make_caption(config, scene, caption_rng)
     return {
         "image": scene.image,

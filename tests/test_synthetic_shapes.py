@@ -60,6 +60,7 @@ def test_config_from_dict_rejects_unknown_keys_and_round_trips():
     {"background_types": ("plaid",)}, {"caption_styles": {"poem": 1.0}},
     {"case_styles": {"lower": 0.0}}, {"p_omit_object_in_caption": 1.5}, {"image_size": 8},
     {"object_polarity": "darker"}, {"rotation": "False"}, {"max_objects": 3.0},
+    {"p_background_only": 1.5},
 ])
 def test_config_rejects_invalid_values(bad):
     with pytest.raises(ValueError):
@@ -133,6 +134,30 @@ def test_caption_knobs_do_not_change_images():
     for i in range(5):
         a, b = ss.generate(DEFAULT, 2, i), ss.generate(quiet, 2, i)
         assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["mask"], b["mask"])
+
+
+def test_background_only_scenes_are_train_only_and_name_their_background():
+    half = dataclasses.replace(DEFAULT, p_background_only=0.5)
+    empty = [ss.generate(half, 3, i) for i in range(60)]
+    empty = [e for e in empty if not e["categories"]]
+    assert 15 <= len(empty) <= 45  # about half of 60
+    for i in range(60):
+        ex, scene = ss.generate(half, 3, i), ss.render_scene(half, 3, i)
+        if ex["categories"]:
+            continue
+        assert not ex["mask"].any() and not ex["instance_mask"].any() and ex["mentioned"] == []
+        words = ss._BACKGROUND_WORDS[scene.background]
+        assert any(w in ex["caption"].lower() for w in words), (ex["caption"], scene.background)
+        assert not _mentioned_categories(ex["caption"])
+    # The val split measures object segmentation: the knob leaves it untouched.
+    assert _fingerprint(half, 3, range(8), "val") == _fingerprint(DEFAULT, 3, range(8), "val")
+    # Scenes that keep their objects are the default stream's; the others keep its background.
+    for i in range(12):
+        a, b = ss.generate(half, 3, i), ss.generate(DEFAULT, 3, i)
+        if a["categories"]:
+            assert a["caption"] == b["caption"] and np.array_equal(a["image"], b["image"])
+        else:
+            assert ss.render_scene(half, 3, i).background == ss.render_scene(DEFAULT, 3, i).background
 
 
 # ------------------------------------------------------------------------------------------- images
