@@ -202,8 +202,9 @@ def _check_vocabulary() -> None:
     pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
                          + r")\b")
     others = (_DISTRACTORS + _HASHTAGS + _INTROS + _VERBS + _STANDALONE_VERBS + _SMALL + _LARGE + _ON_TOP
-              + _BEHIND + _NEAR + _LAST_JOINERS + _REST_JOINERS + _BACKGROUND_LEADS + _EMPTY_LEADS + _SINGLE_LEADS
-              + _LIST_SEPARATORS + _COUNT_LEADS[True] + _COUNT_LEADS[False] + _DISTRACTOR_SEPARATORS
+              + _BEHIND + _NEAR + _LAST_JOINERS + _REST_JOINERS + _BACKGROUND_LEADS + _EMPTY_LEADS
+              + _SINGLE_LEADS + _LIST_SEPARATORS + _COUNT_LEADS[True] + _COUNT_LEADS[False]
+              + _DISTRACTOR_SEPARATORS
               + ("there is ", "there are ", "a ", "an ", "#")
               + tuple(w for v in _BACKGROUND_WORDS.values() for w in v)
               + tuple(w for v in _POSITIONS.values() for w in v)
@@ -376,8 +377,9 @@ class SyntheticConfig:
             err(f"background_types must be a non-empty subset of {BACKGROUND_TYPES}, "
                 f"got {self.background_types}")
         for name in ("background_strength", "colour_jitter", "background_jitter", "object_shading",
-                     "p_omit_object_in_caption", "p_distractor_words", "p_background_words", "p_background_only",
-                     "p_colour_word", "p_size_word", "p_position_word", "p_relation", "p_canonical_name"):
+                     "p_omit_object_in_caption", "p_distractor_words", "p_background_words",
+                     "p_background_only", "p_colour_word", "p_size_word", "p_position_word", "p_relation",
+                     "p_canonical_name"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 err(f"{name} must be in [0, 1], got {v}")
@@ -602,28 +604,32 @@ class Scene:
     background: str
 
 
-def _streams(seed: int, index: int, split: str) -> tuple[np.random.Generator, random.Random, random.Random]:
+def _streams(seed: int, index: int, split: str
+             ) -> tuple[np.random.Generator, random.Random, random.Random, random.Random]:
+    """The example's pixel, scene and caption streams, and a fourth for scene-level draws.
+
+    ``generate_state`` is prefix-stable: adding the fourth word left the first three, and so every
+    stream that existed before it, unchanged.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     seed, index = int(seed), int(index)
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
-    state = np.random.SeedSequence([seed, SPLITS[split], index]).generate_state(3, dtype=np.uint64)
+    state = np.random.SeedSequence([seed, SPLITS[split], index]).generate_state(4, dtype=np.uint64)
     return (np.random.Generator(np.random.PCG64(int(state[0]))), random.Random(int(state[1])),
-            random.Random(int(state[2])))
+            random.Random(int(state[2])), random.Random(int(state[3])))
 
 
-def _background_only(config: SyntheticConfig, seed: int, index: int, split: str) -> bool:
-    """Whether train example ``index`` is a background-only scene (``p_background_only``).
+def _background_only(config: SyntheticConfig, split: str, scene_level_rng: random.Random) -> bool:
+    """Whether a train example is a background-only scene (``p_background_only``).
 
-    Decided from a fourth word of the example's seed sequence (``generate_state`` is prefix-stable,
-    so the other three streams are untouched): the scenes that keep their objects are exactly the
-    default stream's, and a background-only scene keeps the default scene's background.
+    Drawn from the fourth stream of :func:`_streams`, so the scenes that keep their objects are
+    exactly the default stream's and a background-only scene keeps the default scene's background.
     """
     if split != "train" or config.p_background_only <= 0:
         return False
-    word = np.random.SeedSequence([int(seed), SPLITS[split], int(index)]).generate_state(4, dtype=np.uint64)[3]
-    return random.Random(int(word)).random() < config.p_background_only
+    return scene_level_rng.random() < config.p_background_only
 
 
 def _jittered(idx: int, jitter: float, rng: random.Random) -> np.ndarray:
@@ -705,8 +711,8 @@ def render_scene(config: SyntheticConfig, seed: int, index: int, split: str = "t
     Returns:
       A :class:`Scene` with image uint8 ``[H, W, 3]``, masks uint8 ``[H, W]`` and the objects.
     """
-    nprng, rng, _ = _streams(seed, index, split)
-    return _render(config, nprng, rng, _background_only(config, seed, index, split))
+    nprng, rng, _, scene_level_rng = _streams(seed, index, split)
+    return _render(config, nprng, rng, _background_only(config, split, scene_level_rng))
 
 
 def _render(config: SyntheticConfig, nprng: np.random.Generator, rng: random.Random,
@@ -1010,8 +1016,8 @@ def generate(config: Optional[SyntheticConfig], seed: int, index: int, split: st
         ``colours``: list of the objects' palette colour names.
     """
     config = config or SyntheticConfig()
-    nprng, rng, caption_rng = _streams(seed, index, split)
-    scene = _render(config, nprng, rng, _background_only(config, seed, index, split))
+    nprng, rng, caption_rng, scene_level_rng = _streams(seed, index, split)
+    scene = _render(config, nprng, rng, _background_only(config, split, scene_level_rng))
     caption, mentioned = make_caption(config, scene, caption_rng)
     return {
         "image": scene.image,
