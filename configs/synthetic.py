@@ -18,6 +18,8 @@ Variants for the paper's ablations in miniature (benchmarks/emergence.py runs th
   configs/synthetic.py:mosaic        not in the release: half of every batch tiled into 2-image
                                      mosaics, each caption matched to the groups of its own tile
                                      (groupvit_jax/mosaic.py); also vit_mosaic for the ViT
+  configs/synthetic.py:group_max     not in the release: the multi-label loss scores an image
+                                     against a noun by its best-matching final group
 
 The generator's difficulty knobs are `config.data.synthetic.*` (see SyntheticConfig). This recipe
 uses 1-3 objects a little larger than the generator's defaults, milder caption noise and no colour
@@ -30,7 +32,7 @@ import ml_collections
 from groupvit_jax.config_lib import base_config, model_config
 
 VARIANTS = ('', 'soft', 'no_multi_label', 'soft_no_multi_label', '1stage', 'vit', 'mosaic',
-            'vit_mosaic')
+            'vit_mosaic', 'group_max')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -74,6 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if variant.endswith('mosaic'):
     config.loss.mosaic.fraction = 0.5
+  if variant == 'group_max':
+    config.loss.multi_label_pooling = 'max'
   config.global_batch_size = 64
   config.total_steps = 1500
   config.log_every_steps = 50

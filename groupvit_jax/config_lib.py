@@ -57,8 +57,12 @@ def base_config() -> ml_collections.ConfigDict:
   # mosaic (not in the release; groupvit_jax/mosaic.py): this fraction of every (micro-)batch is
   # tiled into mosaics of grid (rows, cols) images, each caption contrasted with the groups that
   # cover its tile; roll shifts each mosaic cyclically by a random number of patches.
+  # multi_label_pooling: 'mean' (the release) scores an image against a noun prompt with its
+  # pooled embedding; 'max' (not in the release) with its best-matching final group, so that a
+  # name is pulled onto one group and pushed off the groups of images that lack it.
   config.loss = ml_collections.ConfigDict(dict(
-      formulation='global', mosaic=dict(fraction=0.0, grid=(1, 2), roll=True)))
+      formulation='global', mosaic=dict(fraction=0.0, grid=(1, 2), roll=True),
+      multi_label_pooling='mean'))
   # Mesh axes (name, size; -1 = the rest) and parameter partition rules (regex on the
   # '/'-joined parameter path -> 'replicate' | 'fsdp'); the batch is split over all axes.
   config.mesh = (('data', -1), ('fsdp', 1))

@@ -56,6 +56,34 @@ def _multi_label_terms(img, prompts, keys_img, keys_prompts, scale):
   return loss_img, loss_prompt
 
 
+def _best_group(scores: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  """scores [..., S] -> [...]: the highest score among the groups that own patches (mask)."""
+  return jnp.max(jnp.where(mask, scores, -jnp.inf), axis=-1)
+
+
+def _multi_label_group_terms(groups, mask, prompts, keys_groups, keys_mask, keys_prompts, scale):
+  """Per-row multi-label losses where an image scores a prompt with its best-matching group.
+
+  groups: [n, S, D] normalised final-group embeddings; mask: bool [n, S] (groups that own at
+  least one patch; empty groups never reach a segmentation, so they may not carry a name);
+  prompts: [n, K, D]; keys_groups: [N, S, D]; keys_mask: [N, S]; keys_prompts: [N*K, D].
+  The same two terms as `_multi_label_terms`, with every image-prompt logit the maximum over the
+  image's groups instead of the pooled embedding's. Returns (loss_img [n], loss_prompt [n, K]).
+  """
+  k = prompts.shape[1]
+  own = _best_group(jnp.einsum('nsd,nkd->nks', groups, prompts, precision='highest'),
+                    mask[:, None, :])
+  own = scale * own  # [n, K]
+  logits_img = scale * _best_group(
+      jnp.einsum('nsd,md->nms', groups, keys_prompts, precision='highest'), mask[:, None, :])
+  loss_img = jax.nn.logsumexp(logits_img, axis=-1) - jnp.sum(own, axis=-1) / k
+  logits_prompt = scale * _best_group(
+      jnp.einsum('nkd,msd->nkms', prompts, keys_groups, precision='highest'),
+      keys_mask[None, None])
+  loss_prompt = jax.nn.logsumexp(logits_prompt, axis=-1) - own
+  return loss_img, loss_prompt
+
+
 def _finish(terms_it, terms_ml, total_rows, reduce):
   loss_i2t, loss_t2i, ok_i2t, ok_t2i = terms_it
   mean = lambda x: reduce(jnp.sum(x)) / total_rows
@@ -75,7 +103,9 @@ def _finish(terms_it, terms_ml, total_rows, reduce):
 
 def contrastive_losses(image_embed: jnp.ndarray, text_embed: jnp.ndarray,
                        logit_scale: jnp.ndarray, prompt_embed: jnp.ndarray | None = None,
-                       multi_label_scale: jnp.ndarray | None = None) -> dict[str, jnp.ndarray]:
+                       multi_label_scale: jnp.ndarray | None = None,
+                       group_embed: jnp.ndarray | None = None,
+                       group_mask: jnp.ndarray | None = None) -> dict[str, jnp.ndarray]:
   """Image-text (+ multi-label) losses on global arrays.
 
   Args:
@@ -84,6 +114,10 @@ def contrastive_losses(image_embed: jnp.ndarray, text_embed: jnp.ndarray,
     logit_scale: scalar, the clamped exp(logit_scale).
     prompt_embed: [N, K, D] prompt embeddings, or None to skip the multi-label loss.
     multi_label_scale: scalar for the multi-label logits.
+    group_embed: [N, S, D] final-group embeddings, or None (the release): with them the
+      multi-label loss scores each image-prompt pair by the image's best group
+      (`config.loss.multi_label_pooling='max'`, not in the release).
+    group_mask: bool [N, S], the groups that own patches (required with group_embed).
   Returns:
     dict with 'loss' (total), 'loss/image_text', 'loss/multi_label', 'acc/i2t', 'acc/t2i'.
   """
@@ -92,22 +126,29 @@ def contrastive_losses(image_embed: jnp.ndarray, text_embed: jnp.ndarray,
   ml = None
   if prompt_embed is not None:
     prm = l2_normalize(prompt_embed)
-    ml = _multi_label_terms(img, prm, img, prm.reshape(-1, prm.shape[-1]), multi_label_scale)
+    keys = prm.reshape(-1, prm.shape[-1])
+    if group_embed is None:
+      ml = _multi_label_terms(img, prm, img, keys, multi_label_scale)
+    else:
+      grp = l2_normalize(group_embed)
+      ml = _multi_label_group_terms(grp, group_mask, prm, grp, group_mask, keys,
+                                    multi_label_scale)
   return _finish(terms, ml, img.shape[0], lambda x: x)
 
 
 def sharded_contrastive_losses(mesh: Mesh, batch_axes: tuple[str, ...], image_embed, text_embed,
-                               logit_scale, prompt_embed=None, multi_label_scale=None
-                               ) -> dict[str, jnp.ndarray]:
+                               logit_scale, prompt_embed=None, multi_label_scale=None,
+                               group_embed=None, group_mask=None) -> dict[str, jnp.ndarray]:
   """The same losses via `shard_map`: local rows against keys gathered over `batch_axes`.
 
   Inputs are global arrays whose leading (batch) axis is sharded over `batch_axes` of `mesh`;
   scales are replicated. Returns replicated scalars, equal to `contrastive_losses`.
   """
   with_prompts = prompt_embed is not None
+  with_groups = with_prompts and group_embed is not None
   batch = P(batch_axes)
 
-  def local(img, txt, scale, prm, ml_scale):
+  def local(img, txt, scale, prm, ml_scale, grp, grp_mask):
     img, txt = l2_normalize(img), l2_normalize(txt)
     gather = lambda x: jax.lax.all_gather(x, batch_axes, axis=0, tiled=True)
     reduce = lambda x: jax.lax.psum(x, batch_axes)
@@ -118,15 +159,23 @@ def sharded_contrastive_losses(mesh: Mesh, batch_axes: tuple[str, ...], image_em
     if with_prompts:
       prm = l2_normalize(prm)
       keys = gather(prm.reshape(-1, prm.shape[-1]))
-      ml = _multi_label_terms(img, prm, gather(img), keys, ml_scale)
+      if with_groups:
+        grp = l2_normalize(grp)
+        ml = _multi_label_group_terms(grp, grp_mask, prm, gather(grp), gather(grp_mask), keys,
+                                      ml_scale)
+      else:
+        ml = _multi_label_terms(img, prm, gather(img), keys, ml_scale)
     return _finish(terms, ml, total_rows, reduce)
 
+  n = image_embed.shape[0]
   dummy = jnp.zeros((), jnp.float32)
-  prm = prompt_embed if with_prompts else jnp.zeros((image_embed.shape[0], 1, 1), jnp.float32)
+  prm = prompt_embed if with_prompts else jnp.zeros((n, 1, 1), jnp.float32)
   ml_scale = multi_label_scale if with_prompts else dummy
-  fn = jax.shard_map(local, mesh=mesh, in_specs=(batch, batch, P(), batch, P()), out_specs=P(),
-                     check_vma=False)
-  return fn(image_embed, text_embed, logit_scale, prm, ml_scale)
+  grp = group_embed if with_groups else jnp.zeros((n, 1, 1), jnp.float32)
+  grp_mask = group_mask if with_groups else jnp.ones((n, 1), bool)
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(batch, batch, P(), batch, P(), batch, batch),
+                     out_specs=P(), check_vma=False)
+  return fn(image_embed, text_embed, logit_scale, prm, ml_scale, grp, grp_mask)
 
 
 def embedding_stats(image_embed, text_embed) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def test_expected_recipes_exist():
 
 
 @pytest.mark.parametrize('variant', ['soft', 'no_multi_label', 'soft_no_multi_label', '1stage', 'vit',
-                                     'mosaic', 'vit_mosaic'])
+                                     'mosaic', 'vit_mosaic', 'group_max'])
 def test_synthetic_ablation_variants(variant):
   base, config = load('synthetic'), load('synthetic', variant)
   model, ref = build_model_config(config), build_model_config(base)
@@ -51,7 +51,8 @@ def test_synthetic_ablation_variants(variant):
   assert model.multi_label == ('no_multi_label' not in variant)
   assert model.image.num_grouping_stages == {'1stage': 1, 'vit': 0, 'vit_mosaic': 0}.get(variant, 2)
   assert config.loss.mosaic.fraction == (0.5 if variant.endswith('mosaic') else 0.0)
-  # Only the model (and the mosaic objective) differs: same data, budget and evaluation.
+  assert config.loss.multi_label_pooling == ('max' if variant == 'group_max' else 'mean')
+  # Only the model (and the objective) differs: same data, budget and evaluation.
   for key in ('data', 'total_steps', 'global_batch_size', 'optimizer', 'eval'):
     assert config[key].to_dict() == base[key].to_dict() if hasattr(config[key], 'to_dict') else (
         config[key] == base[key])

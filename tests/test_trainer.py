@@ -114,6 +114,7 @@ def test_sigterm_saves_the_step_it_stopped_at(tmp_path):
     ('--config.global_batch_size=6', 'not divisible by the 4 devices'),
     ('--config.data.train=("webdataset:/nonexistent/{0..3}.tar",)', 'nonexistent'),
     ('--config.loss.mosaic.fraction=0.1', 'makes no mosaic'),
+    ('--config.loss.multi_label_pooling=min', "multi_label_pooling must be 'mean' or 'max'"),
 ])
 def test_bad_configs_fail_at_start_naming_the_problem(tmp_path, override, message):
   proc = subprocess.run(_cmd(tmp_path, override), cwd=REPO, env=_env(4), capture_output=True,

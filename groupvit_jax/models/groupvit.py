@@ -73,6 +73,20 @@ class GroupViT(nn.Module):
       result['group_embeds'] = self.img_projector(out.tokens, train)
     return result
 
+  def _encode_with_groups(self, images, train):
+    """Pooled and per-group embeddings from one head call (its BatchNorm normalises both
+    together), and which groups own at least one patch under the hard assignment."""
+    out = self.img_encoder(images, deterministic=not train)
+    feats = jnp.concatenate([out.pooled[:, None], out.tokens], axis=1)  # [B, 1 + S, C]
+    embeds = self.img_projector(feats, train)
+    if out.assignments:
+      owned = jnp.sum(compose_group_maps(out.assignments, use_soft=False)[-1], axis=1)  # [B, S]
+      mask = owned >= 0.5
+    else:  # no grouping: the tokens are patches
+      mask = jnp.ones(out.tokens.shape[:2], bool)
+    return {'image_embed': embeds[:, 0], 'group_embeds': embeds[:, 1:], 'group_mask': mask,
+            'assignments': out.assignments}
+
   def _encode_with_mosaics(self, images, mosaics, regions, train):
     """Pooled features of whole images and of mosaic tiles, projected by one head call (its
     BatchNorm sees both together, as it sees one batch without mosaics)."""
@@ -95,7 +109,8 @@ class GroupViT(nn.Module):
 
   def __call__(self, images: jnp.ndarray, text: jnp.ndarray, prompts: jnp.ndarray | None = None,
                train: bool = False, mosaics: jnp.ndarray | None = None,
-               mosaic_regions: jnp.ndarray | None = None) -> dict[str, Any]:
+               mosaic_regions: jnp.ndarray | None = None,
+               with_groups: bool = False) -> dict[str, Any]:
     """The training forward pass.
 
     Args:
@@ -105,12 +120,18 @@ class GroupViT(nn.Module):
       train: batch statistics, Gumbel noise and stochastic depth when True.
       mosaics: [M, H', W', 3] images tiled from T examples each (groupvit_jax/mosaic.py), or None.
       mosaic_regions: [M, N', T] patch -> tile one-hot of the mosaics.
+      with_groups: also return 'group_embeds' [B, S, D] and 'group_mask' bool [B, S] (groups that
+        own a patch) for the group-level multi-label loss; not with mosaics.
     Returns:
       dict with 'image_embed' [B, D] (whole images, then mosaic tiles), 'text_embed' [B, D],
       'prompt_embed' [B, K, D] (if prompts), 'assignments' (of `images`), and the used scales;
       embeddings are float32 and not normalised.
     """
-    if mosaics is None:
+    if with_groups and mosaics is not None:
+      raise ValueError('group embeddings are not computed for mosaics')
+    if with_groups:
+      image = self._encode_with_groups(images, train)
+    elif mosaics is None:
       image = self.encode_image(images, train)
     else:
       image = self._encode_with_mosaics(images, mosaics, mosaic_regions, train)
@@ -130,6 +151,8 @@ class GroupViT(nn.Module):
            'assignments': image['assignments']}
     if prompt_embed is not None:
       out['prompt_embed'] = prompt_embed
+    if with_groups:
+      out['group_embeds'], out['group_mask'] = image['group_embeds'], image['group_mask']
     out.update(self.scales())
     return out
 
