@@ -82,7 +82,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise TrainingError(str(e)) from None
   model_cfg = config_lib.build_model_config(config)  # raises on unknown/inconsistent keys
   try:
-    train_lib.multi_label_pooling(config, model_cfg.multi_label)
+    train_lib.group_pooled_losses(config, model_cfg.multi_label)
   except ValueError as e:
     raise TrainingError(str(e)) from None
   if config.data.image_size != model_cfg.image.image_size:

@@ -66,20 +66,24 @@ def _split_micro(batch: dict[str, jnp.ndarray], accum: int) -> dict[str, jnp.nda
   return jax.tree.map(split, batch)
 
 
-def multi_label_pooling(config: ml_collections.ConfigDict, multi_label: bool) -> bool:
-  """Validates `config.loss.multi_label_pooling`; True when the multi-label loss scores each
-  image by its best-matching final group ('max', not in the release) instead of its pooled
-  embedding ('mean', the release)."""
-  pooling = config.loss.get('multi_label_pooling', 'mean')
-  if pooling not in ('mean', 'max'):
-    raise ValueError(f"loss.multi_label_pooling must be 'mean' or 'max', got {pooling!r}")
-  if pooling == 'max' and not multi_label:
+def group_pooled_losses(config: ml_collections.ConfigDict, multi_label: bool) -> tuple[str, ...]:
+  """Validates `config.loss.{image_text,multi_label}_pooling` and returns the losses that score
+  an image against a text by its best-matching final group ('max', not in the release) instead
+  of its pooled embedding ('mean', the release): a subset of ('image_text', 'multi_label')."""
+  out = []
+  for name in ('image_text', 'multi_label'):
+    pooling = config.loss.get(f'{name}_pooling', 'mean')
+    if pooling not in ('mean', 'max'):
+      raise ValueError(f"loss.{name}_pooling must be 'mean' or 'max', got {pooling!r}")
+    if pooling == 'max':
+      out.append(name)
+  if 'multi_label' in out and not multi_label:
     raise ValueError("loss.multi_label_pooling='max' needs the multi-label loss "
                      '(model.multi_label=True)')
-  if pooling == 'max' and float(config.loss.mosaic.fraction) > 0:
-    raise ValueError("loss.multi_label_pooling='max' does not combine with mosaics "
+  if out and float(config.loss.mosaic.fraction) > 0:
+    raise ValueError("loss.*_pooling='max' does not combine with mosaics "
                      '(loss.mosaic.fraction > 0)')
-  return pooling == 'max'
+  return tuple(out)
 
 
 def make_train_step(model: GroupViT, optimizer: optax.GradientTransformation,
@@ -97,12 +101,12 @@ def make_train_step(model: GroupViT, optimizer: optax.GradientTransformation,
   batch_axes = tuple(mesh.axis_names)
   batch_spec = sharding_lib.batch_sharding(mesh)
 
-  group_pooling = multi_label_pooling(config, multi_label)
+  group_losses = group_pooled_losses(config, multi_label)
 
   def compute_losses(out):
     args = (out['image_embed'], out['text_embed'], out['logit_scale'],
             out.get('prompt_embed'), out.get('multi_label_logit_scale'),
-            out.get('group_embeds'), out.get('group_mask'))
+            out.get('group_embeds'), out.get('group_mask'), group_losses)
     if config.loss.formulation == 'shard_map':
       return losses_lib.sharded_contrastive_losses(mesh, batch_axes, *args)
     if config.loss.formulation == 'global':
@@ -136,7 +140,7 @@ def make_train_step(model: GroupViT, optimizer: optax.GradientTransformation,
         {'params': params, 'batch_stats': batch_stats}, images, micro['text'],
         micro['prompts'] if multi_label else None, train=True,
         rngs={'gumbel': gumbel_rng, 'droppath': drop_rng}, mutable=['batch_stats'],
-        with_groups=group_pooling, **mosaic_args)
+        with_groups=bool(group_losses), **mosaic_args)
     terms = compute_losses(out)
     terms.update(losses_lib.embedding_stats(out['image_embed'], out['text_embed']))
     terms['logit_scale'] = out['logit_scale']

@@ -42,7 +42,7 @@ def test_expected_recipes_exist():
 
 
 @pytest.mark.parametrize('variant', ['soft', 'no_multi_label', 'soft_no_multi_label', '1stage', 'vit',
-                                     'mosaic', 'vit_mosaic', 'group_max'])
+                                     'mosaic', 'vit_mosaic', 'group_max', 'group_max_all'])
 def test_synthetic_ablation_variants(variant):
   base, config = load('synthetic'), load('synthetic', variant)
   model, ref = build_model_config(config), build_model_config(base)
@@ -51,13 +51,28 @@ def test_synthetic_ablation_variants(variant):
   assert model.multi_label == ('no_multi_label' not in variant)
   assert model.image.num_grouping_stages == {'1stage': 1, 'vit': 0, 'vit_mosaic': 0}.get(variant, 2)
   assert config.loss.mosaic.fraction == (0.5 if variant.endswith('mosaic') else 0.0)
-  assert config.loss.multi_label_pooling == ('max' if variant == 'group_max' else 'mean')
+  assert config.loss.multi_label_pooling == ('max' if variant.startswith('group_max') else 'mean')
+  assert config.loss.image_text_pooling == ('max' if variant == 'group_max_all' else 'mean')
   # Only the model (and the objective) differs: same data, budget and evaluation.
   for key in ('data', 'total_steps', 'global_batch_size', 'optimizer', 'eval'):
     assert config[key].to_dict() == base[key].to_dict() if hasattr(config[key], 'to_dict') else (
         config[key] == base[key])
   with pytest.raises(ValueError, match='unknown variant'):
     load('synthetic', 'sfot')
+
+
+def test_easy_group_max_recipe():
+  """The best-group recipe: the release's model, the easiest scenes, captions that name the
+  background, the best-group multi-label loss and the release's VOC background threshold."""
+  base, config = load('synthetic'), load('synthetic', 'easy_group_max')
+  assert build_model_config(config) == build_model_config(base)
+  synth = config.data.synthetic
+  assert (synth.object_polarity, synth.max_objects, synth.rotation,
+          synth.p_background_words) == ('lighter', 1, False, 1.0)
+  assert config.loss.multi_label_pooling == 'max' and config.loss.image_text_pooling == 'mean'
+  assert config.eval.threshold == 0.95 and base.eval.threshold is None
+  for key in ('total_steps', 'global_batch_size', 'optimizer'):
+    assert config[key] == base[key]
 
 
 def test_model_config_rejects_unknown_keys():

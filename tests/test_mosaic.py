@@ -117,36 +117,20 @@ def test_train_step_loss_equals_the_losses_of_the_mosaic_forward():
   captions: its loss equals the contrastive losses of the model's mosaic forward, computed by
   hand with the step's random keys (roll off, so the tiling is fixed)."""
   from groupvit_jax import losses as losses_lib
-  from groupvit_jax import optim
-  from groupvit_jax import sharding as sharding_lib
-  from groupvit_jax import train_step as train_lib
-  from tests.test_train_step import _batch
+  from tests.test_train_step import first_step
 
   config = load('tiny')
-  g = 16
   with config.unlocked():
-    config.global_batch_size = g
+    config.global_batch_size = 16
     config.loss.mosaic.fraction = 0.5
     config.loss.mosaic.roll = False
-  mesh = sharding_lib.make_mesh(config.mesh, jax.devices()[:1])
-  model = GroupViT(config_lib.build_model_config(config))
-  optimizer, schedule = optim.make_optimizer(config.optimizer, g, 100)
-  shardings = train_lib.state_shardings(train_lib.abstract_state(model, optimizer), mesh,
-                                        config.partition_rules)
-  fresh_state = lambda: train_lib.create_state(model, optimizer, jax.random.key(0), shardings)
-  state = fresh_state()
-  variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
-  batch = _batch(config)
-  step = train_lib.make_train_step(model, optimizer, schedule, config, mesh, shardings)
-  rng = jax.random.key(1)
-  _, metrics = step(state, sharding_lib.global_batch(batch, mesh), rng)
-
-  gumbel_rng, drop_rng = jax.random.split(jax.random.fold_in(rng, 0))
+  run = first_step(config)
+  batch, metrics = run['batch'], run['metrics']
   p = config.model.image.patch_size
   mosaics, regions = mosaic_lib.build_mosaics(jnp.asarray(batch['image'][8:]), (1, 2), p)
-  out = model.apply(variables, batch['image'][:8], batch['text'], batch['prompts'], train=True,
-                    mosaics=mosaics, mosaic_regions=regions,
-                    rngs={'gumbel': gumbel_rng, 'droppath': drop_rng}, mutable=['batch_stats'])[0]
+  out = run['model'].apply(run['variables'], batch['image'][:8], batch['text'], batch['prompts'],
+                           train=True, mosaics=mosaics, mosaic_regions=regions, rngs=run['rngs'],
+                           mutable=['batch_stats'])[0]
   expected = losses_lib.contrastive_losses(out['image_embed'], out['text_embed'],
                                            out['logit_scale'], out.get('prompt_embed'),
                                            out.get('multi_label_logit_scale'))
@@ -155,5 +139,5 @@ def test_train_step_loss_equals_the_losses_of_the_mosaic_forward():
   # scored against their own captions, not against a whole-mosaic embedding.
   swapped = dict(batch, text=batch['text'][np.r_[0:8, 9, 8, 10:16]],
                  prompts=batch['prompts'][np.r_[0:8, 9, 8, 10:16]])
-  _, metrics_swapped = step(fresh_state(), sharding_lib.global_batch(swapped, mesh), rng)
+  _, metrics_swapped = run['step'](run['fresh_state'](), swapped)
   assert abs(float(metrics_swapped['loss']) - float(metrics['loss'])) > 1e-4

@@ -55,6 +55,36 @@ def _batch(config, seed=0):
           'prompts': prompts}
 
 
+def one_device_step(config):
+  """(model, jitted train step, fresh_state()) for `config` on the first device, as the trainer
+  builds them; fresh_state() initialises the state from key 0."""
+  mesh = sharding_lib.make_mesh(config.mesh, jax.devices()[:1])
+  model = GroupViT(config_lib.build_model_config(config))
+  optimizer, schedule = optim.make_optimizer(config.optimizer, config.global_batch_size, 100)
+  shardings = train_lib.state_shardings(train_lib.abstract_state(model, optimizer), mesh,
+                                        config.partition_rules)
+  fresh_state = lambda: train_lib.create_state(model, optimizer, jax.random.key(0), shardings)
+  step = train_lib.make_train_step(model, optimizer, schedule, config, mesh, shardings)
+  return model, lambda state, batch, rng: step(state, sharding_lib.global_batch(batch, mesh),
+                                               rng), fresh_state
+
+
+def first_step(config):
+  """One step of `config` from a fresh state on `_batch(config)` with key 1, and what a test needs
+  to recompute it by hand: dict with model, step, fresh_state, variables (before the step),
+  batch, metrics and rngs (the step's 'gumbel' / 'droppath' keys for model.apply)."""
+  model, step, fresh_state = one_device_step(config)
+  state = fresh_state()
+  variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+  batch = _batch(config)
+  rng = jax.random.key(1)
+  _, metrics = step(state, batch, rng)
+  gumbel_rng, drop_rng = jax.random.split(jax.random.fold_in(rng, 0))
+  return dict(model=model, step=lambda state, batch: step(state, batch, rng),
+              fresh_state=fresh_state, variables=variables, batch=batch, metrics=metrics,
+              rngs={'gumbel': gumbel_rng, 'droppath': drop_rng})
+
+
 def _run(config, devices, steps=2):
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   model = GroupViT(config_lib.build_model_config(config))

@@ -1,6 +1,6 @@
-"""The group-level multi-label loss (`config.loss.multi_label_pooling='max'`, not in the release).
+"""Group-level losses (`config.loss.{multi_label,image_text}_pooling='max'`, not in the release).
 
-Each image-prompt logit is the best score over the image's final groups that own patches. Checked
+Each image-text logit is the best score over the image's final groups that own patches. Checked
 against a float64 numpy reference, against the released (pooled) loss when every image has one
 group, on 8 fake devices in both formulations, and through the jitted train step. Tolerance 1e-5
 as in tests/test_losses.py: float32 values of O(1-10) summed in different orders.
@@ -16,42 +16,67 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from groupvit_jax import losses
 from groupvit_jax import train_step as train_lib
 from groupvit_jax.sharding import make_mesh
+from tests import test_losses
 
-N, S, K, D = 16, 4, 3, 8
+N, K, D = test_losses.N, test_losses.K, test_losses.D
+S = 4
 TOL = 1e-5
 
 
 def _inputs(seed=0):
-  rng = np.random.default_rng(seed)
-  img = rng.standard_normal((N, D)).astype(np.float32)
-  txt = (img + 0.8 * rng.standard_normal((N, D))).astype(np.float32)
-  prm = (img[:, None] + rng.standard_normal((N, K, D))).astype(np.float32)
+  """test_losses' embeddings and scales, plus S groups per image and which of them own patches."""
+  img, txt, prm, s, s_ml = test_losses._inputs(seed)
+  rng = np.random.default_rng(seed + 100)
   groups = (img[:, None] + rng.standard_normal((N, S, D))).astype(np.float32)
   mask = rng.random((N, S)) < 0.7
   mask[:, 0] = True  # every image owns its patches somewhere
-  return img, txt, prm, groups, mask, np.float32(14.3), np.float32(9.1)
+  return img, txt, prm, groups, mask, s, s_ml
+
+
+def _ce(logits, targets):  # soft-target cross entropy, mean over rows
+  shift = logits.max(1, keepdims=True)
+  logp = logits - shift - np.log(np.exp(logits - shift).sum(1, keepdims=True))
+  return float(np.mean(-(targets * logp).sum(1)))
+
+
+def _best_group_scores(groups, texts, mask):
+  """[N images, M texts]: the best cosine over each image's groups that own patches (float64)."""
+  n = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  scores = np.einsum('nsd,md->nms', n(groups.astype(np.float64)), n(texts.astype(np.float64)))
+  return np.where(mask[:, None, :], scores, -np.inf).max(-1)
 
 
 def _reference_multi_label(prm, groups, mask, s_ml):
-  n = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-  prm, groups = n(prm.astype(np.float64)), n(groups.astype(np.float64))
-  flat = prm.reshape(N * K, D)
-  scores = np.einsum('nsd,md->nms', groups, flat)  # [N images, N*K prompts, S]
-  scores = np.where(mask[:, None, :], scores, -np.inf).max(-1)
+  scores = _best_group_scores(groups, prm.reshape(N * K, D), mask)  # [N, N*K]
   owner = np.repeat(np.arange(N), K)
-
-  def ce(logits, targets):
-    shift = logits.max(1, keepdims=True)
-    logp = logits - shift - np.log(np.exp(logits - shift).sum(1, keepdims=True))
-    return float(np.mean(-(targets * logp).sum(1)))
-
   t_img = (owner[None, :] == np.arange(N)[:, None]) / K
   t_prm = (np.arange(N)[None, :] == owner[:, None]).astype(float)
-  return 0.5 * (ce(s_ml * scores, t_img) + ce(s_ml * scores.T, t_prm))
+  return 0.5 * (_ce(s_ml * scores, t_img) + _ce(s_ml * scores.T, t_prm))
 
 
-def _loss(img, txt, prm, groups, mask, s, s_ml):
-  return losses.contrastive_losses(img, txt, s, prm, s_ml, groups, mask)
+def _reference_image_text(txt, groups, mask, s):
+  scores = _best_group_scores(groups, txt, mask)  # [N, N]
+  return 0.5 * (_ce(s * scores, np.eye(N)) + _ce(s * scores.T, np.eye(N)))
+
+
+def _loss(img, txt, prm, groups, mask, s, s_ml, group_losses=('multi_label',)):
+  return losses.contrastive_losses(img, txt, s, prm, s_ml, groups, mask, group_losses)
+
+
+def test_image_text_loss_over_groups_matches_the_reference():
+  img, txt, prm, groups, mask, s, s_ml = _inputs(3)
+  out = _loss(img, txt, prm, groups, mask, s, s_ml, ('image_text',))
+  assert float(out['loss/image_text']) == pytest.approx(
+      _reference_image_text(txt, groups, mask, s), abs=TOL)
+  released = losses.contrastive_losses(img, txt, s, prm, s_ml)
+  assert float(out['loss/multi_label']) == pytest.approx(float(released['loss/multi_label']),
+                                                         abs=TOL)
+  both = _loss(img, txt, prm, groups, mask, s, s_ml, ('image_text', 'multi_label'))
+  assert float(both['loss']) == pytest.approx(
+      _reference_image_text(txt, groups, mask, s)
+      + _reference_multi_label(prm, groups, mask, s_ml), abs=TOL)
+  with pytest.raises(ValueError, match='group_losses'):
+    _loss(img, txt, prm, groups, mask, s, s_ml, ('image_txt',))
 
 
 def test_matches_the_reference_and_ignores_groups_without_patches():
@@ -77,14 +102,16 @@ def test_matches_the_reference_and_ignores_groups_without_patches():
 
 def test_one_group_per_image_is_the_released_loss():
   img, txt, prm, _, _, s, s_ml = _inputs(1)
-  grouped = _loss(img, txt, prm, img[:, None], np.ones((N, 1), bool), s, s_ml)
+  grouped = _loss(img, txt, prm, img[:, None], np.ones((N, 1), bool), s, s_ml,
+                  ('image_text', 'multi_label'))
   released = losses.contrastive_losses(img, txt, s, prm, s_ml)
   for key in released:
     assert float(grouped[key]) == pytest.approx(float(released[key]), abs=TOL), key
 
 
+@pytest.mark.parametrize('group_losses', [('multi_label',), ('image_text', 'multi_label')])
 @pytest.mark.parametrize('formulation', ['global', 'shard_map'])
-def test_sharded_loss_and_gradients_equal_single_device(formulation):
+def test_sharded_loss_and_gradients_equal_single_device(formulation, group_losses):
   img, txt, prm, groups, mask, s, s_ml = _inputs(2)
   mesh = make_mesh((('data', 8),))
   axes = tuple(mesh.axis_names)
@@ -94,7 +121,7 @@ def test_sharded_loss_and_gradients_equal_single_device(formulation):
     fn = lambda *a: losses.sharded_contrastive_losses(mesh, axes, *a)
 
   def loss(fn, img, txt, prm, groups, mask):
-    return fn(img, txt, s, prm, s_ml, groups, mask)['loss']
+    return fn(img, txt, s, prm, s_ml, groups, mask, group_losses)['loss']
 
   grad = lambda fn: jax.jit(jax.value_and_grad(lambda *a: loss(fn, *a), argnums=(0, 1, 2, 3)))
   ref_val, ref_grads = grad(losses.contrastive_losses)(img, txt, prm, groups, mask)
@@ -107,52 +134,46 @@ def test_sharded_loss_and_gradients_equal_single_device(formulation):
   assert np.all(np.asarray(ref_grads[3])[~mask] == 0)
 
 
-def _loss_config(pooling, mosaic=0.0):
-  return ml_collections.ConfigDict(dict(loss=dict(multi_label_pooling=pooling,
-                                                  mosaic=dict(fraction=mosaic))))
+def _loss_config(multi_label, image_text='mean', mosaic=0.0):
+  return ml_collections.ConfigDict(dict(loss=dict(
+      multi_label_pooling=multi_label, image_text_pooling=image_text,
+      mosaic=dict(fraction=mosaic))))
 
 
-def test_pooling_option_is_validated():
-  assert not train_lib.multi_label_pooling(_loss_config('mean'), True)
-  assert train_lib.multi_label_pooling(_loss_config('max'), True)
-  with pytest.raises(ValueError, match="'mean' or 'max'"):
-    train_lib.multi_label_pooling(_loss_config('min'), True)
+def test_pooling_options_are_validated():
+  pooled = train_lib.group_pooled_losses
+  assert pooled(_loss_config('mean'), True) == ()
+  assert pooled(_loss_config('max'), True) == ('multi_label',)
+  assert pooled(_loss_config('max', 'max'), True) == ('image_text', 'multi_label')
+  assert pooled(_loss_config('mean', 'max'), False) == ('image_text',)
+  with pytest.raises(ValueError, match="multi_label_pooling must be 'mean' or 'max'"):
+    pooled(_loss_config('min'), True)
+  with pytest.raises(ValueError, match="image_text_pooling must be 'mean' or 'max'"):
+    pooled(_loss_config('mean', 'best'), True)
   with pytest.raises(ValueError, match='needs the multi-label loss'):
-    train_lib.multi_label_pooling(_loss_config('max'), False)
+    pooled(_loss_config('max'), False)
   with pytest.raises(ValueError, match='does not combine with mosaics'):
-    train_lib.multi_label_pooling(_loss_config('max', 0.5), True)
+    pooled(_loss_config('max', mosaic=0.5), True)
 
 
 def test_train_step_scores_prompts_with_the_groups_of_the_forward():
   """The jitted step's loss equals the losses of the model's grouped forward computed by hand with
   the step's keys; the mask holds exactly the final groups that own patches."""
-  from groupvit_jax import config_lib, optim
-  from groupvit_jax import sharding as sharding_lib
-  from groupvit_jax.models.groupvit import GroupViT, compose_group_maps
-  from tests.test_train_step import _batch
+  from groupvit_jax.models.groupvit import compose_group_maps
   from tests.test_configs import load
+  from tests.test_train_step import first_step
 
   config = load('tiny')
   g = 16  # tests.test_train_step._batch makes 16 examples
   with config.unlocked():
     config.global_batch_size = g
     config.loss.multi_label_pooling = 'max'
-  mesh = sharding_lib.make_mesh(config.mesh, jax.devices()[:1])
-  model = GroupViT(config_lib.build_model_config(config))
-  optimizer, schedule = optim.make_optimizer(config.optimizer, g, 100)
-  shardings = train_lib.state_shardings(train_lib.abstract_state(model, optimizer), mesh,
-                                        config.partition_rules)
-  state = train_lib.create_state(model, optimizer, jax.random.key(0), shardings)
-  variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
-  batch = _batch(config)
-  step = train_lib.make_train_step(model, optimizer, schedule, config, mesh, shardings)
-  rng = jax.random.key(1)
-  _, metrics = step(state, sharding_lib.global_batch(batch, mesh), rng)
-
-  gumbel_rng, drop_rng = jax.random.split(jax.random.fold_in(rng, 0))
-  out = model.apply(variables, batch['image'], batch['text'], batch['prompts'], train=True,
-                    with_groups=True, rngs={'gumbel': gumbel_rng, 'droppath': drop_rng},
-                    mutable=['batch_stats'])[0]
+    config.loss.image_text_pooling = 'max'
+  run = first_step(config)
+  batch, metrics = run['batch'], run['metrics']
+  out = run['model'].apply(run['variables'], batch['image'], batch['text'], batch['prompts'],
+                           train=True, with_groups=True, rngs=run['rngs'],
+                           mutable=['batch_stats'])[0]
   num_groups = config.model.image.num_output_groups[-1]
   assert out['group_embeds'].shape == (g, num_groups, config.model.projection_dim)
   hard = compose_group_maps(out['assignments'], use_soft=False)[-1]
@@ -160,8 +181,10 @@ def test_train_step_scores_prompts_with_the_groups_of_the_forward():
   assert np.all(np.asarray(out['group_mask']).any(-1))
   expected = losses.contrastive_losses(out['image_embed'], out['text_embed'], out['logit_scale'],
                                        out['prompt_embed'], out['multi_label_logit_scale'],
-                                       out['group_embeds'], out['group_mask'])
+                                       out['group_embeds'], out['group_mask'],
+                                       ('image_text', 'multi_label'))
   np.testing.assert_allclose(metrics['loss'], expected['loss'], rtol=1e-5)
   released = losses.contrastive_losses(out['image_embed'], out['text_embed'], out['logit_scale'],
                                        out['prompt_embed'], out['multi_label_logit_scale'])
-  assert abs(float(released['loss/multi_label']) - float(expected['loss/multi_label'])) > 1e-4
+  for key in ('loss/image_text', 'loss/multi_label'):
+    assert abs(float(released[key]) - float(expected[key])) > 1e-4, key
