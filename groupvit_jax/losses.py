@@ -91,9 +91,8 @@ def _multi_label_group_terms(groups, mask, prompts, keys_groups, keys_mask, keys
   image's groups instead of the pooled embedding's. Returns (loss_img [n], loss_prompt [n, K]).
   """
   k = prompts.shape[1]
-  own = _best_group(jnp.einsum('nsd,nkd->nks', groups, prompts, precision='highest'),
-                    mask[:, None, :])
-  own = scale * own  # [n, K]
+  own = scale * _best_group(jnp.einsum('nsd,nkd->nks', groups, prompts, precision='highest'),
+                            mask[:, None, :])  # [n, K]
   logits_img = scale * _best_group(
       jnp.einsum('nsd,md->nms', groups, keys_prompts, precision='highest'), mask[:, None, :])
   loss_img = jax.nn.logsumexp(logits_img, axis=-1) - jnp.sum(own, axis=-1) / k
@@ -191,7 +190,7 @@ def sharded_contrastive_losses(mesh: Mesh, batch_axes: tuple[str, ...], image_em
     reduce = lambda x: jax.lax.psum(x, batch_axes)
     total_rows = reduce(jnp.float32(img.shape[0]))
     offset = jax.lax.axis_index(batch_axes) * img.shape[0]
-    if with_groups:
+    if groups_it or groups_ml:
       grp = l2_normalize(grp)
       keys_grp, keys_mask = gather(grp), gather(grp_mask)
     if groups_it:

@@ -67,25 +67,16 @@ class GroupViT(nn.Module):
     also 'group_embeds' [B, S, D] (projected final segment tokens, not normalised).
     """
     out = self.img_encoder(images, deterministic=not train)
-    result = {'image_embed': self.img_projector(out.pooled, train),
-              'assignments': out.assignments, 'grid': out.grid}
+    result = {'assignments': out.assignments, 'grid': out.grid}
     if with_groups:
-      result['group_embeds'] = self.img_projector(out.tokens, train)
+      # One head call for the pooled feature and the groups: in training its BatchNorm then
+      # normalises both together (evaluation uses running statistics, so nothing changes there).
+      feats = jnp.concatenate([out.pooled[:, None], out.tokens], axis=1)  # [B, 1 + S, C]
+      embeds = self.img_projector(feats, train)
+      result.update(image_embed=embeds[:, 0], group_embeds=embeds[:, 1:])
+    else:
+      result['image_embed'] = self.img_projector(out.pooled, train)
     return result
-
-  def _encode_with_groups(self, images, train):
-    """Pooled and per-group embeddings from one head call (its BatchNorm normalises both
-    together), and which groups own at least one patch under the hard assignment."""
-    out = self.img_encoder(images, deterministic=not train)
-    feats = jnp.concatenate([out.pooled[:, None], out.tokens], axis=1)  # [B, 1 + S, C]
-    embeds = self.img_projector(feats, train)
-    if out.assignments:
-      owned = jnp.sum(compose_group_maps(out.assignments, use_soft=False)[-1], axis=1)  # [B, S]
-      mask = owned >= 0.5
-    else:  # no grouping: the tokens are patches
-      mask = jnp.ones(out.tokens.shape[:2], bool)
-    return {'image_embed': embeds[:, 0], 'group_embeds': embeds[:, 1:], 'group_mask': mask,
-            'assignments': out.assignments}
 
   def _encode_with_mosaics(self, images, mosaics, regions, train):
     """Pooled features of whole images and of mosaic tiles, projected by one head call (its
@@ -130,7 +121,9 @@ class GroupViT(nn.Module):
     if with_groups and mosaics is not None:
       raise ValueError('group embeddings are not computed for mosaics')
     if with_groups:
-      image = self._encode_with_groups(images, train)
+      image = self.encode_image(images, train, with_groups=True)
+      image['group_mask'] = _groups_owning_patches(image['assignments'],
+                                                   image['group_embeds'].shape[:2])
     elif mosaics is None:
       image = self.encode_image(images, train)
     else:
@@ -155,6 +148,15 @@ class GroupViT(nn.Module):
       out['group_embeds'], out['group_mask'] = image['group_embeds'], image['group_mask']
     out.update(self.scales())
     return out
+
+
+def _groups_owning_patches(assignments: tuple[Assignment, ...], shape: tuple[int, int]
+                           ) -> jnp.ndarray:
+  """bool [B, S]: final groups that own at least one patch under the hard assignment (all True
+  for a model without grouping, whose tokens are the patches themselves)."""
+  if not assignments:
+    return jnp.ones(shape, bool)
+  return jnp.sum(compose_group_maps(assignments, use_soft=False)[-1], axis=1) >= 0.5
 
 
 def compose_group_maps(assignments: tuple[Assignment, ...], use_soft: bool = True
