@@ -6,23 +6,24 @@ evaluation segments the synthetic val split zero-shot with the category names as
 writes `eval/synthetic/mIoU` (metrics.jsonl), WORKDIR/eval_synthetic.json and the PNG grid
 WORKDIR/eval_synthetic.png (image | stage-1 groups | stage-2 groups | prediction | ground truth).
 
-Variants for the paper's ablations in miniature (benchmarks/emergence.py runs them over seeds):
+Variants (options after the colon, several joined by '+', e.g. `:easy_group_max+soft`);
+benchmarks/emergence.py runs them over seeds:
 
   configs/synthetic.py               hard assignment + multi-label loss (the release)
-  configs/synthetic.py:soft          soft assignment (Table 1)
-  configs/synthetic.py:no_multi_label          without the multi-label loss (Table 1)
-  configs/synthetic.py:soft_no_multi_label     both (Table 1)
-  configs/synthetic.py:1stage        one grouping stage, 4 groups, same depth (Table 3)
-  configs/synthetic.py:vit           a plain ViT of the same depth and width, same loss and budget,
-                                     segmented by pixel-wise classification and k-means (Table 4)
-  configs/synthetic.py:mosaic        not in the release: half of every batch tiled into 2-image
-                                     mosaics, each caption matched to the groups of its own tile
-                                     (groupvit_jax/mosaic.py); also vit_mosaic for the ViT
-  configs/synthetic.py:group_max     not in the release: the multi-label loss scores an image
-                                     against a noun by its best-matching final group
-  configs/synthetic.py:group_max_all the same for the image-text loss too
-  configs/synthetic.py:easy_group_max group_max on the easiest scenes, captions naming the
-                                     background, background threshold 0.95
+  soft               soft assignment (Table 1)
+  no_multi_label     without the multi-label loss (Table 1); soft_no_multi_label = soft+no_multi_label
+  1stage             one grouping stage, 4 groups, same depth (Table 3)
+  vit                a plain ViT of the same depth and width, same loss and budget, segmented by
+                     pixel-wise classification and k-means (Table 4)
+  mosaic             not in the release: half of every batch tiled into 2-image mosaics, each
+                     caption matched to the groups of its own tile (groupvit_jax/mosaic.py);
+                     vit_mosaic = vit+mosaic
+  group_max          not in the release: the multi-label loss scores an image against a noun by its
+                     best-matching final group
+  group_max_all      the same for the image-text loss too
+  easy_group_max     group_max on the easiest scenes, captions naming the background, background
+                     threshold 0.95
+  fine               a 16 x 16 token grid (patch 4; the release's is 14 x 14, this recipe's 8 x 8)
 
 The generator's difficulty knobs are `config.data.synthetic.*` (see SyntheticConfig). This recipe
 uses 1-3 objects a little larger than the generator's defaults, milder caption noise and no colour
@@ -34,27 +35,43 @@ import ml_collections
 
 from groupvit_jax.config_lib import base_config, model_config
 
-VARIANTS = ('', 'soft', 'no_multi_label', 'soft_no_multi_label', '1stage', 'vit', 'mosaic',
-            'vit_mosaic', 'group_max', 'group_max_all', 'easy_group_max')
+OPTIONS = ('soft', 'no_multi_label', '1stage', 'vit', 'mosaic', 'group_max', 'group_max_all',
+           'easy_group_max', 'fine')
+ALIASES = {'soft_no_multi_label': ('soft', 'no_multi_label'), 'vit_mosaic': ('vit', 'mosaic')}
+# Options that change the same thing (the architecture) and so cannot be combined.
+EXCLUSIVE = (('1stage', 'vit'), ('soft', 'vit'))
+
+
+def parse_variant(arg: str | None) -> frozenset[str]:
+  """The set of options named by ``arg`` ('' or None: the recipe itself; 'a+b': options a and b)."""
+  options = set()
+  for name in filter(None, (arg or '').split('+')):
+    if name not in OPTIONS and name not in ALIASES:
+      raise ValueError(f'unknown variant {name!r} in {arg!r}; valid: '
+                       f'{sorted(OPTIONS + tuple(ALIASES))}, joined by "+"')
+    options.update(ALIASES.get(name, (name,)))
+  for a, b in EXCLUSIVE:
+    if a in options and b in options:
+      raise ValueError(f'variant {arg!r}: {a!r} and {b!r} cannot be combined')
+  return frozenset(options)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or ''
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown variant {variant!r}; valid: {VARIANTS[1:]} (or none)')
+  options = parse_variant(arg)
   image = dict(image_size=64, patch_size=8, width=128, num_heads=4, depths=(2, 2, 1),
                num_group_tokens=(16, 4, 0), num_output_groups=(16, 4), drop_path_rate=0.0)
-  if variant in ('soft', 'soft_no_multi_label'):
+  if 'soft' in options:
     image['hard_assignment'] = False
-  if variant == '1stage':
+  if '1stage' in options:
     image.update(depths=(3, 2), num_group_tokens=(4, 0), num_output_groups=(4,))
-  if variant in ('vit', 'vit_mosaic'):
+  if 'vit' in options:
     image.update(depths=(5,), num_group_tokens=(0,), num_output_groups=())
+  if 'fine' in options:
+    image['patch_size'] = 4
   config = base_config()
   config.model = model_config(
       image=image, text=dict(width=128, num_layers=2, num_heads=4, context_length=32),
-      projection_dim=128, projection_hidden_dim=512,
-      multi_label=variant not in ('no_multi_label', 'soft_no_multi_label'))
+      projection_dim=128, projection_hidden_dim=512, multi_label='no_multi_label' not in options)
 
   config.data.train = ('synthetic',)
   config.data.image_size = 64
@@ -77,13 +94,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   synth.p_colour_word = 0.0
   synth.caption_styles = (('sentence', 0.6), ('list', 0.3), ('count', 0.1))
 
-  if variant.endswith('mosaic'):
+  if 'mosaic' in options:
     config.loss.mosaic.fraction = 0.5
-  if variant.startswith('group_max') or variant == 'easy_group_max':
+  if options & {'group_max', 'group_max_all', 'easy_group_max'}:
     config.loss.multi_label_pooling = 'max'
-  if variant == 'group_max_all':
+  if 'group_max_all' in options:
     config.loss.image_text_pooling = 'max'
-  if variant == 'easy_group_max':
+  if 'easy_group_max' in options:
     # The easiest scenes (one upright object, brighter than its background; colour still says
     # nothing about the shape), every caption naming the background, and the background
     # threshold the release uses for VOC and COCO-Object (benchmarks/emergence.md, "Best-group
@@ -107,6 +124,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.max_images = 200
   config.eval.synthetic_seed = 1  # val stream; training uses the train stream of config.seed
   config.eval.kmeans_clusters = 4  # as many clusters as GroupViT's final groups
-  if variant == 'easy_group_max':
+  if 'easy_group_max' in options:
     config.eval.threshold = 0.95
   return config

@@ -42,23 +42,39 @@ def test_expected_recipes_exist():
 
 
 @pytest.mark.parametrize('variant', ['soft', 'no_multi_label', 'soft_no_multi_label', '1stage', 'vit',
-                                     'mosaic', 'vit_mosaic', 'group_max', 'group_max_all'])
+                                     'mosaic', 'vit_mosaic', 'group_max', 'group_max_all', 'fine',
+                                     'easy_group_max+soft', 'easy_group_max+1stage+fine',
+                                     'easy_group_max+vit'])
 def test_synthetic_ablation_variants(variant):
-  base, config = load('synthetic'), load('synthetic', variant)
+  options = set(variant.replace('soft_no_multi_label', 'soft+no_multi_label')
+                .replace('vit_mosaic', 'vit+mosaic').split('+'))
+  scenes = 'easy_group_max' if 'easy_group_max' in options else ''
+  base, config = load('synthetic', scenes or None), load('synthetic', variant)
   model, ref = build_model_config(config), build_model_config(base)
   assert sum(model.image.depths) == sum(ref.image.depths) and model.image.width == ref.image.width
-  assert model.image.hard_assignment == ('soft' not in variant)
-  assert model.multi_label == ('no_multi_label' not in variant)
-  assert model.image.num_grouping_stages == {'1stage': 1, 'vit': 0, 'vit_mosaic': 0}.get(variant, 2)
-  assert config.loss.mosaic.fraction == (0.5 if variant.endswith('mosaic') else 0.0)
-  assert config.loss.multi_label_pooling == ('max' if variant.startswith('group_max') else 'mean')
-  assert config.loss.image_text_pooling == ('max' if variant == 'group_max_all' else 'mean')
-  # Only the model (and the objective) differs: same data, budget and evaluation.
+  assert model.image.hard_assignment == ('soft' not in options)
+  assert model.multi_label == ('no_multi_label' not in options)
+  assert model.image.num_grouping_stages == (1 if '1stage' in options else
+                                             0 if 'vit' in options else 2)
+  assert model.image.patch_size == (4 if 'fine' in options else 8)
+  assert config.loss.mosaic.fraction == (0.5 if 'mosaic' in options else 0.0)
+  assert config.loss.multi_label_pooling == (
+      'max' if options & {'group_max', 'group_max_all', 'easy_group_max'} else 'mean')
+  assert config.loss.image_text_pooling == ('max' if 'group_max_all' in options else 'mean')
+  # Only the model (and the objective) differs from the scenes' recipe: same data, budget and
+  # evaluation.
   for key in ('data', 'total_steps', 'global_batch_size', 'optimizer', 'eval'):
     assert config[key].to_dict() == base[key].to_dict() if hasattr(config[key], 'to_dict') else (
         config[key] == base[key])
-  with pytest.raises(ValueError, match='unknown variant'):
-    load('synthetic', 'sfot')
+
+
+@pytest.mark.parametrize('variant,message', [('sfot', 'unknown variant'),
+                                             ('easy_group_max+sfot', 'unknown variant'),
+                                             ('vit+1stage', 'cannot be combined'),
+                                             ('soft_no_multi_label+vit', 'cannot be combined')])
+def test_synthetic_bad_variants(variant, message):
+  with pytest.raises(ValueError, match=message):
+    load('synthetic', variant)
 
 
 def test_easy_group_max_recipe():

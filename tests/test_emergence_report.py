@@ -45,3 +45,17 @@ def test_report_tabulates_finished_runs(tmp_path, capsys):
   assert '| ViT | pixel-wise | 20.0 (20.0) | - |' in out
   assert '| ViT | k-means | 25.0 (25.0) | 30.0 (30.0) |' in out
   assert '99.0' not in out
+
+
+def test_base_options_compose_with_every_variant():
+  """`--base easy_group_max` runs each ablation on top of the easy best-group recipe; every
+  composed variant is a config that loads."""
+  from tests.test_configs import load
+  em = _module()
+  assert em.config_arg('hard').endswith('synthetic.py')
+  assert em.config_arg('soft_no_ml', 'easy_group_max').endswith(
+      'synthetic.py:easy_group_max+soft_no_multi_label')
+  for name in em.PAPER_VARIANTS:
+    arg = em.config_arg(name, 'easy_group_max').split(':', 1)[1]
+    config = load('synthetic', arg)
+    assert config.loss.multi_label_pooling == 'max' and config.eval.threshold == 0.95
