@@ -217,10 +217,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   history: list[tuple[int, dict[str, Any]]] = []
   step = start
   final: dict[str, Any] = {}
+  in_flight = None  # the metrics of the step dispatched last
   try:
     while step < config.total_steps:
       batch = _batch_for_step(next(data), mesh, model_cfg.multi_label)
       state, metrics = compiled(state, batch, train_rng)
+      # Keep the host at most one step ahead of the devices. Unbounded, it queues every step up to
+      # the next log step and then waits there inside one C call, where a SIGTERM cannot be acted
+      # on: a preempted run then saved only after up to `log_every_steps` more steps
+      # (benchmarks/stop_latency.py: 20-43 s to exit, now about 5 s). One step of look-ahead
+      # still hides the dispatch.
+      if in_flight is not None:
+        jax.block_until_ready(in_flight)
+      in_flight = metrics
       step += 1
       history.append((step, metrics))
       preempted = stop.requested or (jax.process_count() > 1 and
