@@ -179,3 +179,62 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
                           for k in ('mIoU', 'accuracy')} | {
                               'eval/synthetic/kmeans_oracle_mIoU', 'eval/synthetic/naming_mAP',
                               'eval/synthetic/naming_chance_mAP'}
+
+
+def _run_dir(tmp_path):
+  """A training run's workdir as the trainer leaves it: config.json beside model/."""
+  from groupvit_jax.config_lib import base_config  # pylint: disable=g-import-not-at-top
+  config = base_config()
+  config.eval.datasets = ('synthetic',)
+  config.eval.max_images = 3
+  config.eval.synthetic_seed = 4
+  config.data.synthetic.image_size = 64
+  config.data.synthetic.max_objects = 1
+  (tmp_path / 'config.json').write_text(config.to_json())
+  return config
+
+
+def test_run_cli_rescores_a_synthetic_run(groupvit, vit, tmp_path, capsys):
+  """`python -m evaluation.run --dataset synthetic` is the trainer's hook with the run's knobs,
+  overridden by the flags (another val stream, knobs, threshold)."""
+  from evaluation import hooks, run  # pylint: disable=g-import-not-at-top
+  config = _run_dir(tmp_path)
+  out = tmp_path / 'rescored.json'
+  rc = run.main(['--checkpoint', groupvit, '--dataset', 'synthetic', '--data_dir', str(tmp_path),
+                 '--synthetic_seed', '9', '--synthetic', 'max_objects=3', '--synthetic',
+                 'size_range=(0.15,0.3)', '--threshold', '0.9', '--visualize', '2',
+                 '--output', str(out)])
+  assert rc == 0
+  result = json.loads(out.read_text())
+  assert result['num_images'] == 3 and 'step' not in result
+  assert result['dataset']['seed'] == 9
+  assert result['dataset']['knobs']['max_objects'] == 3
+  assert result['dataset']['knobs']['size_range'] == [0.15, 0.3]
+  assert result['config']['threshold'] == 0.9
+  assert (tmp_path / 'visualize' / 'synthetic.png').exists()
+  # The same numbers as the hook called with those settings.
+  config.eval.synthetic_seed, config.eval.threshold = 9, 0.9
+  config.data.synthetic.max_objects, config.data.synthetic.size_range = 3, (0.15, 0.3)
+  (hook,) = hooks.build_evaluators(config.eval, load_pretrained(groupvit).config, '',
+                                   data_config=config.data)
+  assert hook(load_pretrained(groupvit).variables, 0)['eval/synthetic/mIoU'] == pytest.approx(
+      result['mIoU'], abs=1e-9)
+
+  vit_dir = tmp_path / 'vit_model'
+  store.save_model(str(vit_dir), vit.config, vit.variables)
+  rc = run.main(['--checkpoint', str(vit_dir), '--dataset', 'synthetic', '--data_dir', str(tmp_path),
+                 '--output', str(tmp_path / 'vit.json')])
+  assert rc == 0
+  result = json.loads((tmp_path / 'vit.json').read_text())
+  assert set(result) >= {'pixel', 'kmeans'} and result['num_images'] == 3
+  assert result['dataset']['seed'] == 4  # the run's own val stream
+
+  capsys.readouterr()
+  for bad, message in ((['--synthetic', 'max_object=3'], "unknown SyntheticConfig key(s): 'max_object'"),
+                       (['--synthetic', 'max_objects'], 'expects KEY=VALUE'),
+                       (['--data_dir', str(tmp_path / 'nowhere')], 'config.json not found')):
+    args = ['--checkpoint', groupvit, '--dataset', 'synthetic', '--data_dir', str(tmp_path),
+            '--output', str(tmp_path / 'bad.json')] + bad
+    assert run.main(args) == 2
+    assert message in capsys.readouterr().err
+  assert not (tmp_path / 'bad.json').exists()
