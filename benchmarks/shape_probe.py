@@ -30,7 +30,6 @@ are; for measuring how much of the difficulty is colour invariance).
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import json
 import os
@@ -50,20 +49,18 @@ def load_recipe(spec: str, overrides: list[str]):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   config = module.get_config(variant or None)
+  from groupvit_jax.config_lib import parse_override  # pylint: disable=g-import-not-at-top
   for item in overrides:
-    key, sep, raw = item.partition('=')
-    if not sep:
-      raise SystemExit(f'--set expects KEY=VALUE, got {item!r}')
+    try:
+      key, value = parse_override(item, '--set')
+    except ValueError as e:
+      raise SystemExit(str(e)) from None
     *parents, leaf = key.split('.')
     node = config
     for p in parents:
       node = node[p]
     if leaf not in node:
       raise SystemExit(f'unknown config key {key!r}')
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
     node[leaf] = value
   return config
 

@@ -33,7 +33,6 @@ settings, which the flags override (``--data_dir`` left out: the default knobs):
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import shutil
 import sys
@@ -42,8 +41,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 __all__ = ["main"]
-
-_SYNTHETIC_IMAGES = 200  # the trainer's default val size (config.eval.max_images)
 
 
 def _parse_scales(text: str) -> tuple[float, ...]:
@@ -102,18 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _literal(text: str) -> Any:
-    """``'3'`` -> 3, ``'True'`` -> True, ``'(0.1,0.3)'`` -> (0.1, 0.3); anything else stays a string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def _synthetic_configs(args) -> tuple[Any, Any]:
     """(eval config, data config) for the hook: the run's saved ones (or the defaults) plus the flags."""
     import ml_collections
-    from groupvit_jax.config_lib import base_config
+    from groupvit_jax.config_lib import base_config, parse_override
     from input_pipeline.synthetic_shapes import SyntheticConfig
 
     base = base_config()
@@ -128,15 +117,13 @@ def _synthetic_configs(args) -> tuple[Any, Any]:
         eval_cfg.update(saved.get("eval", {}))
         knobs.update(saved.get("data", {}).get("synthetic", {}))
     for item in args.synthetic:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--synthetic expects KEY=VALUE, got {item!r}")
-        knobs[key.strip()] = _literal(value.strip())
+        key, value = parse_override(item, "--synthetic")
+        knobs[key] = value
     SyntheticConfig.from_dict(knobs)  # unknown keys and bad values are reported here, by name
     eval_cfg.update(datasets=("synthetic",), num_visualize=args.visualize,
                     oracle=bool(eval_cfg.get("oracle")) or args.oracle,
                     naming=bool(eval_cfg.get("naming")) or args.naming,
-                    max_images=args.max_images or int(eval_cfg.get("max_images") or _SYNTHETIC_IMAGES))
+                    max_images=args.max_images or int(eval_cfg["max_images"]))
     if args.synthetic_seed is not None:
         eval_cfg["synthetic_seed"] = args.synthetic_seed
     if args.threshold is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from typing import Any
+
 import ml_collections
 
 from groupvit_jax.models.config import GroupViTConfig
@@ -28,6 +31,20 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 def build_model_config(config: ml_collections.ConfigDict) -> GroupViTConfig:
   """The typed model config of a recipe (`config.model`)."""
   return GroupViTConfig.from_dict(config.model)
+
+
+def parse_override(item: str, flag: str) -> tuple[str, Any]:
+  """``'KEY=VALUE'`` -> ``(KEY, VALUE)``, the value as a Python literal (``3``, ``True``,
+  ``(0.1, 0.3)``) or else the raw string. Raises ValueError naming ``flag`` without a ``=`` or a key.
+  """
+  key, sep, raw = item.partition('=')
+  key, raw = key.strip(), raw.strip()
+  if not sep or not key:
+    raise ValueError(f'{flag} expects KEY=VALUE, got {item!r}')
+  try:
+    return key, ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return key, raw
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -182,7 +182,7 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
 
 
 def _run_dir(tmp_path):
-  """A training run's workdir as the trainer leaves it: config.json beside model/."""
+  """The config.json a training run leaves in its workdir (the model comes from a fixture)."""
   from groupvit_jax.config_lib import base_config  # pylint: disable=g-import-not-at-top
   config = base_config()
   config.eval.datasets = ('synthetic',)
