@@ -37,8 +37,23 @@ from groupvit_jax.pretrained import Pretrained
 Evaluator = Callable[[dict[str, Any], int], dict[str, float]]
 
 
+def synthetic_eval_size(image_size: int, eval_config: ml_collections.ConfigDict,
+                        model_config: GroupViTConfig) -> int:
+  """The side synthetic val images are resized to: `image_size * config.eval.synthetic_scale`.
+
+  Raises ValueError unless it is a positive multiple of the model's patch size.
+  """
+  from evaluation.pooled import checked_input_size  # pylint: disable=g-import-not-at-top
+  scale = float(eval_config.get('synthetic_scale', 1.0))
+  try:
+    return checked_input_size(model_config, int(round(image_size * scale)))
+  except ValueError as e:
+    raise ValueError(f'config.eval.synthetic_scale={scale} resizes the {image_size} px val images: '
+                     f'{e}') from None
+
+
 def _dataset(entry: str, eval_config: ml_collections.ConfigDict,
-             data_config: Optional[ml_collections.ConfigDict]):
+             data_config: Optional[ml_collections.ConfigDict], model_config: GroupViTConfig):
   """(name, dataset, spec, protocol geometry) of one `config.eval.datasets` entry."""
   if entry == 'synthetic':
     from evaluation.synthetic import SyntheticSegmentationDataset  # pylint: disable=g-import-not-at-top
@@ -47,9 +62,10 @@ def _dataset(entry: str, eval_config: ml_collections.ConfigDict,
     synth = SyntheticConfig.from_dict(knobs)
     data = SyntheticSegmentationDataset(synth, seed=int(eval_config.synthetic_seed),
                                         num_examples=int(eval_config.max_images))
-    size = synth.image_size
-    # One window per image at the training resolution: the released 448/224 geometry would
-    # upsample a 64 px image sevenfold and run the model far from the size it was trained at.
+    # One window per image, at the training resolution unless `synthetic_scale` asks for a multiple
+    # of it (as the release evaluates at twice its training size): the released 448 px geometry
+    # would upsample a 64 px image sevenfold.
+    size = synthetic_eval_size(synth.image_size, eval_config, model_config)
     geometry = dict(crop_size=size, stride=size, short_side=size, long_side=size)
     return 'synthetic', data, data.spec, geometry
   name, sep, root = entry.partition(':')
@@ -87,12 +103,13 @@ def _jsonable(result: dict, step: int) -> dict:
   return out
 
 
-def _naming(eval_config, pretrained, name, data, spec, metrics, results) -> None:
+def _naming(eval_config, pretrained, name, data, spec, metrics, results, input_size) -> None:
   """Adds the image-level naming scores to `metrics` and `results` when `config.eval.naming`."""
   if not eval_config.naming:
     return
   from evaluation.naming import image_naming  # pylint: disable=g-import-not-at-top
-  result = image_naming(pretrained, data, spec, max_images=int(eval_config.max_images))
+  result = image_naming(pretrained, data, spec, max_images=int(eval_config.max_images),
+                        input_size=input_size)
   results['naming'] = result
   metrics[f'eval/{name}/naming_mAP'] = float(result['mAP'])
   metrics[f'eval/{name}/naming_chance_mAP'] = float(result['chance_mAP'])
@@ -104,7 +121,7 @@ def _naming(eval_config, pretrained, name, data, spec, metrics, results) -> None
 
 
 def _token_baseline_evaluator(eval_config, model_config, workdir, name, data, spec, threshold,
-                              is_main_process) -> Evaluator:
+                              is_main_process, input_size) -> Evaluator:
   """A model without grouping (plain ViT baseline) has no groups to segment with: score it by
   pixel-wise classification and by k-means on its patch tokens (evaluation/token_baselines.py)."""
   from evaluation.token_baselines import evaluate_token_baseline  # pylint: disable=g-import-not-at-top
@@ -115,13 +132,14 @@ def _token_baseline_evaluator(eval_config, model_config, workdir, name, data, sp
     for method in ('pixel', 'kmeans'):
       result = evaluate_token_baseline(
           pretrained, data, spec, threshold=threshold, method=method,
-          num_clusters=int(eval_config.kmeans_clusters), max_images=int(eval_config.max_images))
+          num_clusters=int(eval_config.kmeans_clusters), max_images=int(eval_config.max_images),
+          input_size=input_size)
       results[method] = _jsonable(result, step)
       metrics[f'eval/{name}/{method}_mIoU'] = float(result['mIoU'])
       metrics[f'eval/{name}/{method}_accuracy'] = float(result['pixel_accuracy'])
       if result['oracle'] is not None:
         metrics[f'eval/{name}/{method}_oracle_mIoU'] = float(result['oracle']['mIoU'])
-    _naming(eval_config, pretrained, name, data, spec, metrics, results)
+    _naming(eval_config, pretrained, name, data, spec, metrics, results, input_size)
     if is_main_process and workdir:
       _write_json(os.path.join(workdir, f'eval_{name}.json'), results)
     return metrics
@@ -140,14 +158,15 @@ def build_evaluators(eval_config: ml_collections.ConfigDict, model_config: Group
   from evaluation.evaluator import evaluate_segmentation  # pylint: disable=g-import-not-at-top
   evaluators = []
   for entry in eval_config.datasets:
-    name, data, spec, geometry = _dataset(entry, eval_config, data_config)
+    name, data, spec, geometry = _dataset(entry, eval_config, data_config, model_config)
     threshold = eval_config.threshold
     if threshold is None:
       threshold = getattr(spec, 'background_threshold', None)
 
     if model_config.image.num_grouping_stages == 0:
       evaluators.append(_token_baseline_evaluator(eval_config, model_config, workdir, name, data,
-                                                  spec, threshold, is_main_process))
+                                                  spec, threshold, is_main_process,
+                                                  geometry.get('crop_size')))
       continue
 
     def run(variables, step, name=name, data=data, spec=spec, threshold=threshold,
@@ -167,7 +186,8 @@ def build_evaluators(eval_config: ml_collections.ConfigDict, model_config: Group
       if result['oracle'] is not None:
         metrics[f'eval/{name}/oracle_mIoU'] = float(result['oracle']['mIoU'])
       result = _jsonable(result, step)
-      _naming(eval_config, pretrained, name, data, spec, metrics, result)
+      _naming(eval_config, pretrained, name, data, spec, metrics, result,
+              geometry.get('crop_size'))
       if is_main_process and workdir:
         _write_json(os.path.join(workdir, f'eval_{name}.json'), result)
       return metrics

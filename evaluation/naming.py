@@ -74,7 +74,7 @@ _group_scores = jax.jit(pooled.group_similarities, static_argnames=("config",))
 
 def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
                  max_images: Optional[int] = None, batch_size: int = 32,
-                 templates: prompts.Templates = "simple") -> dict:
+                 templates: prompts.Templates = "simple", input_size: Optional[int] = None) -> dict:
     """Image-level (and, for a model with groups, group-level) zero-shot naming of a dataset's classes.
 
     Args:
@@ -85,22 +85,24 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
       max_images: only the first ``max_images`` samples.
       batch_size: images per compiled call (the last batch is padded).
       templates: prompt templates ("a photo of a {}." by default, as the segmentation).
+      input_size: the side the model sees (default: its training ``image_size``; a multiple of the
+        patch size); position embeddings are interpolated to other grids.
 
-    Each image is resized whole (not cropped: a crop could cut the objects the label counts) to the
-    model's input size.
+    Each image is resized whole (not cropped: a crop could cut the objects the label counts) to
+    ``input_size``.
 
     Returns:
       dict: ``mAP`` (percent, over classes present in at least one image), ``chance_mAP`` (percent:
       the mean frequency of those classes, what a ranking that carries no information scores in
-      expectation), ``per_class_ap`` (``{name: percent or None}``), ``num_images``. When no image
-      contains any foreground class, ``mAP`` and ``chance_mAP`` are NaN. ``groups``: ``None`` for a
-      model without grouping stages, else the same scores over the final groups (``mAP``,
-      ``chance_mAP``, ``per_class_ap``), with ``num_groups`` (groups covering a labelled pixel),
-      ``num_background_groups`` (those mostly on background), ``background_leak`` (percent of
-      the background groups whose best class is present in their image; NaN without any) and
-      ``within_image_auc`` (percent, over ``num_pairs`` pairs of groups of one image with different
-      majority classes, the first on a class c: how often the first scores c higher; a tie counts
-      half; NaN without pairs).
+      expectation), ``per_class_ap`` (``{name: percent or None}``), ``num_images``, ``input_size``.
+      When no image contains any foreground class, ``mAP`` and ``chance_mAP`` are NaN.
+      ``groups``: ``None`` for a model without grouping stages, else the same scores over the
+      final groups (``mAP``, ``chance_mAP``, ``per_class_ap``), with ``num_groups`` (groups
+      covering a labelled pixel), ``num_background_groups`` (those mostly on background),
+      ``background_leak`` (percent of the background groups whose best class is present in their
+      image; NaN without any) and ``within_image_auc`` (percent, over ``num_pairs`` pairs of groups
+      of one image with different majority classes, the first on a class c: how often the first
+      scores c higher; a tie counts half; NaN without pairs).
     """
     # The threshold plays no part here; resolve_classes only insists on one when there is a background.
     names, fg_names, with_bg, ignore = resolve_classes(
@@ -111,7 +113,7 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
     total = len(dataset) if max_images is None else min(len(dataset), max_images)
     if total < 1:
         raise ValueError("no images to score")
-    size = config.image.image_size
+    size = pooled.checked_input_size(config, input_size)
     offset = 1 if with_bg else 0
     # Global (multi-host, sharded) training variables -> this process's first device, as the segmenter.
     variables = prompts.local_variables(pretrained.variables)
@@ -136,7 +138,7 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
                 groups.add(ids[counted], label[counted] - offset, out["groups"][i], row)
     scores, targets = np.concatenate(scores), np.stack(targets)
     return {**_ranking_scores(scores, targets, fg_names), "num_images": int(total),
-            "groups": groups.result(fg_names) if with_groups else None}
+            "input_size": size, "groups": groups.result(fg_names) if with_groups else None}
 
 
 def _ranking_scores(scores: np.ndarray, targets: np.ndarray, fg_names: Sequence[str]) -> dict:

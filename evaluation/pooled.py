@@ -9,7 +9,7 @@ final group's embedding (the one the segmentation uses).
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +64,19 @@ def group_similarities(variables, pixels: jnp.ndarray, class_embed: jnp.ndarray,
     return {"image": _cosine(out["image_embed"], class_embed),
             "groups": _cosine(out["group_embeds"], class_embed),
             "maps": compose_group_maps(out["assignments"])[-1]}
+
+
+def checked_input_size(config: GroupViTConfig, input_size: Optional[int] = None) -> int:
+    """The side whole images are resized to: ``input_size``, or the model's training ``image_size``.
+
+    Raises ``ValueError`` unless it is a positive multiple of the patch size (the patch embedding
+    would otherwise drop the last row and column of pixels without a word).
+    """
+    size = config.image.image_size if input_size is None else int(input_size)
+    patch = config.image.patch_size
+    if size <= 0 or size % patch:
+        raise ValueError(f"input size {size} must be a positive multiple of the patch size {patch}")
+    return size
 
 
 def whole_image_batches(dataset: Sequence, total: int, batch_size: int, size: int

@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log_every", type=int, default=50)
     p.add_argument("--synthetic_seed", type=int, default=None,
                    help="synthetic: the val stream's seed (default: the run's config.eval.synthetic_seed)")
+    p.add_argument("--synthetic_scale", type=float, default=None,
+                   help="synthetic: evaluate at this multiple of the training resolution (the image is "
+                        "resized by it before the model sees it; default: the run's config.eval."
+                        "synthetic_scale)")
     p.add_argument("--synthetic", action="append", default=[], metavar="KEY=VALUE",
                    help="synthetic: a generator knob (input_pipeline/synthetic_shapes.py SyntheticConfig), "
                         "e.g. max_objects=3; repeatable")
@@ -128,6 +132,8 @@ def _synthetic_configs(args) -> tuple[Any, Any]:
         eval_cfg["synthetic_seed"] = args.synthetic_seed
     if args.threshold is not None:
         eval_cfg["threshold"] = args.threshold
+    if args.synthetic_scale is not None:
+        eval_cfg["synthetic_scale"] = args.synthetic_scale
     return ml_collections.ConfigDict(eval_cfg), ml_collections.ConfigDict({"synthetic": knobs})
 
 

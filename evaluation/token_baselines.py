@@ -30,7 +30,7 @@ import numpy as np
 from evaluation import prompts
 from evaluation.evaluator import resolve_classes
 from evaluation.metrics import ConfusionMatrix, oracle_relabel, segmentation_metrics
-from evaluation.pooled import whole_image_batches
+from evaluation.pooled import checked_input_size, whole_image_batches
 from evaluation.segmenter import HIGHEST, class_table
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, l2_normalize
@@ -111,7 +111,8 @@ def _segment_batch(variables, pixels, class_embed, threshold, *, config: GroupVi
 def evaluate_token_baseline(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
                             threshold: Optional[float], method: str = "pixel", num_clusters: int = 8,
                             max_images: Optional[int] = None, batch_size: int = 16, top_k: int = 5,
-                            templates: prompts.Templates = "simple") -> dict:
+                            templates: prompts.Templates = "simple",
+                            input_size: Optional[int] = None) -> dict:
     """Zero-shot segmentation scores of a model without grouping, from its patch tokens.
 
     Args:
@@ -124,9 +125,11 @@ def evaluate_token_baseline(pretrained: Any, dataset: Sequence, spec_or_class_na
       max_images: only the first ``max_images`` samples.
       batch_size: images per compiled call (the last batch is padded).
       top_k, templates: as for GroupViT (top-5 classes, "a photo of a {}.").
+      input_size: the side each image is resized to before the model sees it (default: the model's
+        training ``image_size``; a multiple of the patch size).
 
     Returns:
-      dict: ``mIoU``, ``per_class_iou``, ``pixel_accuracy``, ``num_images``, ``method``,
+      dict: ``mIoU``, ``per_class_iou``, ``pixel_accuracy``, ``num_images``, ``method``, ``input_size``,
       ``oracle`` (``kmeans`` only: ``{mIoU, pixel_accuracy}`` with every cluster relabelled with its
       best-IoU ground-truth class, as GroupViT's oracle; else ``None``), ``timing`` (``seconds``,
       ``images_per_second``). Scores in percent.
@@ -137,7 +140,7 @@ def evaluate_token_baseline(pretrained: Any, dataset: Sequence, spec_or_class_na
     config = pretrained.config
     class_embed = prompts.class_embeddings(config, pretrained.variables, pretrained.tokenize,
                                            fg_names, templates)
-    size = config.image.image_size
+    size = checked_input_size(config, input_size)
     total = len(dataset) if max_images is None else min(len(dataset), max_images)
     if total < 1:
         raise ValueError("no images to evaluate")
@@ -171,5 +174,5 @@ def evaluate_token_baseline(pretrained: Any, dataset: Sequence, spec_or_class_na
         oracle = {"mIoU": om["mIoU"], "pixel_accuracy": om["pixel_accuracy"]}
     return {"mIoU": metrics["mIoU"], "per_class_iou": metrics["per_class_iou"],
             "pixel_accuracy": metrics["pixel_accuracy"], "num_images": total, "method": method,
-            "oracle": oracle,
+            "oracle": oracle, "input_size": size,
             "timing": {"seconds": seconds, "images_per_second": total / seconds}}

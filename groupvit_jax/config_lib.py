@@ -89,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
   # threshold None = the dataset's released background threshold (synthetic: 0.5). Each evaluation
   # writes WORKDIR/eval_<name>.json and, with num_visualize > 0, a PNG grid WORKDIR/eval_<name>.png.
   # synthetic_seed: the val stream of the built-in data (never the training stream).
+  # synthetic_scale: its images are resized by this factor before the model sees them (one window
+  # per image; position embeddings interpolated), as the release evaluates at twice its training
+  # size; 1 = the training resolution.
   # kmeans_clusters: k of the k-means segmentation of models without grouping (ViT baseline).
   # oracle: also eval/<name>/oracle_mIoU (groups relabelled with their best ground-truth class).
   # naming: also eval/<name>/naming_mAP (image-level: the pooled embedding ranks the classes present
@@ -99,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict(dict(
       every_steps=0, datasets=(), max_images=64, mode='slide',
       threshold=ml_collections.config_dict.placeholder(float), num_visualize=8,
-      synthetic_seed=0, kmeans_clusters=8, oracle=True, naming=True))
+      synthetic_seed=0, synthetic_scale=1.0, kmeans_clusters=8, oracle=True, naming=True))
   return config
 
 

@@ -196,14 +196,14 @@ def _run_dir(tmp_path):
 
 def test_run_cli_rescores_a_synthetic_run(groupvit, vit, tmp_path, capsys):
   """`python -m evaluation.run --dataset synthetic` is the trainer's hook with the run's knobs,
-  overridden by the flags (another val stream, knobs, threshold)."""
+  overridden by the flags (another val stream, knobs, threshold, resolution)."""
   from evaluation import hooks, run  # pylint: disable=g-import-not-at-top
   config = _run_dir(tmp_path)
   out = tmp_path / 'rescored.json'
   rc = run.main(['--checkpoint', groupvit, '--dataset', 'synthetic', '--data_dir', str(tmp_path),
                  '--synthetic_seed', '9', '--synthetic', 'max_objects=3', '--synthetic',
                  'size_range=(0.15,0.3)', '--threshold', '0.9', '--visualize', '2',
-                 '--output', str(out)])
+                 '--synthetic_scale', '2', '--output', str(out)])
   assert rc == 0
   result = json.loads(out.read_text())
   assert result['num_images'] == 3 and 'step' not in result
@@ -211,9 +211,11 @@ def test_run_cli_rescores_a_synthetic_run(groupvit, vit, tmp_path, capsys):
   assert result['dataset']['knobs']['max_objects'] == 3
   assert result['dataset']['knobs']['size_range'] == [0.15, 0.3]
   assert result['config']['threshold'] == 0.9
+  assert result['config']['crop_size'] == 128  # one window at twice the 64 px training size
+  assert result['naming']['input_size'] == 128
   assert (tmp_path / 'visualize' / 'synthetic.png').exists()
   # The same numbers as the hook called with those settings.
-  config.eval.synthetic_seed, config.eval.threshold = 9, 0.9
+  config.eval.synthetic_seed, config.eval.threshold, config.eval.synthetic_scale = 9, 0.9, 2.0
   config.data.synthetic.max_objects, config.data.synthetic.size_range = 3, (0.15, 0.3)
   (hook,) = hooks.build_evaluators(config.eval, load_pretrained(groupvit).config, '',
                                    data_config=config.data)
@@ -223,16 +225,18 @@ def test_run_cli_rescores_a_synthetic_run(groupvit, vit, tmp_path, capsys):
   vit_dir = tmp_path / 'vit_model'
   store.save_model(str(vit_dir), vit.config, vit.variables)
   rc = run.main(['--checkpoint', str(vit_dir), '--dataset', 'synthetic', '--data_dir', str(tmp_path),
-                 '--output', str(tmp_path / 'vit.json')])
+                 '--synthetic_scale', '1.5', '--output', str(tmp_path / 'vit.json')])
   assert rc == 0
   result = json.loads((tmp_path / 'vit.json').read_text())
   assert set(result) >= {'pixel', 'kmeans'} and result['num_images'] == 3
+  assert result['pixel']['input_size'] == result['kmeans']['input_size'] == 96
   assert result['dataset']['seed'] == 4  # the run's own val stream
 
   capsys.readouterr()
   for bad, message in ((['--synthetic', 'max_object=3'], "unknown SyntheticConfig key(s): 'max_object'"),
                        (['--synthetic', 'max_objects'], 'expects KEY=VALUE'),
-                       (['--data_dir', str(tmp_path / 'nowhere')], 'config.json not found')):
+                       (['--data_dir', str(tmp_path / 'nowhere')], 'config.json not found'),
+                       (['--synthetic_scale', '1.1'], 'input size 70 must be a positive multiple of the patch size 16')):
     args = ['--checkpoint', groupvit, '--dataset', 'synthetic', '--data_dir', str(tmp_path),
             '--output', str(tmp_path / 'bad.json')] + bad
     assert run.main(args) == 2
