@@ -44,11 +44,13 @@ def test_expected_recipes_exist():
 @pytest.mark.parametrize('variant', ['soft', 'no_multi_label', 'soft_no_multi_label', '1stage', 'vit',
                                      'mosaic', 'vit_mosaic', 'group_max', 'group_max_all', 'fine',
                                      'easy_group_max+soft', 'easy_group_max+1stage+fine',
-                                     'easy_group_max+vit'])
+                                     'easy_group_max+vit', 'easy_group_max+zoom+soft',
+                                     'easy_group_max+zoom+vit'])
 def test_synthetic_ablation_variants(variant):
   options = set(variant.replace('soft_no_multi_label', 'soft+no_multi_label')
                 .replace('vit_mosaic', 'vit+mosaic').split('+'))
-  scenes = 'easy_group_max' if 'easy_group_max' in options else ''
+  # The recipe the ablation is of: its scenes, losses and resolutions.
+  scenes = '+'.join(o for o in ('easy_group_max', 'zoom') if o in options)
   base, config = load('synthetic', scenes or None), load('synthetic', variant)
   model, ref = build_model_config(config), build_model_config(base)
   assert sum(model.image.depths) == sum(ref.image.depths) and model.image.width == ref.image.width
@@ -89,6 +91,20 @@ def test_easy_group_max_recipe():
   assert config.eval.threshold == 0.95 and base.eval.threshold is None
   for key in ('total_steps', 'global_batch_size', 'optimizer'):
     assert config[key] == base[key]
+
+
+def test_zoom_recipe():
+  """`zoom` changes only the training crops and the evaluation resolution, and the evaluation
+  size stays a multiple of the patch size of every model it is combined with."""
+  base, config = load('synthetic', 'easy_group_max'), load('synthetic', 'easy_group_max+zoom')
+  assert config.data.crop_scale == (0.25, 1.0) and base.data.crop_scale == (0.8, 1.0)
+  assert config.eval.synthetic_scale == 3.0 and base.eval.synthetic_scale == 1.0
+  config.data.crop_scale, config.eval.synthetic_scale = base.data.crop_scale, 1.0
+  assert config.to_dict() == base.to_dict()
+  for variant in ('zoom', 'zoom+fine', 'zoom+vit'):
+    c = load('synthetic', variant)
+    size = c.data.image_size * c.eval.synthetic_scale
+    assert size % build_model_config(c).image.patch_size == 0
 
 
 def test_model_config_rejects_unknown_keys():
