@@ -21,7 +21,9 @@ Classification (``imagenet_folder``): :mod:`evaluation.classification` (top-1/to
 Synthetic (``synthetic``): re-scores a model trained on the built-in data with the trainer's own
 evaluation hook (``evaluation/hooks.py``: one window per image, oracle and naming scores, the
 plain-ViT baselines for a model without grouping stages) on another val stream, more images, another
-background threshold or other generator knobs than it was trained and evaluated with. ``--data_dir``
+background threshold, another resolution (``--synthetic_scale``: a multiple of the training size, as
+the release segments at twice its own) or other generator knobs than it was trained and evaluated
+with. ``--data_dir``
 is the training run's workdir; its ``config.json`` gives the generator's knobs and the evaluation
 settings, which the flags override (``--data_dir`` left out: the default knobs)::
 
