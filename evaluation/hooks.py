@@ -159,18 +159,18 @@ def build_evaluators(eval_config: ml_collections.ConfigDict, model_config: Group
   evaluators = []
   for entry in eval_config.datasets:
     name, data, spec, geometry = _dataset(entry, eval_config, data_config, model_config)
+    input_size = geometry.get('crop_size')  # naming and token baselines see what the segmenter sees
     threshold = eval_config.threshold
     if threshold is None:
       threshold = getattr(spec, 'background_threshold', None)
 
     if model_config.image.num_grouping_stages == 0:
       evaluators.append(_token_baseline_evaluator(eval_config, model_config, workdir, name, data,
-                                                  spec, threshold, is_main_process,
-                                                  geometry.get('crop_size')))
+                                                  spec, threshold, is_main_process, input_size))
       continue
 
     def run(variables, step, name=name, data=data, spec=spec, threshold=threshold,
-            geometry=geometry):
+            geometry=geometry, input_size=input_size):
       num_vis = int(eval_config.num_visualize) if is_main_process and workdir else 0
       pretrained = Pretrained(model_config, variables)
       with tempfile.TemporaryDirectory() as panel_dir:
@@ -186,8 +186,7 @@ def build_evaluators(eval_config: ml_collections.ConfigDict, model_config: Group
       if result['oracle'] is not None:
         metrics[f'eval/{name}/oracle_mIoU'] = float(result['oracle']['mIoU'])
       result = _jsonable(result, step)
-      _naming(eval_config, pretrained, name, data, spec, metrics, result,
-              geometry.get('crop_size'))
+      _naming(eval_config, pretrained, name, data, spec, metrics, result, input_size)
       if is_main_process and workdir:
         _write_json(os.path.join(workdir, f'eval_{name}.json'), result)
       return metrics

@@ -23,9 +23,8 @@ evaluation hook (``evaluation/hooks.py``: one window per image, oracle and namin
 plain-ViT baselines for a model without grouping stages) on another val stream, more images, another
 background threshold, another resolution (``--synthetic_scale``: a multiple of the training size, as
 the release segments at twice its own) or other generator knobs than it was trained and evaluated
-with. ``--data_dir``
-is the training run's workdir; its ``config.json`` gives the generator's knobs and the evaluation
-settings, which the flags override (``--data_dir`` left out: the default knobs)::
+with. ``--data_dir`` is the training run's workdir; its ``config.json`` gives the generator's knobs
+and the evaluation settings, which the flags override (``--data_dir`` left out: the default knobs)::
 
     python -m evaluation.run --checkpoint RUN/model --dataset synthetic --data_dir RUN \
         --synthetic_seed 7 --max_images 500 --synthetic max_objects=3 --synthetic rotation=True \
