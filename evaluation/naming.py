@@ -17,7 +17,10 @@ images perfectly, but its background groups rank as high as its object groups, a
 falls towards that of a ranking that only knows the image; ``background_leak`` counts how often a
 background group's best class is one present in its image, and ``within_image_auc`` how often, in
 one image, a group on class c scores c higher than a group on anything else (50 when the groups
-carry only the image's names, 100 when each names its own pixels).
+carry only the image's names, 100 when each names its own pixels). Given the words the captions use
+for backgrounds, ``background_word_auc`` asks the converse: in one image, how often a group on the
+background scores them higher than a group on an object (100 = the background concept sits on the
+background; 0 = the model swapped the two, its object names on the background group).
 
       result = image_naming(pretrained, dataset, spec, max_images=200)
       result['mAP'], result['chance_mAP'], result['per_class_ap']
@@ -74,7 +77,8 @@ _group_scores = jax.jit(pooled.group_similarities, static_argnames=("config",))
 
 def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
                  max_images: Optional[int] = None, batch_size: int = 32,
-                 templates: prompts.Templates = "simple", input_size: Optional[int] = None) -> dict:
+                 templates: prompts.Templates = "simple", input_size: Optional[int] = None,
+                 background_words: Optional[Sequence[str]] = None) -> dict:
     """Image-level (and, for a model with groups, group-level) zero-shot naming of a dataset's classes.
 
     Args:
@@ -87,6 +91,9 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
       templates: prompt templates ("a photo of a {}." by default, as the segmentation).
       input_size: the side the model sees (default: its training ``image_size``; a multiple of the
         patch size); position embeddings are interpolated to other grids.
+      background_words: words or phrases for the background (e.g. the ones training captions use);
+        with them, each final group's background score is its best similarity to any of their
+        prompts. Not class names: they play no part in the rankings.
 
     Each image is resized whole (not cropped: a crop could cut the objects the label counts) to
     ``input_size``.
@@ -102,14 +109,21 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
       ``background_leak`` (percent of the background groups whose best class is present in their
       image; NaN without any) and ``within_image_auc`` (percent, over ``num_pairs`` pairs of groups
       of one image with different majority classes, the first on a class c: how often the first
-      scores c higher; a tie counts half; NaN without pairs).
+      scores c higher; a tie counts half; NaN without pairs), ``num_background_pairs`` and
+      ``background_word_auc`` (percent, over the pairs of a mostly-background and a mostly-object
+      group of one image: how often the first has the higher background score; NaN without
+      ``background_words`` or pairs).
     """
     # The threshold plays no part here; resolve_classes only insists on one when there is a background.
     names, fg_names, with_bg, ignore = resolve_classes(
         spec_or_class_names, 0.0 if _starts_with_background(spec_or_class_names) else None)
     config = pretrained.config
+    background_words = list(background_words or ())
+    # One embedding table, one compiled call: the class columns first, then the background words.
     class_embed = jnp.asarray(prompts.class_embeddings(
-        config, pretrained.variables, pretrained.tokenize, fg_names, templates), jnp.float32)
+        config, pretrained.variables, pretrained.tokenize, list(fg_names) + background_words,
+        templates), jnp.float32)
+    num_classes = len(fg_names)
     total = len(dataset) if max_images is None else min(len(dataset), max_images)
     if total < 1:
         raise ValueError("no images to score")
@@ -126,7 +140,7 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
             s = out["image"]
         else:
             s = np.asarray(_image_scores(variables, jnp.asarray(pix), class_embed, config=config))
-        scores.append(s[:len(samples)])
+        scores.append(s[:len(samples), :num_classes])
         for i, sample in enumerate(samples):
             label = np.asarray(sample.label).astype(np.int64)
             counted = (label != ignore) & (label >= 0) & (label < len(names))  # background included
@@ -135,7 +149,9 @@ def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
             targets.append(row)
             if with_groups:
                 ids = upsampled_group_ids(out["maps"][i].reshape(grid, grid, -1), *label.shape)
-                groups.add(ids[counted], label[counted] - offset, out["groups"][i], row)
+                sims = out["groups"][i]
+                groups.add(ids[counted], label[counted] - offset, sims[:, :num_classes], row,
+                           sims[:, num_classes:].max(1) if background_words else None)
     scores, targets = np.concatenate(scores), np.stack(targets)
     return {**_ranking_scores(scores, targets, fg_names), "num_images": int(total),
             "input_size": size, "groups": groups.result(fg_names) if with_groups else None}
@@ -161,8 +177,10 @@ class _GroupItems:
         self.scores, self.targets = [], []
         self.background = self.leaks = 0
         self.pairs = self.pairs_won = 0.0
+        self.background_pairs = self.background_pairs_won = 0.0
 
-    def add(self, ids: np.ndarray, classes: np.ndarray, sims: np.ndarray, present: np.ndarray):
+    def add(self, ids: np.ndarray, classes: np.ndarray, sims: np.ndarray, present: np.ndarray,
+            background_scores: Optional[np.ndarray] = None):
         """One image.
 
         Args:
@@ -170,6 +188,7 @@ class _GroupItems:
           classes: int ``[P]`` its class, ``-1`` for background, else ``0..K-1``.
           sims: ``[G, K]`` each group's similarity to the classes.
           present: ``[K]`` 1 where the class is in the image.
+          background_scores: ``[G]`` each group's background-word score, or None.
         """
         num_groups = sims.shape[0]
         sims = np.asarray(sims, np.float64)
@@ -193,6 +212,12 @@ class _GroupItems:
                 self.leaks += int(present[int(np.argmax(sims[g]))] > 0)
             self.scores.append(sims[g])
             self.targets.append(row)
+        if background_scores is not None:
+            bg = np.asarray(background_scores, np.float64)
+            on_bg, on_obj = bg[visible[majority < 0]], bg[visible[majority >= 0]]
+            diff = on_bg[:, None] - on_obj[None, :]  # [background groups, object groups]
+            self.background_pairs += diff.size
+            self.background_pairs_won += float(np.sum(diff > 0) + 0.5 * np.sum(diff == 0))
 
     def result(self, fg_names: Sequence[str]) -> dict:
         if self.scores:
@@ -204,7 +229,10 @@ class _GroupItems:
         out.update(num_groups=len(self.scores), num_background_groups=self.background,
                    background_leak=100.0 * self.leaks / self.background if self.background else nan,
                    num_pairs=int(self.pairs),
-                   within_image_auc=100.0 * self.pairs_won / self.pairs if self.pairs else nan)
+                   within_image_auc=100.0 * self.pairs_won / self.pairs if self.pairs else nan,
+                   num_background_pairs=int(self.background_pairs),
+                   background_word_auc=(100.0 * self.background_pairs_won / self.background_pairs
+                                        if self.background_pairs else nan))
         return out
 
 

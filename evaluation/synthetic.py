@@ -64,6 +64,8 @@ class SyntheticSegmentationDataset(SampleSequence):
       class_names: ``('background', *category_names)``.
       ignore_index: 255 (never present in the labels).
       spec: the :class:`~evaluation.class_names.DatasetSpec`.
+      background_words: the phrases captions use for these backgrounds
+        (:func:`~input_pipeline.synthetic_shapes.background_phrases`).
       config, seed: as given.
     """
 
@@ -81,6 +83,8 @@ class SyntheticSegmentationDataset(SampleSequence):
         self.class_names = self.spec.class_names
         self.ignore_index = self.spec.ignore_index
         self.names = [f"synthetic_{self.seed}_{i:06d}" for i in range(n)]
+        # The captions' words for the backgrounds, for naming's background-word placement score.
+        self.background_words = tuple(ss.background_phrases(self.config))
 
     def _load(self, index: int) -> Sample:
         ex = ss.generate(self.config, self.seed, index, split="val")

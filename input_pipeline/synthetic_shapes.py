@@ -435,6 +435,14 @@ def category_names(config: Optional[SyntheticConfig] = None) -> list[str]:
     return [c.name for c in CATEGORIES[:config.num_categories]]
 
 
+def background_phrases(config: Optional[SyntheticConfig] = None) -> list[str]:
+    """Every phrase the captions use for the backgrounds of ``config.background_types``
+    ("striped background", "grainy texture", ...), in a fixed order; what an evaluation can score a
+    model's background concept with."""
+    config = config or SyntheticConfig()
+    return [w for kind in config.background_types for w in _BACKGROUND_WORDS[kind]]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Shapes as signed distance functions in a unit frame (y up, extent about 1).
 # ----------------------------------------------------------------------------------------------------

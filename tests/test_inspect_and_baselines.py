@@ -160,8 +160,12 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
                           'eval/synthetic/images_per_s', 'eval/synthetic/oracle_mIoU',
                           'eval/synthetic/naming_mAP', 'eval/synthetic/naming_chance_mAP',
                           'eval/synthetic/group_naming_mAP', 'eval/synthetic/group_naming_chance_mAP',
-                          'eval/synthetic/background_leak', 'eval/synthetic/within_image_auc'}
+                          'eval/synthetic/background_leak', 'eval/synthetic/within_image_auc',
+                          'eval/synthetic/background_word_auc'}
   result = json.loads((tmp_path / 'eval_synthetic.json').read_text())
+  # Scored with the captions' background words of the configured background types.
+  assert result['naming']['groups']['background_word_auc'] == pytest.approx(
+      metrics['eval/synthetic/background_word_auc'], nan_ok=True)
   assert result['step'] == 7 and result['num_images'] == 4
   assert result['naming']['mAP'] == pytest.approx(metrics['eval/synthetic/naming_mAP'])
   assert result['naming']['num_images'] == 4

@@ -44,8 +44,10 @@ def test_image_naming_scores_the_pooled_embedding_against_label_presence():
     if i == 0:
       label[20:, :4] = 2
     samples.append(Sample(f's{i}', image, label))
-  result = naming.image_naming(model, samples, names, batch_size=2)  # 3 calls, the last padded
-  _check_group_naming(model, samples, names, result['groups'])
+  words = ('brick wall', 'sky')
+  # 3 calls, the last padded
+  result = naming.image_naming(model, samples, names, batch_size=2, background_words=words)
+  _check_group_naming(model, samples, names, result['groups'], words)
   targets = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0]], np.float32)
   # The same scores through the public inference API (images already at the model's size, so
   # naming's whole-image resize is the identity), with the prompt naming uses.
@@ -64,16 +66,18 @@ def test_image_naming_scores_the_pooled_embedding_against_label_presence():
   assert np.isnan(result['mAP']) and np.isnan(result['chance_mAP'])
 
 
-def _check_group_naming(model, samples, names, groups):
+def _check_group_naming(model, samples, names, groups, words):
   """Group-level naming through other public paths: the pixel groups of `inspect_groups` and the
   group similarities of `pooled`, majority classes counted by hand."""
-  class_embed = prompts.class_embeddings(model.config, model.variables, model.tokenize, names[1:],
-                                         'simple')
+  class_embed = prompts.class_embeddings(model.config, model.variables, model.tokenize,
+                                         list(names[1:]) + list(words), 'simple')
   pixels = normalize(np.stack([s.image for s in samples]))
   sims = np.asarray(pooled.group_similarities(model.variables, pixels, class_embed,
                                               config=model.config)['groups'])
+  sims, background_score = sims[..., :len(names) - 1], sims[..., len(names) - 1:].max(-1)
   ids = [per_stage[-1] for per_stage in inspect_groups.stage_group_ids(model, [s.image for s in samples])]
   scores, targets, background, leaks, pairs, won = [], [], 0, 0, 0, 0
+  bg_pairs, bg_won = 0, 0
   for i, sample in enumerate(samples):
     present = {int(c) - 1 for c in np.unique(sample.label) if 1 <= c <= 3}
     majority = {}
@@ -87,6 +91,10 @@ def _check_group_naming(model, samples, names, groups):
       if c == 0:
         background += 1
         leaks += int(np.argmax(sims[i, g])) in present
+        for h, d in majority.items():
+          if d != 0:
+            bg_pairs += 1
+            bg_won += float(background_score[i, g] > background_score[i, h])
         continue
       for h, d in majority.items():
         if d != c:
@@ -97,6 +105,8 @@ def _check_group_naming(model, samples, names, groups):
   assert groups['background_leak'] == pytest.approx(100 * leaks / background)
   assert pairs > 0 and groups['num_pairs'] == pairs
   assert groups['within_image_auc'] == pytest.approx(100 * won / pairs)
+  assert bg_pairs > 0 and groups['num_background_pairs'] == bg_pairs
+  assert groups['background_word_auc'] == pytest.approx(100 * bg_won / bg_pairs)
   expected = naming.mean_average_precision(np.stack(scores), np.stack(targets))
   assert not np.isnan(expected) and groups['mAP'] == pytest.approx(100 * expected, abs=1e-4)
 
@@ -106,10 +116,11 @@ def test_group_items_rank_each_group_by_its_own_embedding():
   ids = np.array([0, 0, 1, 1])  # four pixels: two in group 0, two in group 1 (group 2 is empty)
   classes = np.array([0, 0, -1, -1])  # group 0 on the object, group 1 on the background
   present = [np.array([1.0, 0.0]), np.array([0.0, 1.0])]
-  def score(sims_a, sims_b):
+  def score(sims_a, sims_b, background_a=None, background_b=None):
     items = naming._GroupItems(2)
-    items.add(ids, classes, np.array(sims_a), present[0])
-    items.add(ids, 1 - 2 * (classes < 0), np.array(sims_b), present[1])  # class 1 instead of 0
+    items.add(ids, classes, np.array(sims_a), present[0], background_a)
+    items.add(ids, 1 - 2 * (classes < 0), np.array(sims_b), present[1],  # class 1 instead of 0
+              background_b)
     return items.result(['circle', 'square'])
   # The background groups outscore the object groups on the image's class: AP 1/2 per class.
   global_ = score([[0.9, 0.1], [0.95, 0.1], [0.0, 0.0]], [[0.1, 0.9], [0.1, 0.95], [0.0, 0.0]])
@@ -123,6 +134,12 @@ def test_group_items_rank_each_group_by_its_own_embedding():
   local = score([[0.9, 0.1], [0.1, 0.3], [0.0, 0.0]], [[0.1, 0.9], [0.3, 0.1], [0.0, 0.0]])
   assert local['mAP'] == pytest.approx(100.0) and local['background_leak'] == 0.0
   assert local['within_image_auc'] == 100.0
+  assert np.isnan(local['background_word_auc']) and local['num_background_pairs'] == 0
+  # The background words on the background group of the first image, on the object's group of the
+  # second (swapped); the empty group 2 takes part in no pair.
+  placed = score([[0.9, 0.1], [0.1, 0.3], [0.0, 0.0]], [[0.1, 0.9], [0.3, 0.1], [0.0, 0.0]],
+                 [0.2, 0.8, 1.0], [0.7, 0.4, 1.0])
+  assert placed['num_background_pairs'] == 2 and placed['background_word_auc'] == 50.0
   nothing = naming._GroupItems(2).result(['circle', 'square'])  # every pixel ignored
   assert np.isnan(nothing['mAP']) and np.isnan(nothing['background_leak'])
   assert np.isnan(nothing['within_image_auc']) and nothing['num_pairs'] == 0

@@ -465,3 +465,22 @@ def test_eval_reader_interface_and_perfect_score():
     assert M.segmentation_metrics(conf_bg, ds.class_names)["mIoU"] < 20
     assert len(ds.example(0)["caption"]) > 0
     assert len(es.SyntheticSegmentationDataset()) == 500
+
+
+def test_background_phrases_are_the_captions_words_for_each_background():
+    """The evaluation scores background concepts with exactly the phrases captions use."""
+    config = dataclasses.replace(DEFAULT, p_background_words=1.0,
+                                 background_types=("stripes", "flat"))
+
+    def phrases_of(*kinds):
+        return ss.background_phrases(dataclasses.replace(config, background_types=kinds))
+
+    phrases = ss.background_phrases(config)
+    assert set(phrases) == set(phrases_of("stripes")) | set(phrases_of("flat"))
+    assert not set(phrases) & set(phrases_of("noise"))
+    for i in range(12):
+        scene = ss.render_scene(config, 0, i, "val")
+        caption = ss.generate(config, 0, i, "val")["caption"].lower()
+        assert any(p in caption for p in phrases_of(scene.background))
+    data = es.SyntheticSegmentationDataset(config, num_examples=1)
+    assert data.background_words == tuple(phrases)
