@@ -73,13 +73,16 @@ def base_config() -> ml_collections.ConfigDict:
   # rows against all-gathered keys (memory [n_local, N] per device).
   # mosaic (not in the release; groupvit_jax/mosaic.py): this fraction of every (micro-)batch is
   # tiled into mosaics of grid (rows, cols) images, each caption contrasted with the groups that
-  # cover its tile; roll shifts each mosaic cyclically by a random number of patches.
+  # cover its tile; roll shifts each mosaic cyclically by a random number of patches; with a
+  # best-group loss ('max' below), a tile's caption is scored by its best group among those with
+  # at least min_tile_share of their patches inside the tile.
   # image_text_pooling / multi_label_pooling: 'mean' (the release) scores an image against a
   # caption / noun prompt with its pooled embedding; 'max' (not in the release) with its
   # best-matching final group that owns patches, so that a text is pulled onto one group and
   # pushed off the best groups of the images it does not describe.
   config.loss = ml_collections.ConfigDict(dict(
-      formulation='global', mosaic=dict(fraction=0.0, grid=(1, 2), roll=True),
+      formulation='global',
+      mosaic=dict(fraction=0.0, grid=(1, 2), roll=True, min_tile_share=0.9),
       image_text_pooling='mean', multi_label_pooling='mean'))
   # Mesh axes (name, size; -1 = the rest) and parameter partition rules (regex on the
   # '/'-joined parameter path -> 'replicate' | 'fsdp'); the batch is split over all axes.

@@ -35,6 +35,9 @@ def validate(mosaic: ml_collections.ConfigDict, batch_size: int) -> None:
     raise ValueError(f'loss.mosaic.fraction must be in [0, 1], got {fraction}')
   if len(mosaic.grid) != 2 or min(int(g) for g in mosaic.grid) < 1:
     raise ValueError(f'loss.mosaic.grid must be (rows, cols) >= 1, got {tuple(mosaic.grid)}')
+  share = float(mosaic.get('min_tile_share', 0.9))
+  if not 0.5 < share <= 1.0:
+    raise ValueError(f'loss.mosaic.min_tile_share must be in (0.5, 1], got {share}')
   tiles = tiles_per_mosaic(mosaic.grid)
   if fraction > 0 and tiles < 2:
     raise ValueError('loss.mosaic.grid must hold at least 2 tiles')
@@ -120,3 +123,28 @@ def region_pool(tokens: jnp.ndarray, regions: jnp.ndarray,
                          precision='highest')
   weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-6)
   return jnp.einsum('bts,bsc->btc', weights, tokens.astype(jnp.float32), precision='highest')
+
+
+def tile_groups(regions: jnp.ndarray, patch_to_token: jnp.ndarray, min_share: float
+                ) -> jnp.ndarray:
+  """Which final groups of a mosaic may speak for each tile in the best-group losses.
+
+  A group belongs to tile t when at least `min_share` of its patches lie in t; a group spread
+  over several tiles (typically a background running across them) then belongs to none, so a
+  caption can only be matched by groups that hold its own tile's pixels. A tile left without
+  any group keeps the group with the largest share of it, so every tile has a candidate.
+
+  Args:
+    regions: [M, N, T] patch -> tile one-hot (`build_mosaics`).
+    patch_to_token: [M, N, S] hard patch -> final group map (rows one-hot).
+    min_share: in (0.5, 1]; above one half, a group belongs to at most one tile.
+  Returns:
+    bool [M, T, S].
+  """
+  regions = regions.astype(jnp.float32)
+  counts = jnp.einsum('mnt,mns->mts', regions, patch_to_token.astype(jnp.float32),
+                      precision='highest')  # patches of group s in tile t
+  share = counts / jnp.maximum(jnp.sum(counts, axis=1, keepdims=True), 1.0)
+  owned = (share >= min_share) & (counts > 0)
+  fallback = jax.nn.one_hot(jnp.argmax(counts, axis=-1), counts.shape[-1], dtype=bool)
+  return owned | (fallback & ~jnp.any(owned, axis=-1, keepdims=True))

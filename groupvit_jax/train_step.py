@@ -80,9 +80,6 @@ def group_pooled_losses(config: ml_collections.ConfigDict, multi_label: bool) ->
   if 'multi_label' in out and not multi_label:
     raise ValueError("loss.multi_label_pooling='max' needs the multi-label loss "
                      '(model.multi_label=True)')
-  if out and float(config.loss.mosaic.fraction) > 0:
-    raise ValueError("loss.*_pooling='max' does not combine with mosaics "
-                     '(loss.mosaic.fraction > 0)')
   return tuple(out)
 
 
@@ -130,7 +127,9 @@ def make_train_step(model: GroupViT, optimizer: optax.GradientTransformation,
       shifts = mosaic_lib.random_shifts(rng, n_mosaic // mosaic_lib.tiles_per_mosaic(grid), grid,
                                         (images.shape[1] // p, images.shape[2] // p))
     mosaics, regions = mosaic_lib.build_mosaics(tiles, grid, p, shifts)
-    return images[:images.shape[0] - n_mosaic], {'mosaics': mosaics, 'mosaic_regions': regions}
+    return images[:images.shape[0] - n_mosaic], {
+        'mosaics': mosaics, 'mosaic_regions': regions,
+        'mosaic_min_tile_share': float(mosaic.get('min_tile_share', 0.9))}
 
   def loss_fn(params, batch_stats, micro, rng):
     gumbel_rng, drop_rng = jax.random.split(rng)

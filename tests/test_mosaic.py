@@ -141,3 +141,67 @@ def test_train_step_loss_equals_the_losses_of_the_mosaic_forward():
                  prompts=batch['prompts'][np.r_[0:8, 9, 8, 10:16]])
   _, metrics_swapped = run['step'](run['fresh_state'](), swapped)
   assert abs(float(metrics_swapped['loss']) - float(metrics['loss'])) > 1e-4
+
+
+def test_tile_groups_keep_the_groups_that_hold_their_own_tile():
+  """A group belongs to the tile holding at least min_share of its patches; a group spread over
+  both tiles belongs to neither; a tile without any group keeps its largest one."""
+  # One mosaic of 2 tiles, 10 patches each; 4 groups.
+  regions = jax.nn.one_hot(jnp.repeat(jnp.arange(2), 10), 2)[None]  # [1, 20, 2]
+  group_of_patch = jnp.array([0] * 6 + [1] * 4 + [1] * 4 + [2] * 5 + [0])  # group 3 is empty
+  maps = jax.nn.one_hot(group_of_patch, 4)[None]  # [1, 20, 4]
+  owned = np.asarray(mosaic_lib.tile_groups(regions, maps, 0.85))[0]
+  # Group 0: 6 of 7 patches in tile 0 (0.857); group 1: 4 + 4 (spread); group 2: all in tile 1.
+  np.testing.assert_array_equal(owned, [[True, False, False, False], [False, False, True, False]])
+  strict = np.asarray(mosaic_lib.tile_groups(regions, maps, 0.9))[0]
+  # Group 0 falls below 0.9: tile 0 has no group of its own and keeps its largest, group 0.
+  np.testing.assert_array_equal(strict, owned)
+  spread = jax.nn.one_hot(jnp.array([1] * 20), 4)[None]  # one group over everything
+  np.testing.assert_array_equal(np.asarray(mosaic_lib.tile_groups(regions, spread, 0.9))[0],
+                                [[False, True, False, False]] * 2)
+  with pytest.raises(ValueError, match='min_tile_share'):
+    mosaic_lib.validate(ml_collections.ConfigDict(dict(fraction=0.5, grid=(1, 2),
+                                                       min_tile_share=0.5)), 8)
+
+
+def test_train_step_best_group_loss_on_mosaics():
+  """With the best-group loss, a tile's caption is scored by the groups of its mosaic that
+  belong to the tile: the step's loss equals the losses of the forward computed by hand, and the
+  tile masks are `tile_groups` of the mosaic's hard group maps."""
+  from groupvit_jax import losses as losses_lib
+  from tests.test_train_step import first_step
+
+  config = load('tiny')
+  with config.unlocked():
+    config.global_batch_size = 16
+    config.loss.mosaic.fraction = 0.5
+    config.loss.mosaic.roll = False
+    config.loss.multi_label_pooling = 'max'
+  run = first_step(config)
+  batch, metrics = run['batch'], run['metrics']
+  p = config.model.image.patch_size
+  mosaics, regions = mosaic_lib.build_mosaics(jnp.asarray(batch['image'][8:]), (1, 2), p)
+  out = run['model'].apply(
+      run['variables'], batch['image'][:8], batch['text'], batch['prompts'], train=True,
+      mosaics=mosaics, mosaic_regions=regions, with_groups=True, rngs=run['rngs'],
+      mutable=['batch_stats'])[0]
+  expected = losses_lib.contrastive_losses(
+      out['image_embed'], out['text_embed'], out['logit_scale'], out['prompt_embed'],
+      out['multi_label_logit_scale'], out['group_embeds'], out['group_mask'], ('multi_label',))
+  np.testing.assert_allclose(metrics['loss'], expected['loss'], rtol=1e-5)
+  s = out['group_embeds'].shape[1]
+  assert out['group_embeds'].shape[0] == 16 and out['group_mask'].shape == (16, s)
+  # Without noise (evaluation mode) the masks are exactly tile_groups of the mosaic's hard maps,
+  # and the two tiles of a mosaic share its group embeddings.
+  model, variables = run['model'], run['variables']
+  det = model.apply(variables, batch['image'][:8], batch['text'], batch['prompts'], train=False,
+                    mosaics=mosaics, mosaic_regions=regions, with_groups=True,
+                    mosaic_min_tile_share=0.6)
+
+  def hard_maps(module):
+    return compose_group_maps(module.img_encoder(mosaics).assignments, use_soft=False)[-1]
+
+  owned = mosaic_lib.tile_groups(regions, model.apply(variables, method=hard_maps), 0.6)
+  np.testing.assert_array_equal(det['group_mask'][8:], np.asarray(owned).reshape(8, s))
+  np.testing.assert_array_equal(det['group_embeds'][8], det['group_embeds'][9])
+  assert not np.array_equal(det['group_embeds'][8], det['group_embeds'][10])
