@@ -17,7 +17,9 @@ benchmarks/emergence.py runs them over seeds:
                      pixel-wise classification and k-means (Table 4)
   mosaic             not in the release: half of every batch tiled into 2-image mosaics, each
                      caption matched to the groups of its own tile (groupvit_jax/mosaic.py);
-                     vit_mosaic = vit+mosaic
+                     vit_mosaic = vit+mosaic; with group_max / easy_group_max, a tile's nouns
+                     are scored by the best group lying inside the tile (a background spread
+                     over both tiles speaks for neither)
   group_max          not in the release: the multi-label loss scores an image against a noun by its
                      best-matching final group
   group_max_all      the same for the image-text loss too

@@ -45,7 +45,7 @@ def test_expected_recipes_exist():
                                      'mosaic', 'vit_mosaic', 'group_max', 'group_max_all', 'fine',
                                      'easy_group_max+soft', 'easy_group_max+1stage+fine',
                                      'easy_group_max+vit', 'easy_group_max+zoom+soft',
-                                     'easy_group_max+zoom+vit'])
+                                     'easy_group_max+zoom+vit', 'easy_group_max+zoom+mosaic'])
 def test_synthetic_ablation_variants(variant):
   options = set(variant.replace('soft_no_multi_label', 'soft+no_multi_label')
                 .replace('vit_mosaic', 'vit+mosaic').split('+'))
