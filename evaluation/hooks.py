@@ -108,9 +108,9 @@ def _naming(eval_config, pretrained, name, data, spec, metrics, results, input_s
   if not eval_config.naming:
     return
   from evaluation.naming import image_naming  # pylint: disable=g-import-not-at-top
+  background_words = getattr(data, 'background_words', None)  # the synthetic split has them
   result = image_naming(pretrained, data, spec, max_images=int(eval_config.max_images),
-                        input_size=input_size,
-                        background_words=getattr(data, 'background_words', None))
+                        input_size=input_size, background_words=background_words)
   results['naming'] = result
   metrics[f'eval/{name}/naming_mAP'] = float(result['mAP'])
   metrics[f'eval/{name}/naming_chance_mAP'] = float(result['chance_mAP'])
@@ -119,7 +119,7 @@ def _naming(eval_config, pretrained, name, data, spec, metrics, results, input_s
     metrics[f'eval/{name}/group_naming_chance_mAP'] = float(result['groups']['chance_mAP'])
     metrics[f'eval/{name}/background_leak'] = float(result['groups']['background_leak'])
     metrics[f'eval/{name}/within_image_auc'] = float(result['groups']['within_image_auc'])
-    if getattr(data, 'background_words', None):
+    if background_words:
       metrics[f'eval/{name}/background_word_auc'] = float(result['groups']['background_word_auc'])
 
 
