@@ -168,6 +168,14 @@ def _ranking_scores(scores: np.ndarray, targets: np.ndarray, fg_names: Sequence[
     }
 
 
+def _pairs_won(higher: np.ndarray, lower: np.ndarray) -> tuple[int, float]:
+    """(number of pairs, wins) over every pair of an item of ``higher`` ``[A]`` (or a scalar) and
+    one of ``lower`` ``[B]``: a win when the first scores above the second, half a win on a tie
+    (the pairwise form of the ROC AUC)."""
+    diff = np.reshape(higher, (-1, 1)) - np.reshape(lower, (1, -1))
+    return diff.size, float(np.sum(diff > 0) + 0.5 * np.sum(diff == 0))
+
+
 class _GroupItems:
     """Collects one ranking item per final group that covers a labelled pixel, and the within-image
     pairs of groups that hold different classes."""
@@ -204,9 +212,9 @@ class _GroupItems:
                 row[c] = 1.0
                 # Against every visible group of another class (or background) in the same image,
                 # on this group's class: a win when it scores higher, half a win on a tie.
-                others = sims[visible[majority != c], c]
-                self.pairs += others.size
-                self.pairs_won += float(np.sum(sims[g, c] > others) + 0.5 * np.sum(sims[g, c] == others))
+                n, won = _pairs_won(sims[g, c], sims[visible[majority != c], c])
+                self.pairs += n
+                self.pairs_won += won
             else:
                 self.background += 1
                 self.leaks += int(present[int(np.argmax(sims[g]))] > 0)
@@ -214,10 +222,9 @@ class _GroupItems:
             self.targets.append(row)
         if background_scores is not None:
             bg = np.asarray(background_scores, np.float64)
-            on_bg, on_obj = bg[visible[majority < 0]], bg[visible[majority >= 0]]
-            diff = on_bg[:, None] - on_obj[None, :]  # [background groups, object groups]
-            self.background_pairs += diff.size
-            self.background_pairs_won += float(np.sum(diff > 0) + 0.5 * np.sum(diff == 0))
+            n, won = _pairs_won(bg[visible[majority < 0]], bg[visible[majority >= 0]])
+            self.background_pairs += n
+            self.background_pairs_won += won
 
     def result(self, fg_names: Sequence[str]) -> dict:
         if self.scores:

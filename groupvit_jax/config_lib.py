@@ -7,6 +7,7 @@ from typing import Any
 
 import ml_collections
 
+from groupvit_jax import mosaic as mosaic_lib
 from groupvit_jax.models.config import GroupViTConfig
 
 
@@ -82,7 +83,8 @@ def base_config() -> ml_collections.ConfigDict:
   # pushed off the best groups of the images it does not describe.
   config.loss = ml_collections.ConfigDict(dict(
       formulation='global',
-      mosaic=dict(fraction=0.0, grid=(1, 2), roll=True, min_tile_share=0.9),
+      mosaic=dict(fraction=0.0, grid=(1, 2), roll=True,
+                  min_tile_share=mosaic_lib.DEFAULT_MIN_TILE_SHARE),
       image_text_pooling='mean', multi_label_pooling='mean'))
   # Mesh axes (name, size; -1 = the rest) and parameter partition rules (regex on the
   # '/'-joined parameter path -> 'replicate' | 'fsdp'); the batch is split over all axes.

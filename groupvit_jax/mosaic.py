@@ -22,6 +22,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+# A mosaic group speaks for a tile in the best-group losses when this share of its patches lies
+# inside the tile (`tile_groups`); the default of `config.loss.mosaic.min_tile_share`.
+DEFAULT_MIN_TILE_SHARE = 0.9
+
+
+def min_tile_share(mosaic: ml_collections.ConfigDict) -> float:
+  """`mosaic.min_tile_share`, or its default for configs written before the option existed."""
+  return float(mosaic.get('min_tile_share', DEFAULT_MIN_TILE_SHARE))
+
 
 def tiles_per_mosaic(grid) -> int:
   rows, cols = (int(g) for g in grid)
@@ -35,7 +44,7 @@ def validate(mosaic: ml_collections.ConfigDict, batch_size: int) -> None:
     raise ValueError(f'loss.mosaic.fraction must be in [0, 1], got {fraction}')
   if len(mosaic.grid) != 2 or min(int(g) for g in mosaic.grid) < 1:
     raise ValueError(f'loss.mosaic.grid must be (rows, cols) >= 1, got {tuple(mosaic.grid)}')
-  share = float(mosaic.get('min_tile_share', 0.9))
+  share = min_tile_share(mosaic)
   if not 0.5 < share <= 1.0:
     raise ValueError(f'loss.mosaic.min_tile_share must be in (0.5, 1], got {share}')
   tiles = tiles_per_mosaic(mosaic.grid)
@@ -98,6 +107,18 @@ def random_shifts(rng: jax.Array, num_mosaics: int, grid: tuple[int, int],
   return jax.random.randint(rng, (num_mosaics, 2), 0, limits)
 
 
+def tile_counts(regions: jnp.ndarray, patch_to_token: jnp.ndarray) -> jnp.ndarray:
+  """How many patches of each region every token holds.
+
+  Args:
+    regions: [B, N, T] patch -> region weights; patch_to_token: [B, N, S] patch -> token map.
+  Returns:
+    [B, T, S] float32 (fractional where the maps are soft).
+  """
+  return jnp.einsum('bnt,bns->bts', regions.astype(jnp.float32),
+                    patch_to_token.astype(jnp.float32), precision='highest')
+
+
 def region_pool(tokens: jnp.ndarray, regions: jnp.ndarray,
                 patch_to_token: jnp.ndarray | None = None) -> jnp.ndarray:
   """Mean of the tokens covering each region, weighted by their share of the region's patches.
@@ -115,12 +136,10 @@ def region_pool(tokens: jnp.ndarray, regions: jnp.ndarray,
   Returns:
     [B, T, C] float32.
   """
-  regions = regions.astype(jnp.float32)
   if patch_to_token is None:
-    weights = jnp.swapaxes(regions, 1, 2)  # [B, T, N]
+    weights = jnp.swapaxes(regions.astype(jnp.float32), 1, 2)  # [B, T, N]
   else:
-    weights = jnp.einsum('bnt,bns->bts', regions, patch_to_token.astype(jnp.float32),
-                         precision='highest')
+    weights = tile_counts(regions, patch_to_token)
   weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-6)
   return jnp.einsum('bts,bsc->btc', weights, tokens.astype(jnp.float32), precision='highest')
 
@@ -141,9 +160,7 @@ def tile_groups(regions: jnp.ndarray, patch_to_token: jnp.ndarray, min_share: fl
   Returns:
     bool [M, T, S].
   """
-  regions = regions.astype(jnp.float32)
-  counts = jnp.einsum('mnt,mns->mts', regions, patch_to_token.astype(jnp.float32),
-                      precision='highest')  # patches of group s in tile t
+  counts = tile_counts(regions, patch_to_token)  # patches of group s in tile t
   share = counts / jnp.maximum(jnp.sum(counts, axis=1, keepdims=True), 1.0)
   owned = (share >= min_share) & (counts > 0)
   fallback = jax.nn.one_hot(jnp.argmax(counts, axis=-1), counts.shape[-1], dtype=bool)

@@ -129,7 +129,7 @@ def make_train_step(model: GroupViT, optimizer: optax.GradientTransformation,
     mosaics, regions = mosaic_lib.build_mosaics(tiles, grid, p, shifts)
     return images[:images.shape[0] - n_mosaic], {
         'mosaics': mosaics, 'mosaic_regions': regions,
-        'mosaic_min_tile_share': float(mosaic.get('min_tile_share', 0.9))}
+        'mosaic_min_tile_share': mosaic_lib.min_tile_share(mosaic)}
 
   def loss_fn(params, batch_stats, micro, rng):
     gumbel_rng, drop_rng = jax.random.split(rng)

@@ -13,7 +13,8 @@ from groupvit_jax.models.grouping import Assignment
 from groupvit_jax.models.heads import ProjectionHead
 from groupvit_jax.models.image_encoder import ImageEncoder
 from groupvit_jax.models.text_encoder import TextEncoder
-from groupvit_jax.mosaic import region_pool, tile_groups as mosaic_tile_groups
+from groupvit_jax.mosaic import DEFAULT_MIN_TILE_SHARE, region_pool
+from groupvit_jax.mosaic import tile_groups as mosaic_tile_groups
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -79,7 +80,7 @@ class GroupViT(nn.Module):
     return result
 
   def _encode_with_mosaics(self, images, mosaics, regions, train, with_groups=False,
-                           min_tile_share=0.9):
+                           min_tile_share=DEFAULT_MIN_TILE_SHARE):
     """Pooled features of whole images and of mosaic tiles, projected by one head call (its
     BatchNorm sees both together, as it sees one batch without mosaics). With `with_groups`,
     also the final groups of every row ([B, S, D]; a tile's row holds its mosaic's groups) and
@@ -122,7 +123,7 @@ class GroupViT(nn.Module):
   def __call__(self, images: jnp.ndarray, text: jnp.ndarray, prompts: jnp.ndarray | None = None,
                train: bool = False, mosaics: jnp.ndarray | None = None,
                mosaic_regions: jnp.ndarray | None = None,
-               with_groups: bool = False, mosaic_min_tile_share: float = 0.9) -> dict[str, Any]:
+               with_groups: bool = False, mosaic_min_tile_share: float = DEFAULT_MIN_TILE_SHARE) -> dict[str, Any]:
     """The training forward pass.
 
     Args:
