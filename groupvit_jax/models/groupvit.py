@@ -13,8 +13,8 @@ from groupvit_jax.models.grouping import Assignment
 from groupvit_jax.models.heads import ProjectionHead
 from groupvit_jax.models.image_encoder import ImageEncoder
 from groupvit_jax.models.text_encoder import TextEncoder
-from groupvit_jax.mosaic import DEFAULT_MIN_TILE_SHARE, region_pool
-from groupvit_jax.mosaic import tile_groups as mosaic_tile_groups
+from groupvit_jax.mosaic import (DEFAULT_MIN_TILE_SHARE, region_pool,
+                                 tile_groups as mosaic_tile_groups)
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -123,7 +123,8 @@ class GroupViT(nn.Module):
   def __call__(self, images: jnp.ndarray, text: jnp.ndarray, prompts: jnp.ndarray | None = None,
                train: bool = False, mosaics: jnp.ndarray | None = None,
                mosaic_regions: jnp.ndarray | None = None,
-               with_groups: bool = False, mosaic_min_tile_share: float = DEFAULT_MIN_TILE_SHARE) -> dict[str, Any]:
+               with_groups: bool = False,
+               mosaic_min_tile_share: float = DEFAULT_MIN_TILE_SHARE) -> dict[str, Any]:
     """The training forward pass.
 
     Args:
