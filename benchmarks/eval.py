@@ -1,4 +1,4 @@
-"""Zero-shot segmentation throughput: evaluation.segmenter vs the release's protocol in eager PyTorch.
+"""Zero-shot segmentation throughput: groupvit_jax.segmenter vs the release's protocol in eager PyTorch.
 
 Usage (from the repository root):
 
@@ -13,7 +13,7 @@ classes, threshold 0.95, slide mode (448 windows, stride 224), exactly the VOC b
 * ``ours``: ``ZeroShotSegmenter.run`` over the images (host resize in a background thread, windows
   batched across images, stage-2 assembly and argmax on the device), wall time until every label map
   is on the host. Compilation happens in a warm-up pass and is excluded.
-* ``reference``: ``tests/test_segmentation_reference.ReleasedSegmentation`` on the same HF model:
+* ``reference``: ``references/segmentation.ReleasedSegmentation`` on the same HF model:
   ``encode_decode`` per window, eager, batch 1, as the release runs under mmseg.
 
 The two are measured alternately (``--rounds`` rounds of ours then reference) in this one process,
@@ -49,7 +49,7 @@ def load_images(n: int) -> tuple[list[np.ndarray], str]:
         paths = sorted(VOC_SAMPLE.glob("*.jpg"))[:n]
         if paths:
             return [np.asarray(Image.open(p).convert("RGB")) for p in paths], f"voc_sample ({len(paths)} JPEGs)"
-    from tests.test_segmentation_reference import synthetic_images
+    from references.segmentation import synthetic_images
     sizes = [(375, 500), (500, 375), (333, 500)]
     return synthetic_images([sizes[i % 3] for i in range(n)]), "synthetic"
 
@@ -67,11 +67,11 @@ def main(argv=None) -> int:
     import jax
     import torch
     from evaluation import class_names as cn
-    from evaluation import prompts, segmenter
+    from groupvit_jax import prompts, segmenter
     from groupvit_jax import load_pretrained
     from groupvit_jax.convert import convert
-    from tests import hf_reference
-    from tests.test_segmentation_reference import ReleasedSegmentation, hf_class_embeddings
+    from references import hf_groupvit as hf_reference
+    from references.segmentation import ReleasedSegmentation, hf_class_embeddings
 
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(threads)

@@ -48,7 +48,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from tests import clip_reference  # noqa: E402  (openai-clip's tokenizer, dev extra)
+from references import clip_tokenizer as clip_reference  # noqa: E402  (openai-clip's tokenizer, dev extra)
 DEFAULT_SHARD = os.path.join(REPO, "..", "shared", "data", "webdataset_coco", "00000.tar")
 DEFAULT_CAPTIONS = os.path.join(REPO, "..", "shared", "data", "captions", "cc3m_validation_first1000.txt")
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -83,7 +83,7 @@ class Timer:
 
 
 def load_reference_tokenizer():
-    """openai-clip's SimpleTokenizer instance (see tests/clip_reference.py)."""
+    """openai-clip's SimpleTokenizer instance (see references/clip_tokenizer.py)."""
     cls = clip_reference.simple_tokenizer_class()
     if cls is None:
         raise ImportError("openai-clip (dev extra) is not installed")
@@ -361,8 +361,9 @@ def main(argv=None):
     if not os.path.exists(args.shard):
         sys.exit(f"shard {args.shard} not found (see --shard)")
 
+    from groupvit_jax.prompts import IMAGENET_TEMPLATES
     from input_pipeline import nouns, prepare_nouns, prompts
-    from input_pipeline.tokenizer import default_tokenizer
+    from groupvit_jax.tokenizer import default_tokenizer
 
     tmp = tempfile.mkdtemp(prefix="bench_input_")
     try:
@@ -392,7 +393,7 @@ def main(argv=None):
                     bench_ours(args, shard_dir, cache_dir, "ours_online", r, online=True))
             if "reference" not in skip:
                 results.setdefault("reference", []).append(
-                    bench_reference(args, paths, tagger.nlp, ref_tok, prompts.IMAGENET_TEMPLATES, tags, r))
+                    bench_reference(args, paths, tagger.nlp, ref_tok, IMAGENET_TEMPLATES, tags, r))
         for name, vals in results.items():
             emit(f"pipeline/{name}/median", float(np.median(vals)), "images/s/core", args, rounds=len(vals))
         if "reference" in results:

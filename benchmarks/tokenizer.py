@@ -1,4 +1,4 @@
-"""Throughput of input_pipeline.tokenizer.ClipTokenizer vs OpenAI CLIP's Python tokenizer.
+"""Throughput of groupvit_jax.tokenizer.ClipTokenizer vs OpenAI CLIP's Python tokenizer.
 
 Usage (from the repository root):
 
@@ -42,8 +42,8 @@ import numpy as np  # noqa: E402
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests import clip_reference  # noqa: E402  (openai-clip's tokenizer, dev extra)
-from input_pipeline.tokenizer import (  # noqa: E402
+from references import clip_tokenizer as clip_reference  # noqa: E402  (openai-clip's tokenizer, dev extra)
+from groupvit_jax.tokenizer import (  # noqa: E402
     CONTEXT_LENGTH,
     EOT_TOKEN,
     SOT_TOKEN,
@@ -54,7 +54,7 @@ DEFAULT_CAPTIONS = REPO_ROOT / ".." / "shared" / "data" / "captions" / "cc3m_val
 
 
 def load_reference():
-    """CLIP's SimpleTokenizer class, or None without openai-clip (see tests/clip_reference.py)."""
+    """CLIP's SimpleTokenizer class, or None without openai-clip (see references/clip_tokenizer.py)."""
     return clip_reference.simple_tokenizer_class()
 
 

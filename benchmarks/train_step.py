@@ -166,7 +166,7 @@ def recipe(model_name: str, batch: int, dtype: str, multi_label: bool):
 
 def hf_model(cfg, seed: int):
     """A random-weight transformers.GroupViTModel with the architecture of our GroupViTConfig `cfg`."""
-    from tests import hf_reference
+    from references import hf_groupvit as hf_reference
     im, tx = cfg.image, cfg.text
     # What Hugging Face's model cannot express would make the comparison unfair: refuse it.
     unsupported = {
@@ -204,7 +204,7 @@ def host_batch(batch: int, image_size: int, context_length: int, num_prompts: in
     Token rows are SOT, 3-30 random word ids, EOT, zero padding; word ids stay below SOT so EOT is the
     largest id, which is where both text towers pool (argmax of the ids / first EOT).
     """
-    from input_pipeline.tokenizer import EOT_TOKEN, SOT_TOKEN
+    from groupvit_jax.tokenizer import EOT_TOKEN, SOT_TOKEN
     rng = np.random.default_rng(seed)
 
     def tokens(shape):

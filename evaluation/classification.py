@@ -3,7 +3,7 @@
 Layout: ``root/<class_dir>/*.{jpg,jpeg,png}``; classes are the sub-folders in sorted order. Their
 names come from a text file (one per line, in the sorted-folder order), else, for the 1000 ImageNet
 WordNet-id folders (``n01440764`` ...), from CLIP's curated ImageNet names
-(:data:`evaluation.prompts.IMAGENET_CLASSES`), else from the folder names (``_`` -> space).
+(:data:`evaluation.class_names.IMAGENET_CLASSES`), else from the folder names (``_`` -> space).
 
 Protocol of the release: the eval transform (short side to 256/224 of the model size with PIL bilinear,
 centre crop, ImageNet normalisation), the 7 ``subset`` templates, class embedding = mean of the
@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evaluation import pooled, prompts
+from evaluation import class_names, pooled
+from groupvit_jax import prompts
 from evaluation.datasets import read_class_names, read_image
-from evaluation.segmenter import _prefetch_map, compile_stats
+from groupvit_jax.segmenter import _prefetch_map, compile_stats
 from groupvit_jax import preprocessing
 from groupvit_jax.models.config import GroupViTConfig
 
@@ -60,8 +61,8 @@ class ImageFolder:
         return len(self.paths)
 
     def default_class_names(self) -> list[str]:
-        if len(self.class_dirs) == len(prompts.IMAGENET_CLASSES) and all(_WNID.match(d) for d in self.class_dirs):
-            return list(prompts.IMAGENET_CLASSES)
+        if len(self.class_dirs) == len(class_names.IMAGENET_CLASSES) and all(_WNID.match(d) for d in self.class_dirs):
+            return list(class_names.IMAGENET_CLASSES)
         return [d.replace("_", " ") for d in self.class_dirs]
 
 

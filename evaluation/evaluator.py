@@ -27,7 +27,8 @@ import jax
 import numpy as np
 
 from evaluation import class_names as cn
-from evaluation import prompts, segmenter, visualize as vis
+from evaluation import visualize as vis
+from groupvit_jax import prompts, segmenter
 from evaluation.metrics import BoundaryIoU, ConfusionMatrix, boundary_iou_metrics, oracle_relabel, \
     segmentation_metrics
 

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from evaluation.segmenter import resize_uint8
+from groupvit_jax.segmenter import resize_uint8
 from evaluation.visualize import colorize, group_palette, voc_palette
 from groupvit_jax.ops.resize import resize_matrix
 from groupvit_jax.preprocessing import normalize

@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evaluation import pooled, prompts
+from evaluation import pooled
+from groupvit_jax import prompts
 from evaluation.evaluator import resolve_classes
 from evaluation.inspect_groups import upsampled_group_ids
 from evaluation.metrics import nanmean

@@ -14,7 +14,7 @@ from typing import Iterator, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from evaluation.segmenter import HIGHEST, resize_uint8
+from groupvit_jax.segmenter import HIGHEST, resize_uint8
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, compose_group_maps, l2_normalize
 from groupvit_jax.preprocessing import normalize

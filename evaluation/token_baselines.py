@@ -9,7 +9,7 @@ final patch tokens, projected by the image head into the joint space:
   cluster's mean embedding is classified.
 
 Either way the groups go through the *same* per-group class table as GroupViT
-(:func:`evaluation.segmenter.class_table`: top-k classes from the pooled embedding, background by
+(:func:`groupvit_jax.segmenter.class_table`: top-k classes from the pooled embedding, background by
 threshold), and each pixel takes the label of the group that wins after bilinear upsampling of the
 patch-to-group map, so the three rows of the table differ only in where the groups come from. Works
 for any model (GroupViT too: its final tokens are then the groups, which is not what ``pixel``
@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evaluation import prompts
+from groupvit_jax import prompts
 from evaluation.evaluator import resolve_classes
 from evaluation.metrics import ConfusionMatrix, oracle_relabel, segmentation_metrics
 from evaluation.pooled import checked_input_size, whole_image_batches
-from evaluation.segmenter import HIGHEST, class_table
+from groupvit_jax.segmenter import HIGHEST, class_table
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, l2_normalize
 from groupvit_jax.ops.resize import resize_matrix

@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from groupvit_jax import preprocessing
+from groupvit_jax import preprocessing, prompts, segmenter
 from groupvit_jax.checkpoints import store
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, compose_group_maps, l2_normalize
+from groupvit_jax.tokenizer import default_tokenizer
 
 
 class Pretrained:
@@ -57,7 +58,6 @@ class Pretrained:
   @property
   def tokenizer(self):
     if self._tokenizer is None:
-      from input_pipeline.tokenizer import default_tokenizer
       self._tokenizer = default_tokenizer()
     return self._tokenizer
 
@@ -112,11 +112,10 @@ class Pretrained:
       mode: 'slide' (448x448 windows, stride 224, after resizing the short side to 448: the
         benchmarks' protocol) or 'whole' (the whole resized image at once, as the release's demo).
       **kwargs: `templates` (a template-set name or list), `scales`, `flip`, and other
-        `evaluation.segmenter.Protocol` fields.
+        `groupvit_jax.segmenter.Protocol` fields.
     Returns:
       int32 [H, W] label map.
     """
-    from evaluation import prompts, segmenter
     templates = kwargs.pop('templates', 'simple')
     cache = self.__dict__.setdefault('_segment_class_embeds', {})
     key = (id(self.variables), tuple(class_names),

@@ -1,6 +1,6 @@
 """GroupViT training input pipeline (tf.data on the host, numpy batches out).
 
-Public API (imported lazily, so ``import input_pipeline.tokenizer`` / ``.nouns`` / ``.prompts``
+Public API (imported lazily, so ``import groupvit_jax.tokenizer`` / ``.nouns`` / ``.prompts``
 do not pull in TensorFlow)::
 
     from input_pipeline import create_train_dataset, default_data_config

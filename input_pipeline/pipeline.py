@@ -49,6 +49,7 @@ import tensorflow as tf
 
 from input_pipeline import augment, nouns, prompts, readers, skips, sources
 from input_pipeline import synthetic_shapes
+from groupvit_jax.prompts import TEMPLATE_SETS
 
 __all__ = ["STATE_FORMAT", "TrainIterator", "create_train_dataset"]
 
@@ -273,13 +274,13 @@ class TrainIterator:
         self.num_prompts = int(tcfg.num_prompts)
         self.context_length = int(tcfg.context_length)
         self.tags = prompts.word_tags(tcfg.word_set, tcfg.get("word_tags"))
-        if tcfg.templates not in prompts.TEMPLATE_SETS:
-            raise ValueError(f"text.templates must be one of {sorted(prompts.TEMPLATE_SETS)}.")
-        self.templates = prompts.TEMPLATE_SETS[tcfg.templates]
+        if tcfg.templates not in TEMPLATE_SETS:
+            raise ValueError(f"text.templates must be one of {sorted(TEMPLATE_SETS)}.")
+        self.templates = TEMPLATE_SETS[tcfg.templates]
         self.cache = nouns.NounCache(tcfg.noun_cache_dir, self.tags) if tcfg.get("noun_cache_dir") else None
         self._tagger = None
         self._tag_lru: collections.OrderedDict[str, list[tuple[str, str]]] = collections.OrderedDict()
-        from input_pipeline.tokenizer import default_tokenizer
+        from groupvit_jax.tokenizer import default_tokenizer
 
         self.tokenizer = default_tokenizer()
         self.stats = collections.Counter()  # words_from_cache / words_online / words_lru

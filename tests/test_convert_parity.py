@@ -18,7 +18,7 @@ pytest.importorskip('transformers')
 from groupvit_jax import load_pretrained  # noqa: E402
 from groupvit_jax.convert import convert  # noqa: E402
 from groupvit_jax.checkpoints.keymaps import CheckpointMismatchError  # noqa: E402
-from tests import hf_reference  # noqa: E402
+from references import hf_groupvit as hf_reference  # noqa: E402
 from tests.conftest import REPO, SHARED_DATA  # noqa: E402
 
 ATOL = 1e-4

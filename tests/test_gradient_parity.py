@@ -24,7 +24,7 @@ from groupvit_jax import load_pretrained  # noqa: E402
 from groupvit_jax.checkpoints import keymaps, store  # noqa: E402
 from groupvit_jax.convert import convert  # noqa: E402
 from groupvit_jax.losses import contrastive_losses  # noqa: E402
-from tests import hf_reference  # noqa: E402
+from references import hf_groupvit as hf_reference  # noqa: E402
 
 B, L = 4, 16
 

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from groupvit_jax import prompts as templates
 from input_pipeline import nouns, prompts
 
 CC3M = "captions/cc3m_validation_first1000.txt"
@@ -20,12 +21,12 @@ def tagger():
 
 
 def test_templates_are_clips_80():
-    t = prompts.IMAGENET_TEMPLATES
+    t = templates.IMAGENET_TEMPLATES
     assert len(t) == 80 and len(set(t)) == 80
     assert all(x.count("{}") == 1 for x in t)
     assert t[0] == "a bad photo of a {}." and t[-1] == "a tattoo of the {}."
     assert "a {} in a video game." in t and "itap of my {}." in t
-    assert set(prompts.SUBSET_TEMPLATES) <= set(t)
+    assert set(templates.SUBSET_TEMPLATES) <= set(t)
 
 
 def test_word_sets():
@@ -41,7 +42,7 @@ def test_prompt_fill_rule():
     k = 3
     assert prompts.build_prompts(cap, [], k, random.Random(0)) == [cap] * 3
     one = prompts.build_prompts(cap, ["dog"], k, random.Random(0))
-    assert one[1:] == [cap, cap] and one[0] in [t.format("dog") for t in prompts.IMAGENET_TEMPLATES]
+    assert one[1:] == [cap, cap] and one[0] in [t.format("dog") for t in templates.IMAGENET_TEMPLATES]
     two = prompts.build_prompts(cap, ["dog", "dog"], k, random.Random(1))  # positions, not words
     assert all("dog" in p and p != cap for p in two[:2]) and two[2] == cap
     many = ["w0", "w1", "w2", "w3", "w4"]
@@ -55,11 +56,11 @@ def test_prompt_fill_rule():
         for p, w in zip(out, words):
             seen_templates.add(p.replace(w, "{}"))
     assert seen_words == set(many)
-    assert seen_templates <= set(prompts.IMAGENET_TEMPLATES) and len(seen_templates) > 70
+    assert seen_templates <= set(templates.IMAGENET_TEMPLATES) and len(seen_templates) > 70
     # Deterministic for a seed; K=0 gives nothing; the identity template gives the bare word.
     assert prompts.build_prompts(cap, many, k, random.Random(5)) == prompts.build_prompts(cap, many, k, random.Random(5))
     assert prompts.build_prompts(cap, many, 0, random.Random(0)) == []
-    assert prompts.build_prompts(cap, ["dog"], 2, random.Random(0), prompts.IDENTITY_TEMPLATES) == ["dog", cap]
+    assert prompts.build_prompts(cap, ["dog"], 2, random.Random(0), templates.IDENTITY_TEMPLATES) == ["dog", cap]
 
 
 def test_spacy_words_match_full_pipeline(tagger, shared_data):

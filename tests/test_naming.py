@@ -5,7 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from evaluation import inspect_groups, naming, pooled, prompts
+from evaluation import inspect_groups, naming, pooled
+from groupvit_jax import prompts
 from evaluation.datasets import Sample
 from groupvit_jax.config_lib import model_config
 from groupvit_jax.models.config import GroupViTConfig

@@ -1,5 +1,5 @@
-"""Zero-shot segmentation: `evaluation.segmenter` against an independent PyTorch implementation of the
-released protocol (tests/test_segmentation_reference.py) driven by the Hugging Face model with the same
+"""Zero-shot segmentation: `groupvit_jax.segmenter` against an independent PyTorch implementation of the
+released protocol (references/segmentation.py) driven by the Hugging Face model with the same
 random weights.
 
 Agreement is measured per pixel: both sides run float32, but in a different order (XLA vs oneDNN,
@@ -15,8 +15,8 @@ import pytest
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from evaluation import prompts, segmenter  # noqa: E402
-from tests import test_segmentation_reference as ref  # noqa: E402
+from groupvit_jax import prompts, segmenter  # noqa: E402
+from references import segmentation as ref  # noqa: E402
 
 NAMES = ['dog', 'cat', 'car', 'person', 'tree', 'sky', 'road', 'boat']
 # 333x500 / 500x281: 2-3 windows; 448x448: one; 200x700: a strip of 6; 90x500 and 700x120: the

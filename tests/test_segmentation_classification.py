@@ -10,9 +10,10 @@ from PIL import Image
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from evaluation import classification, prompts, run  # noqa: E402
+from evaluation import class_names, classification, run
+from groupvit_jax import prompts  # noqa: E402
 from groupvit_jax import preprocessing  # noqa: E402
-from tests import test_segmentation_reference as ref  # noqa: E402
+from references import segmentation as ref  # noqa: E402
 
 CLASSES = ['golden_retriever', 'tabby_cat', 'sports_car']
 
@@ -77,5 +78,5 @@ def test_imagenet_wnid_folders_get_clip_names(tmp_path):
     Image.new('RGB', (8, 8)).save(tmp_path / wnid / 'a.jpg')
   folder = classification.ImageFolder(tmp_path)
   assert folder.default_class_names() == ['n01440764', 'n01443537']  # not 1000 folders: names as is
-  assert len(prompts.IMAGENET_CLASSES) == 1000 and prompts.IMAGENET_CLASSES[:2] == ('tench', 'goldfish')
+  assert len(class_names.IMAGENET_CLASSES) == 1000 and class_names.IMAGENET_CLASSES[:2] == ('tench', 'goldfish')
   assert len(prompts.TEMPLATE_SETS['subset']) == 7 and len(prompts.TEMPLATE_SETS['full']) == 80

@@ -1,6 +1,6 @@
 """Zero-shot segmentation, other modes: whole-image mode, multi-scale + flip test-time augmentation and
 `Pretrained.segment` with arbitrary vocabularies, against the independent PyTorch implementation of the
-released protocol (tests/test_segmentation_reference.py) with the same random weights.
+released protocol (references/segmentation.py) with the same random weights.
 
 Agreement is measured per pixel: both sides run float32, but in a different order (XLA vs oneDNN,
 matmul-form vs gather-form resizes), so a pixel whose two best groups or classes are within ~1e-6 may
@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from evaluation import prompts, segmenter  # noqa: E402
-from tests import test_segmentation_reference as ref  # noqa: E402
+from groupvit_jax import prompts, segmenter  # noqa: E402
+from references import segmentation as ref  # noqa: E402
 
 # The tiny converted model, its class embeddings and the agreement measure are shared with
 # test_segmentation (a module-scoped fixture: one model per test module).

@@ -13,10 +13,11 @@ pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
 from evaluation import class_names as cn  # noqa: E402
-from evaluation import datasets, evaluator, run, score, segmenter  # noqa: E402
+from evaluation import datasets, evaluator, run, score
+from groupvit_jax import segmenter  # noqa: E402
 from evaluation.visualize import save_label_png  # noqa: E402
 from groupvit_jax.pretrained import Pretrained  # noqa: E402
-from tests import test_segmentation_reference as ref  # noqa: E402
+from references import segmentation as ref  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 
 SIZES = [(375, 500), (333, 500), (500, 281), (200, 700)]

@@ -1,4 +1,4 @@
-"""Tests for input_pipeline.tokenizer against OpenAI CLIP's reference tokenizer.
+"""Tests for groupvit_jax.tokenizer against OpenAI CLIP's reference tokenizer.
 
 The reference is ``clip/simple_tokenizer.py`` from the ``openai-clip`` package. It is
 loaded straight from its file, because importing the ``clip`` package runs
@@ -18,9 +18,9 @@ import ftfy
 import numpy as np
 import pytest
 
-from input_pipeline import tokenizer as tok_mod
-from tests import clip_reference
-from input_pipeline.tokenizer import (
+from groupvit_jax import tokenizer as tok_mod
+from references import clip_tokenizer as clip_reference
+from groupvit_jax.tokenizer import (
     CONTEXT_LENGTH,
     EOT_TOKEN,
     SOT_TOKEN,
@@ -410,7 +410,7 @@ def test_default_tokenizer_is_shared():
 def test_explicit_vocab_path(tmp_path):
     import importlib.resources
 
-    data = (importlib.resources.files("input_pipeline") / "assets" / "bpe_simple_vocab_16e6.txt.gz").read_bytes()
+    data = (importlib.resources.files("groupvit_jax") / "assets" / "bpe_simple_vocab_16e6.txt.gz").read_bytes()
     path = tmp_path / "vocab.txt.gz"
     path.write_bytes(data)
     tok = ClipTokenizer(vocab_path=str(path))

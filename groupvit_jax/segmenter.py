@@ -60,8 +60,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evaluation import prompts
-from evaluation.metrics import confusion_matrix_update
+from groupvit_jax import prompts
+from groupvit_jax.ops.confusion import confusion_matrix_update
 from groupvit_jax import xla_cpu
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, compose_group_maps, l2_normalize

@@ -131,7 +131,7 @@ class ClipTokenizer:
 
     Args:
       vocab_path: path of a gzip'ed CLIP BPE merges file; ``None`` uses the copy
-        shipped as package data (``input_pipeline/assets/bpe_simple_vocab_16e6.txt.gz``).
+        shipped as package data (``groupvit_jax/assets/bpe_simple_vocab_16e6.txt.gz``).
       cache_size: maximum number of entries in each of the two caches (cleaned word ->
         ids, and pre-token -> ids). When a cache is full its oldest half is dropped.
         ``0`` disables caching.
@@ -142,7 +142,7 @@ class ClipTokenizer:
 
     def __init__(self, vocab_path: str | None = None, cache_size: int = 1_000_000):
         if vocab_path is None:
-            resource = importlib.resources.files("input_pipeline")
+            resource = importlib.resources.files("groupvit_jax")
             for part in _VOCAB_RESOURCE:
                 resource = resource / part
             with resource.open("rb") as f:
