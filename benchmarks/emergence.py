@@ -8,28 +8,26 @@ split (mean +- sample standard deviation over seeds, and every seed's value):
 * Table 1: hard vs soft assignment, with and without the multi-label loss;
 * Table 3: 1 vs 2 grouping stages;
 * Table 4: GroupViT vs a plain ViT with the same loss and budget, segmented by pixel-wise
-  classification and by k-means on its tokens;
-* beyond the release: the mosaic objective (``groupvit_jax/mosaic.py``) for GroupViT and the ViT,
-  with the within-image AUC of the groups (only with ``--variants ... mosaic vit_mosaic``).
+  classification and by k-means on its tokens.
 
 Finished runs are reused (a run counts as finished when its ``eval_synthetic.json`` is at the final
 step), so an interrupted sweep continues where it stopped. Extra ``--set key=value`` arguments are
 passed to every run as ``--config.key=value`` (e.g. a shorter budget or other generator knobs);
-``--base OPTIONS`` adds options of ``configs/synthetic.py`` to every variant (e.g. ``--base
-easy_group_max`` runs the ablations on the easy scenes with the best-group loss: hard is
-``:easy_group_max``, soft ``:easy_group_max+soft``, ...). Use one ``--root`` per base.
+``--base ARGS`` adds arguments of ``configs/synthetic.py`` to every variant (e.g. ``--base
+group_max=True,scenes=easy`` runs the ablations on the easy scenes with the best-group loss: hard
+is ``:group_max=True,scenes=easy``, soft ``:group_max=True,scenes=easy,assignment=soft``, ...;
+variants that do not combine with the base, such as no multi-label loss under ``group_max=True``,
+are left out of the default list). Use one ``--root`` per base.
 
 Commands::
 
     # the full sweep (6 variants x 3 seeds, about 25 CPU-minutes per run on 2 cores)
     python benchmarks/emergence.py --root runs/emergence --seeds 0 1 2
-    # the mosaic objective (not in the release) beside the released one
-    python benchmarks/emergence.py --root runs/emergence --variants hard mosaic vit_mosaic
     # one table only, a shorter budget, untuned generator difficulty
     python benchmarks/emergence.py --root runs/em_short --variants hard soft --seeds 0 1 2 \\
         --set total_steps=600 --set data.synthetic.max_objects=4
     # the paper's ablations under the best-group loss on the easy scenes (not in the release)
-    python benchmarks/emergence.py --root runs/em_easy --base easy_group_max
+    python benchmarks/emergence.py --root runs/em_easy --base group_max=True,scenes=easy
 """
 
 from __future__ import annotations
@@ -46,19 +44,18 @@ from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (configs/synthetic.py variant, row label)
+# name -> (configs/synthetic.py argument, row label)
 VARIANTS = {
     "hard": ("", "GroupViT, hard assignment, multi-label loss"),
-    "soft": ("soft", "GroupViT, soft assignment, multi-label loss"),
-    "hard_no_ml": ("no_multi_label", "GroupViT, hard assignment, no multi-label loss"),
-    "soft_no_ml": ("soft_no_multi_label", "GroupViT, soft assignment, no multi-label loss"),
-    "1stage": ("1stage", "GroupViT, 1 stage (4 groups)"),
-    "vit": ("vit", "ViT (same loss and budget)"),
-    # Not in the release (groupvit_jax/mosaic.py); run with --variants hard mosaic vit_mosaic.
-    "mosaic": ("mosaic", "GroupViT + mosaic objective"),
-    "vit_mosaic": ("vit_mosaic", "ViT + mosaic objective"),
+    "soft": ("assignment=soft", "GroupViT, soft assignment, multi-label loss"),
+    "hard_no_ml": ("multi_label=False", "GroupViT, hard assignment, no multi-label loss"),
+    "soft_no_ml": ("assignment=soft,multi_label=False",
+                   "GroupViT, soft assignment, no multi-label loss"),
+    "1stage": ("stages=1", "GroupViT, 1 stage (4 groups)"),
+    "vit": ("arch=vit", "ViT (same loss and budget)"),
 }
-PAPER_VARIANTS = ("hard", "soft", "hard_no_ml", "soft_no_ml", "1stage", "vit")
+PAPER_VARIANTS = tuple(VARIANTS)
+SYNTHETIC = os.path.join(REPO, "configs", "synthetic.py")
 
 
 def run_dir(root: str, name: str, seed: int) -> str:
@@ -97,10 +94,24 @@ def scores(result: dict) -> dict[str, float]:
     return out
 
 
+def variant_arg(name: str, base: str = "") -> str:
+    """The ``configs/synthetic.py`` argument of variant ``name`` on top of the arguments ``base``."""
+    return ",".join(filter(None, (base, VARIANTS[name][0])))
+
+
 def config_arg(name: str, base: str = "") -> str:
-    """The ``--config`` value of variant ``name`` on top of the options ``base``."""
-    variant = "+".join(filter(None, (base, VARIANTS[name][0])))
-    return os.path.join(REPO, "configs", "synthetic.py") + (f":{variant}" if variant else "")
+    """The ``--config`` value of variant ``name`` on top of the arguments ``base``."""
+    arg = variant_arg(name, base)
+    return SYNTHETIC + (f":{arg}" if arg else "")
+
+
+def _synthetic_module():
+    sys.path.insert(0, REPO)
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    spec = importlib.util.spec_from_file_location("synthetic_cfg", SYNTHETIC)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def train(name: str, seed: int, root: str, overrides: list[str], log_dir: str,
@@ -126,8 +137,8 @@ def _fmt(values: list[float]) -> str:
     return f"{mean:.1f} ± {spread:.1f} ({each})" if not math.isnan(spread) else f"{mean:.1f} ({each})"
 
 
-def tables(results: dict[str, dict[int, dict[str, float]]], mosaic: bool = False) -> str:
-    """Markdown tables from ``{variant: {seed: scores}}`` (the mosaic table only if ``mosaic``).
+def tables(results: dict[str, dict[int, dict[str, float]]]) -> str:
+    """Markdown tables from ``{variant: {seed: scores}}``.
 
     Every GroupViT row has the within-image AUC beside mIoU: groups that follow the objects
     (oracle) but carry the names on the wrong groups show as an AUC below 50.
@@ -157,31 +168,34 @@ def tables(results: dict[str, dict[int, dict[str, float]]], mosaic: bool = False
              f"| ViT | pixel-wise | {col('vit', 'pixel')} | - |",
              f"| ViT | k-means | {col('vit', 'kmeans')} | {col('vit', 'kmeans_oracle')} |",
              f"| GroupViT | groups | {col('hard')} | {col('hard', 'groups_oracle')} |"]
-    if mosaic:
-        lines += ["", "Beyond the release: the mosaic objective (groupvit_jax/mosaic.py)", "",
-                  f"| model | objective | {head}", "|---|---|---|---|---|",
-                  f"| GroupViT | without mosaic | {groupvit('hard')}",
-                  f"| GroupViT | + mosaic | {groupvit('mosaic')}",
-                  f"| ViT | + mosaic, pixel-wise | {col('vit_mosaic', 'pixel')} | - | - |",
-                  f"| ViT | + mosaic, k-means | {col('vit_mosaic', 'kmeans')} | "
-                  f"{col('vit_mosaic', 'kmeans_oracle')} | - |"]
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", default="runs/emergence", help="one workdir per run under this")
-    parser.add_argument("--variants", nargs="+", default=list(PAPER_VARIANTS), choices=list(VARIANTS),
-                        help="default: the paper's ablations; add mosaic vit_mosaic for the "
-                             "objective beyond the release")
+    parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
+                        help="default: the paper's ablations (those that combine with --base)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--base", default="", metavar="OPTIONS",
-                        help="configs/synthetic.py options added to every variant, joined by '+' "
-                             "(e.g. easy_group_max)")
+    parser.add_argument("--base", default="", metavar="ARGS",
+                        help="configs/synthetic.py arguments added to every variant, "
+                             "comma-separated (e.g. group_max=True,scenes=easy)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run (repeatable)")
     parser.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
     args = parser.parse_args(argv)
+    module = _synthetic_module()
+    # Every variant's config is built before any training, so a bad combination fails at once.
+    variants = []
+    for name in args.variants or PAPER_VARIANTS:
+        try:
+            module.get_config(variant_arg(name, args.base) or None)
+        except ValueError as e:
+            if args.variants:
+                parser.error(f"variant {name} with --base {args.base!r}: {e}")
+            print(f"[emergence] {name} left out: it does not combine with {args.base!r} ({e})")
+            continue
+        variants.append(name)
     root = os.path.abspath(args.root)
     log_dir = os.path.join(root, "logs")
     os.makedirs(log_dir, exist_ok=True)
@@ -190,14 +204,9 @@ def main(argv=None) -> None:
         if kv.startswith("total_steps="):
             total = int(kv.split("=", 1)[1])
     if total is None:
-        sys.path.insert(0, REPO)
-        import importlib.util  # pylint: disable=g-import-not-at-top
-        spec = importlib.util.spec_from_file_location("synthetic_cfg", os.path.join(REPO, "configs", "synthetic.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
         total = int(module.get_config(args.base or None).total_steps)
     results: dict[str, dict[int, dict[str, float]]] = {}
-    for name in args.variants:
+    for name in variants:
         for seed in args.seeds:
             result = final_result(run_dir(root, name, seed), total)
             if result is None and not args.report_only:
@@ -207,8 +216,8 @@ def main(argv=None) -> None:
                 results.setdefault(name, {})[seed] = scores(result)
     print(f"\ncommand: python benchmarks/emergence.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"runs under {root}, {total} steps each"
-          + (f", every variant with the options {args.base!r}" if args.base else "") + "\n")
-    print(tables(results, mosaic=bool({'mosaic', 'vit_mosaic'} & set(args.variants))))
+          + (f", every variant with the arguments {args.base!r}" if args.base else "") + "\n")
+    print(tables(results))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Examples::
     python benchmarks/shape_probe.py --steps 600                              # the recipe's tower
     python benchmarks/shape_probe.py --steps 600 --set model.image.patch_size=4  # finer patches
     python benchmarks/shape_probe.py --steps 600 --model cnn                  # a 4-layer CNN
-    python benchmarks/shape_probe.py --config configs/synthetic.py:vit --set data.synthetic.rotation=False
+    python benchmarks/shape_probe.py --config configs/synthetic.py:arch=vit --set data.synthetic.rotation=False
     python benchmarks/shape_probe.py --model cnn --input silhouette           # colour removed
 
 ``--input`` says what the model sees: ``pixels`` (the recipe's normalisation, as in training),
@@ -42,13 +42,13 @@ if REPO not in sys.path:
 
 
 def load_recipe(spec: str, overrides: list[str]):
-  """``path[:variant]`` -> the recipe's ConfigDict with ``KEY=VALUE`` overrides applied."""
-  path, _, variant = spec.partition(':')
+  """``path[:arg]`` -> the recipe's ConfigDict with ``KEY=VALUE`` overrides applied."""
+  path, _, arg = spec.partition(':')
   module_spec = importlib.util.spec_from_file_location('recipe', os.path.join(REPO, path)
                                                        if not os.path.isabs(path) else path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  config = module.get_config(variant or None)
+  config = module.get_config(arg or None)
   from groupvit_jax.config_lib import parse_override  # pylint: disable=g-import-not-at-top
   for item in overrides:
     try:

@@ -9,7 +9,7 @@
         --output in1k.json [--class_names names.txt] [--templates subset]
 
 Segmentation (``voc``, ``context``, ``coco_object``, ``folder``): the released protocol of
-:mod:`evaluation.segmenter`; the background threshold defaults to the released config's (VOC 0.95,
+:mod:`groupvit_jax.segmenter`; the background threshold defaults to the released config's (VOC 0.95,
 Context 0.35, COCO-Object 0.95); ``--paper_threshold`` uses the paper's, ``--threshold X`` any value.
 A ``folder`` dataset (``images/``, ``labels/``, ``classes.txt``) with ``background`` as its first class
 needs ``--threshold``. The JSON holds every metric (``mIoU``, ``per_class_iou``, ``pixel_accuracy``,

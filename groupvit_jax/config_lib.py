@@ -1,4 +1,4 @@
-"""Helpers shared by the recipe files in `configs/`: model sections built from the typed defaults."""
+"""Helpers shared by the recipe files in `configs/`: typed model sections, argument parsing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Any
 
 import ml_collections
 
-from groupvit_jax import mosaic as mosaic_lib
 from groupvit_jax.models.config import GroupViTConfig
 
 
@@ -48,6 +47,75 @@ def parse_override(item: str, flag: str) -> tuple[str, Any]:
     return key, raw
 
 
+def _convert(key: str, raw: str, default: Any, valid: list[str]) -> Any:
+  """``raw`` as the type of ``default``; ValueError naming ``key`` and ``valid`` otherwise."""
+  def fail():
+    return ValueError(f'config argument {key}={raw!r} is not a {type(default).__name__} (like '
+                      f'its default {default!r}); valid keys: {valid}')
+  if isinstance(default, bool):
+    if raw.lower() in ('true', '1'):
+      return True
+    if raw.lower() in ('false', '0'):
+      return False
+    raise fail()
+  if isinstance(default, (int, float)):
+    try:
+      return type(default)(raw)
+    except ValueError:
+      raise fail() from None
+  if isinstance(default, tuple):
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      raise fail() from None
+    if isinstance(value, list):
+      value = tuple(value)
+    if not isinstance(value, tuple):
+      raise fail()
+    return value
+  if isinstance(default, str):
+    return raw
+  raise TypeError(f'parse_arg: default of {key} must be bool, int, float, str or tuple, '
+                  f'got {type(default).__name__}')
+
+
+def _split_top_level(arg: str) -> list[str]:
+  """Splits on the commas outside brackets; drops empty items."""
+  items, depth, start = [], 0, 0
+  for i, ch in enumerate(arg):
+    if ch in '([{':
+      depth += 1
+    elif ch in ')]}':
+      depth -= 1
+    elif ch == ',' and depth == 0:
+      items.append(arg[start:i])
+      start = i + 1
+  items.append(arg[start:])
+  return [item.strip() for item in items if item.strip()]
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """A recipe's argument string (big_vision style) -> ConfigDict of ``defaults`` updated by it.
+
+  ``arg`` is ``'key=value,key=value'`` (what follows ``:`` in ``--config=FILE:ARG``); each value
+  takes the type of its default: bool (True/False/true/false/1/0), int, float, str, or tuple
+  (a Python literal, e.g. ``(1, 2)``; commas inside brackets do not split). ``None`` or ``''``
+  gives the defaults. Raises ValueError, naming the key and the valid keys, for an unknown key, a
+  missing ``=`` or a value that does not convert.
+  """
+  config = ml_collections.ConfigDict(defaults)
+  valid = sorted(defaults)
+  for item in _split_top_level(arg or ''):
+    key, sep, raw = item.partition('=')
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+      raise ValueError(f'config argument {item!r} is not key=value; valid keys: {valid}')
+    if key not in defaults:
+      raise ValueError(f'unknown config argument {key!r}; valid keys: {valid}')
+    config[key] = _convert(key, raw, defaults[key], valid)
+  return config
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every trainer setting with its default; recipes start from this and override.
 
@@ -72,20 +140,12 @@ def base_config() -> ml_collections.ConfigDict:
       scale_lr_by_batch=True))  # lr * global_batch / 4096, as released
   # 'global': losses on global arrays (the compiler inserts collectives); 'shard_map': local
   # rows against all-gathered keys (memory [n_local, N] per device).
-  # mosaic (not in the release; groupvit_jax/mosaic.py): this fraction of every (micro-)batch is
-  # tiled into mosaics of grid (rows, cols) images, each caption contrasted with the groups that
-  # cover its tile; roll shifts each mosaic cyclically by a random number of patches; with a
-  # best-group loss ('max' below), a tile's caption is scored by its best group among those with
-  # at least min_tile_share of their patches inside the tile.
-  # image_text_pooling / multi_label_pooling: 'mean' (the release) scores an image against a
-  # caption / noun prompt with its pooled embedding; 'max' (not in the release) with its
-  # best-matching final group that owns patches, so that a text is pulled onto one group and
-  # pushed off the best groups of the images it does not describe.
-  config.loss = ml_collections.ConfigDict(dict(
-      formulation='global',
-      mosaic=dict(fraction=0.0, grid=(1, 2), roll=True,
-                  min_tile_share=mosaic_lib.DEFAULT_MIN_TILE_SHARE),
-      image_text_pooling='mean', multi_label_pooling='mean'))
+  # multi_label_pooling: 'mean' (the release) scores an image against a noun prompt with its
+  # pooled embedding; 'max', the one extension beyond the release (not in it), with its
+  # best-matching final group that owns patches, so that a noun is pulled onto one group and
+  # pushed off the best groups of the images it does not describe (measurements:
+  # docs/results.md). The image-text loss always uses the pooled embedding, as released.
+  config.loss = ml_collections.ConfigDict(dict(formulation='global', multi_label_pooling='mean'))
   # Mesh axes (name, size; -1 = the rest) and parameter partition rules (regex on the
   # '/'-joined parameter path -> 'replicate' | 'fsdp'); the batch is split over all axes.
   config.mesh = (('data', -1), ('fsdp', 1))

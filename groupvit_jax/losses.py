@@ -31,32 +31,12 @@ def _image_text_terms(img, txt, keys_img, keys_txt, scale, offset=0):
   pos = scale * jnp.sum(img * txt, axis=-1)
   logits_i2t = scale * jnp.einsum('nd,md->nm', img, keys_txt, precision='highest')
   logits_t2i = scale * jnp.einsum('nd,md->nm', txt, keys_img, precision='highest')
-  return _image_text_rows(pos, logits_i2t, logits_t2i, offset)
-
-
-def _image_text_rows(pos, logits_i2t, logits_t2i, offset):
-  """Cross-entropy and accuracy of each local row, whose positive is column offset + row."""
   loss_i2t = jax.nn.logsumexp(logits_i2t, axis=-1) - pos
   loss_t2i = jax.nn.logsumexp(logits_t2i, axis=-1) - pos
-  own = offset + jnp.arange(pos.shape[0])
+  own = offset + jnp.arange(img.shape[0])
   correct_i2t = jnp.argmax(logits_i2t, axis=-1) == own
   correct_t2i = jnp.argmax(logits_t2i, axis=-1) == own
   return loss_i2t, loss_t2i, correct_i2t, correct_t2i
-
-
-def _image_text_group_terms(groups, mask, txt, keys_groups, keys_mask, keys_txt, scale,
-                            offset=0):
-  """`_image_text_terms` with every image-caption logit the best score over the image's groups.
-
-  groups: [n, S, D] normalised; mask: bool [n, S]; txt: [n, D]; keys_groups: [N, S, D];
-  keys_mask: [N, S]; keys_txt: [N, D]. Returns the same four [n] arrays.
-  """
-  pos = scale * _best_group(jnp.einsum('nsd,nd->ns', groups, txt, precision='highest'), mask)
-  logits_i2t = scale * _best_group(
-      jnp.einsum('nsd,md->nms', groups, keys_txt, precision='highest'), mask[:, None, :])
-  logits_t2i = scale * _best_group(
-      jnp.einsum('nd,msd->nms', txt, keys_groups, precision='highest'), keys_mask[None])
-  return _image_text_rows(pos, logits_i2t, logits_t2i, offset)
 
 
 def _multi_label_terms(img, prompts, keys_img, keys_prompts, scale):
@@ -120,19 +100,11 @@ def _finish(terms_it, terms_ml, total_rows, reduce):
   return out
 
 
-def _check_group_losses(group_losses):
-  unknown = set(group_losses) - {'image_text', 'multi_label'}
-  if unknown:
-    raise ValueError(f'group_losses may name image_text and multi_label, got {sorted(unknown)}')
-
-
 def contrastive_losses(image_embed: jnp.ndarray, text_embed: jnp.ndarray,
                        logit_scale: jnp.ndarray, prompt_embed: jnp.ndarray | None = None,
                        multi_label_scale: jnp.ndarray | None = None,
                        group_embed: jnp.ndarray | None = None,
-                       group_mask: jnp.ndarray | None = None,
-                       group_losses: tuple[str, ...] = ('multi_label',)
-                       ) -> dict[str, jnp.ndarray]:
+                       group_mask: jnp.ndarray | None = None) -> dict[str, jnp.ndarray]:
   """Image-text (+ multi-label) losses on global arrays.
 
   Args:
@@ -141,47 +113,38 @@ def contrastive_losses(image_embed: jnp.ndarray, text_embed: jnp.ndarray,
     logit_scale: scalar, the clamped exp(logit_scale).
     prompt_embed: [N, K, D] prompt embeddings, or None to skip the multi-label loss.
     multi_label_scale: scalar for the multi-label logits.
-    group_embed: [N, S, D] final-group embeddings, or None (the release): with them the losses
-      named in `group_losses` ('image_text', 'multi_label') score each image against a text by
-      the image's best group (`config.loss.*_pooling='max'`, not in the release).
+    group_embed: [N, S, D] final-group embeddings, or None (the release): with them the
+      multi-label loss scores each image-prompt pair by the image's best group
+      (`config.loss.multi_label_pooling='max'`, an extension not in the release).
     group_mask: bool [N, S], the groups that own patches (required with group_embed).
-    group_losses: which losses use the groups when group_embed is given.
   Returns:
     dict with 'loss' (total), 'loss/image_text', 'loss/multi_label', 'acc/i2t', 'acc/t2i'.
   """
   img, txt = l2_normalize(image_embed), l2_normalize(text_embed)
-  _check_group_losses(group_losses)
-  grp = None if group_embed is None else l2_normalize(group_embed)
-  if grp is not None and 'image_text' in group_losses:
-    terms = _image_text_group_terms(grp, group_mask, txt, grp, group_mask, txt, logit_scale)
-  else:
-    terms = _image_text_terms(img, txt, img, txt, logit_scale)
+  terms = _image_text_terms(img, txt, img, txt, logit_scale)
   ml = None
   if prompt_embed is not None:
     prm = l2_normalize(prompt_embed)
     keys = prm.reshape(-1, prm.shape[-1])
-    if grp is not None and 'multi_label' in group_losses:
+    if group_embed is None:
+      ml = _multi_label_terms(img, prm, img, keys, multi_label_scale)
+    else:
+      grp = l2_normalize(group_embed)
       ml = _multi_label_group_terms(grp, group_mask, prm, grp, group_mask, keys,
                                     multi_label_scale)
-    else:
-      ml = _multi_label_terms(img, prm, img, keys, multi_label_scale)
   return _finish(terms, ml, img.shape[0], lambda x: x)
 
 
 def sharded_contrastive_losses(mesh: Mesh, batch_axes: tuple[str, ...], image_embed, text_embed,
                                logit_scale, prompt_embed=None, multi_label_scale=None,
-                               group_embed=None, group_mask=None,
-                               group_losses=('multi_label',)) -> dict[str, jnp.ndarray]:
+                               group_embed=None, group_mask=None) -> dict[str, jnp.ndarray]:
   """The same losses via `shard_map`: local rows against keys gathered over `batch_axes`.
 
   Inputs are global arrays whose leading (batch) axis is sharded over `batch_axes` of `mesh`;
   scales are replicated. Returns replicated scalars, equal to `contrastive_losses`.
   """
-  _check_group_losses(group_losses)
   with_prompts = prompt_embed is not None
-  with_groups = group_embed is not None
-  groups_it = with_groups and 'image_text' in group_losses
-  groups_ml = with_groups and with_prompts and 'multi_label' in group_losses
+  with_groups = with_prompts and group_embed is not None
   batch = P(batch_axes)
 
   def local(img, txt, scale, prm, ml_scale, grp, grp_mask):
@@ -190,20 +153,15 @@ def sharded_contrastive_losses(mesh: Mesh, batch_axes: tuple[str, ...], image_em
     reduce = lambda x: jax.lax.psum(x, batch_axes)
     total_rows = reduce(jnp.float32(img.shape[0]))
     offset = jax.lax.axis_index(batch_axes) * img.shape[0]
-    if groups_it or groups_ml:
-      grp = l2_normalize(grp)
-      keys_grp, keys_mask = gather(grp), gather(grp_mask)
-    if groups_it:
-      terms = _image_text_group_terms(grp, grp_mask, txt, keys_grp, keys_mask, gather(txt), scale,
-                                      offset)
-    else:
-      terms = _image_text_terms(img, txt, gather(img), gather(txt), scale, offset)
+    terms = _image_text_terms(img, txt, gather(img), gather(txt), scale, offset)
     ml = None
     if with_prompts:
       prm = l2_normalize(prm)
       keys = gather(prm.reshape(-1, prm.shape[-1]))
-      if groups_ml:
-        ml = _multi_label_group_terms(grp, grp_mask, prm, keys_grp, keys_mask, keys, ml_scale)
+      if with_groups:
+        grp = l2_normalize(grp)
+        ml = _multi_label_group_terms(grp, grp_mask, prm, gather(grp), gather(grp_mask), keys,
+                                      ml_scale)
       else:
         ml = _multi_label_terms(img, prm, gather(img), keys, ml_scale)
     return _finish(terms, ml, total_rows, reduce)

@@ -26,7 +26,6 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from groupvit_jax import checkpointing, config_lib, metric_writers, optim, xla_cpu
-from groupvit_jax import mosaic as mosaic_lib
 from groupvit_jax import sharding as sharding_lib
 from groupvit_jax import train_step as train_lib
 from groupvit_jax.checkpoints import store
@@ -76,13 +75,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.loss.formulation not in ('global', 'shard_map'):
     raise TrainingError(f"loss.formulation must be 'global' or 'shard_map', got "
                         f'{config.loss.formulation!r}')
-  try:
-    mosaic_lib.validate(config.loss.mosaic, g // accum)
-  except ValueError as e:
-    raise TrainingError(str(e)) from None
   model_cfg = config_lib.build_model_config(config)  # raises on unknown/inconsistent keys
   try:
-    train_lib.group_pooled_losses(config, model_cfg.multi_label)
+    train_lib.multi_label_by_best_group(config, model_cfg.multi_label)
   except ValueError as e:
     raise TrainingError(str(e)) from None
   if config.data.image_size != model_cfg.image.image_size:

@@ -277,11 +277,6 @@ class SyntheticConfig:
         one random object is kept).
       p_distractor_words: probability of adding 1-2 non-category phrases ("stock image", "#art").
       p_background_words: probability of describing the background ("on a striped background").
-      p_background_only: probability that a *train* scene has no objects at all; its caption then
-        names only the background ("just a striped background"). Real captions name the things
-        behind the objects too (grass, sky, a table), which gives background regions concepts of
-        their own; these scenes are that signal. Val scenes always hold objects (the val split
-        measures object segmentation), and 0 (the default) leaves the train stream unchanged.
       p_colour_word, p_size_word, p_position_word: probability that a mention carries a colour word,
         a size word (only for objects in the smallest/largest quarter of ``size_range``), a position.
       p_relation: in sentence captions with >= 2 mentions, probability of a relation ("above",
@@ -315,7 +310,6 @@ class SyntheticConfig:
     p_omit_object_in_caption: float = 0.1
     p_distractor_words: float = 0.4
     p_background_words: float = 0.15
-    p_background_only: float = 0.0
     p_colour_word: float = 0.6
     p_size_word: float = 0.5
     p_position_word: float = 0.25
@@ -378,8 +372,7 @@ class SyntheticConfig:
                 f"got {self.background_types}")
         for name in ("background_strength", "colour_jitter", "background_jitter", "object_shading",
                      "p_omit_object_in_caption", "p_distractor_words", "p_background_words",
-                     "p_background_only", "p_colour_word", "p_size_word", "p_position_word", "p_relation",
-                     "p_canonical_name"):
+                     "p_colour_word", "p_size_word", "p_position_word", "p_relation", "p_canonical_name"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 err(f"{name} must be in [0, 1], got {v}")
@@ -613,31 +606,16 @@ class Scene:
 
 
 def _streams(seed: int, index: int, split: str
-             ) -> tuple[np.random.Generator, random.Random, random.Random, random.Random]:
-    """The example's pixel, scene and caption streams, and a fourth for scene-level draws.
-
-    ``generate_state`` is prefix-stable: adding the fourth word left the first three, and so every
-    stream that existed before it, unchanged.
-    """
+             ) -> tuple[np.random.Generator, random.Random, random.Random]:
+    """The example's pixel, scene and caption streams."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     seed, index = int(seed), int(index)
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
-    state = np.random.SeedSequence([seed, SPLITS[split], index]).generate_state(4, dtype=np.uint64)
+    state = np.random.SeedSequence([seed, SPLITS[split], index]).generate_state(3, dtype=np.uint64)
     return (np.random.Generator(np.random.PCG64(int(state[0]))), random.Random(int(state[1])),
-            random.Random(int(state[2])), random.Random(int(state[3])))
-
-
-def _background_only(config: SyntheticConfig, split: str, scene_level_rng: random.Random) -> bool:
-    """Whether a train example is a background-only scene (``p_background_only``).
-
-    Drawn from the fourth stream of :func:`_streams`, so the scenes that keep their objects are
-    exactly the default stream's and a background-only scene keeps the default scene's background.
-    """
-    if split != "train" or config.p_background_only <= 0:
-        return False
-    return scene_level_rng.random() < config.p_background_only
+            random.Random(int(state[2])))
 
 
 def _jittered(idx: int, jitter: float, rng: random.Random) -> np.ndarray:
@@ -719,17 +697,16 @@ def render_scene(config: SyntheticConfig, seed: int, index: int, split: str = "t
     Returns:
       A :class:`Scene` with image uint8 ``[H, W, 3]``, masks uint8 ``[H, W]`` and the objects.
     """
-    nprng, rng, _, scene_level_rng = _streams(seed, index, split)
-    return _render(config, nprng, rng, _background_only(config, split, scene_level_rng))
+    nprng, rng, _ = _streams(seed, index, split)
+    return _render(config, nprng, rng)
 
 
-def _render(config: SyntheticConfig, nprng: np.random.Generator, rng: random.Random,
-            background_only: bool = False) -> Scene:
+def _render(config: SyntheticConfig, nprng: np.random.Generator, rng: random.Random) -> Scene:
     size = config.image_size
     img, bg_kind = _background(config, nprng, rng)
     bg = img.copy() if config.min_contrast > 0 else img
     inst = np.zeros((size, size), np.uint8)
-    n_obj = 0 if background_only else rng.randint(config.min_objects, config.max_objects)
+    n_obj = rng.randint(config.min_objects, config.max_objects)
     lo, hi = config.size_range
     objects: list[SceneObject] = []
     full_area: list[int] = []
@@ -983,7 +960,7 @@ def make_caption(config: SyntheticConfig, scene: Scene, rng: random.Random) -> t
     order = [o for o, m in zip(objs, mentioned) if m]
     rng.shuffle(order)
     style = _weighted(rng, config.caption_styles)
-    if not objs:  # a background-only scene: its caption names the background, always
+    if not objs:  # no object was kept (e.g. all under min_visible_pixels): name the background
         text = rng.choice(_EMPTY_LEADS) + rng.choice(_BACKGROUND_WORDS[scene.background])
     else:
         text = _STYLE_FNS[style](config, rng, scene, order) if order else ""
@@ -1024,8 +1001,8 @@ def generate(config: Optional[SyntheticConfig], seed: int, index: int, split: st
         ``colours``: list of the objects' palette colour names.
     """
     config = config or SyntheticConfig()
-    nprng, rng, caption_rng, scene_level_rng = _streams(seed, index, split)
-    scene = _render(config, nprng, rng, _background_only(config, split, scene_level_rng))
+    nprng, rng, caption_rng = _streams(seed, index, split)
+    scene = _render(config, nprng, rng)
     caption, mentioned = make_caption(config, scene, caption_rng)
     return {
         "image": scene.image,

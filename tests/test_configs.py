@@ -4,9 +4,11 @@ import importlib.util
 
 import jax
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from groupvit_jax.checkpoints.store import abstract_variables
-from groupvit_jax.config_lib import build_model_config, model_config
+from groupvit_jax.config_lib import build_model_config, model_config, parse_arg
 from tests.conftest import REPO
 
 CONFIG_FILES = sorted(p.stem for p in (REPO / 'configs').glob('*.py') if p.stem != '__init__')
@@ -41,70 +43,134 @@ def test_expected_recipes_exist():
   assert not one.image.pre_assign_attention
 
 
-@pytest.mark.parametrize('variant', ['soft', 'no_multi_label', 'soft_no_multi_label', '1stage', 'vit',
-                                     'mosaic', 'vit_mosaic', 'group_max', 'group_max_all', 'fine',
-                                     'easy_group_max+soft', 'easy_group_max+1stage+fine',
-                                     'easy_group_max+vit', 'easy_group_max+zoom+soft',
-                                     'easy_group_max+zoom+vit', 'easy_group_max+zoom+mosaic'])
-def test_synthetic_ablation_variants(variant):
-  options = set(variant.replace('soft_no_multi_label', 'soft+no_multi_label')
-                .replace('vit_mosaic', 'vit+mosaic').split('+'))
-  # The recipe the ablation is of: its scenes, losses and resolutions.
-  scenes = '+'.join(o for o in ('easy_group_max', 'zoom') if o in options)
-  base, config = load('synthetic', scenes or None), load('synthetic', variant)
-  model, ref = build_model_config(config), build_model_config(base)
-  assert sum(model.image.depths) == sum(ref.image.depths) and model.image.width == ref.image.width
-  assert model.image.hard_assignment == ('soft' not in options)
-  assert model.multi_label == ('no_multi_label' not in options)
-  assert model.image.num_grouping_stages == (1 if '1stage' in options else
-                                             0 if 'vit' in options else 2)
-  assert model.image.patch_size == (4 if 'fine' in options else 8)
-  assert config.loss.mosaic.fraction == (0.5 if 'mosaic' in options else 0.0)
-  assert config.loss.multi_label_pooling == (
-      'max' if options & {'group_max', 'group_max_all', 'easy_group_max'} else 'mean')
-  assert config.loss.image_text_pooling == ('max' if 'group_max_all' in options else 'mean')
-  # Only the model (and the objective) differs from the scenes' recipe: same data, budget and
-  # evaluation.
-  for key in ('data', 'total_steps', 'global_batch_size', 'optimizer', 'eval'):
-    assert config[key].to_dict() == base[key].to_dict() if hasattr(config[key], 'to_dict') else (
-        config[key] == base[key])
+def _flat(config, prefix=''):
+  out = {}
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
 
 
-@pytest.mark.parametrize('variant,message', [('sfot', 'unknown variant'),
-                                             ('easy_group_max+sfot', 'unknown variant'),
-                                             ('vit+1stage', 'cannot be combined'),
-                                             ('soft_no_multi_label+vit', 'cannot be combined')])
-def test_synthetic_bad_variants(variant, message):
+def _changed(a, b):
+  """The keys whose values differ between two ConfigDicts (flattened)."""
+  fa, fb = _flat(a), _flat(b)
+  assert fa.keys() == fb.keys()
+  return {k for k in fa if fa[k] != fb[k]}
+
+
+def test_parse_arg_converts_to_the_defaults_types():
+  defaults = dict(flag=False, n=2, lr=1e-3, name='a', sizes=(1, 2))
+  assert parse_arg(None, **defaults).to_dict() == defaults
+  assert parse_arg('', **defaults).to_dict() == defaults
+  out = parse_arg('flag=True,n=3,lr=0.5,name=b c,sizes=(4, 5, 6)', **defaults)
+  assert out.to_dict() == dict(flag=True, n=3, lr=0.5, name='b c', sizes=(4, 5, 6))
+  assert isinstance(out.lr, float) and isinstance(out.n, int)
+  for text, value in (('True', True), ('true', True), ('1', True), ('False', False),
+                      ('false', False), ('0', False)):
+    assert parse_arg(f'flag={text}', flag=not value).flag is value
+  assert parse_arg('lr=2', lr=1.0).lr == 2.0 and isinstance(parse_arg('lr=2', lr=1.0).lr, float)
+  assert parse_arg(' n = 4 , ', n=1).n == 4
+
+
+@pytest.mark.parametrize('arg,message', [
+    ('nn=3', r"unknown config argument 'nn'; valid keys: \['flag', 'n', 'sizes'\]"),
+    ('n=three', r"n='three' is not a int .*valid keys: \['flag', 'n', 'sizes'\]"),
+    ('n=1.5', 'n=.*is not a int'),
+    ('flag=yes', r"flag='yes' is not a bool"),
+    ('sizes=3', 'sizes=.*is not a tuple'),
+    ('sizes=(1,', 'sizes=.*is not a tuple'),
+    ('n', 'is not key=value'),
+])
+def test_parse_arg_rejects_unknown_keys_and_bad_values(arg, message):
   with pytest.raises(ValueError, match=message):
-    load('synthetic', variant)
+    parse_arg(arg, flag=False, n=2, sizes=(1, 2))
 
 
-def test_easy_group_max_recipe():
+# What each argument of configs/synthetic.py may change, relative to the recipe it is applied to.
+_ARCHITECTURE = {'model.image.depths', 'model.image.num_group_tokens',
+                 'model.image.num_output_groups'}
+SYNTHETIC_ARGS = {
+    'assignment=soft': {'model.image.hard_assignment'},
+    'multi_label=False': {'model.multi_label'},
+    'stages=1': _ARCHITECTURE,
+    'arch=vit': _ARCHITECTURE,
+    'group_max=True': {'loss.multi_label_pooling'},
+    'scenes=easy': {'data.synthetic.object_polarity', 'data.synthetic.max_objects',
+                    'data.synthetic.rotation', 'data.synthetic.p_background_words',
+                    'eval.threshold'},
+}
+
+
+_EASY_GROUP_MAX = 'group_max=True,scenes=easy'
+
+
+@pytest.mark.parametrize('arg,base', [(a, '') for a in sorted(SYNTHETIC_ARGS)] + [
+    (a, _EASY_GROUP_MAX) for a in sorted(SYNTHETIC_ARGS)
+    if a not in _EASY_GROUP_MAX and a != 'multi_label=False'])
+def test_synthetic_arguments_change_only_what_they_should(arg, base):
+  ref = load('synthetic', base or None)
+  config = load('synthetic', f'{base},{arg}' if base else arg)
+  assert _changed(config, ref) == SYNTHETIC_ARGS[arg]
+  model, ref_model = build_model_config(config), build_model_config(ref)
+  assert sum(model.image.depths) == sum(ref_model.image.depths)
+  assert model.image.width == ref_model.image.width
+  assert model.image.num_grouping_stages == {'stages=1': 1, 'arch=vit': 0}.get(arg, 2)
+  assert model.image.hard_assignment == (arg != 'assignment=soft')
+  assert model.multi_label == (arg != 'multi_label=False')
+
+
+def test_synthetic_arguments_combine():
+  # The defaults spelled out change nothing.
+  explicit = 'assignment=hard,multi_label=True,stages=2,arch=groupvit,group_max=False'
+  assert _changed(load('synthetic', explicit + ',scenes=default'), load('synthetic')) == set()
+  config = load('synthetic', _EASY_GROUP_MAX + ',assignment=soft,multi_label=True')
+  assert _changed(config, load('synthetic', _EASY_GROUP_MAX)) == {
+      'model.image.hard_assignment'}
+  config = load('synthetic', 'assignment=soft,multi_label=False')
+  assert not config.model.image.hard_assignment and not config.model.multi_label
+
+
+@pytest.mark.parametrize('arg,message', [
+    ('sfot=True', "unknown config argument 'sfot'; valid keys"),
+    ('group_max=True,scenes=easy,sfot=1', "unknown config argument 'sfot'"),
+    ('multi_label=maybe', "multi_label='maybe' is not a bool"),
+    ('stages=two', "stages='two' is not a int"),
+    ('stages=3', 'stages=3: expected one of'),
+    ('assignment=sfot', "assignment='sfot': expected one of"),
+    ('scenes=hard', "scenes='hard': expected one of"),
+    ('arch=resnet', "arch='resnet': expected one of"),
+    ('arch=vit,stages=1', 'arch=vit has no grouping'),
+    ('arch=vit,assignment=soft', 'arch=vit has no grouping'),
+    ('assignment=soft,multi_label=False,arch=vit', 'arch=vit has no grouping'),
+    ('group_max=True,multi_label=False', 'group_max=True .* needs multi_label=True'),
+])
+def test_synthetic_bad_arguments(arg, message):
+  with pytest.raises(ValueError, match=message):
+    load('synthetic', arg)
+
+
+def test_synthetic_easy_group_max_recipe():
   """The best-group recipe: the release's model, the easiest scenes, captions that name the
   background, the best-group multi-label loss and the release's VOC background threshold."""
-  base, config = load('synthetic'), load('synthetic', 'easy_group_max')
+  base, config = load('synthetic'), load('synthetic', 'group_max=True,scenes=easy')
   assert build_model_config(config) == build_model_config(base)
   synth = config.data.synthetic
   assert (synth.object_polarity, synth.max_objects, synth.rotation,
           synth.p_background_words) == ('lighter', 1, False, 1.0)
-  assert config.loss.multi_label_pooling == 'max' and config.loss.image_text_pooling == 'mean'
+  assert config.loss.multi_label_pooling == 'max' and base.loss.multi_label_pooling == 'mean'
   assert config.eval.threshold == 0.95 and base.eval.threshold is None
-  for key in ('total_steps', 'global_batch_size', 'optimizer'):
-    assert config[key] == base[key]
+  assert 'image_text_pooling' not in config.loss and 'mosaic' not in config.loss
 
 
-def test_zoom_recipe():
-  """`zoom` changes only the training crops and the evaluation resolution, and the evaluation
-  size stays a multiple of the patch size of every model it is combined with."""
-  base, config = load('synthetic', 'easy_group_max'), load('synthetic', 'easy_group_max+zoom')
-  assert config.data.crop_scale == (0.25, 1.0) and base.data.crop_scale == (0.8, 1.0)
-  assert config.eval.synthetic_scale == 3.0 and base.eval.synthetic_scale == 1.0
-  config.data.crop_scale, config.eval.synthetic_scale = base.data.crop_scale, 1.0
-  assert config.to_dict() == base.to_dict()
-  for variant in ('zoom', 'zoom+fine', 'zoom+vit'):
-    c = load('synthetic', variant)
-    size = c.data.image_size * c.eval.synthetic_scale
-    assert size % build_model_config(c).image.patch_size == 0
+def test_synthetic_argument_on_the_command_line():
+  """`--config=configs/synthetic.py:a=b,c=d` hands the whole text after ':' to get_config."""
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'recipe', flag_values=fv, lock_config=True)
+  fv(['prog', f"--config={REPO / 'configs' / 'synthetic.py'}:group_max=True,scenes=easy"])
+  assert fv.config.to_dict() == load('synthetic', 'group_max=True,scenes=easy').to_dict()
+  assert fv.config.loss.multi_label_pooling == 'max' and fv.config.eval.threshold == 0.95
 
 
 def test_model_config_rejects_unknown_keys():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation import inspect_groups, prompts, token_baselines
+from evaluation import inspect_groups, token_baselines
+from groupvit_jax import prompts
 from evaluation.synthetic import SyntheticSegmentationDataset
 from groupvit_jax.checkpoints import store
 from groupvit_jax.config_lib import model_config
@@ -68,7 +69,7 @@ def test_notebook_runs_top_to_bottom(groupvit, tmp_path, monkeypatch):
 
 
 def test_stage_group_ids_follow_the_model_maps(groupvit):
-  from evaluation.segmenter import resize_uint8  # pylint: disable=g-import-not-at-top
+  from groupvit_jax.segmenter import resize_uint8  # pylint: disable=g-import-not-at-top
   model = load_pretrained(groupvit)
   data = SyntheticSegmentationDataset(SyntheticConfig(image_size=64), seed=3, num_examples=2)
   ids = inspect_groups.stage_group_ids(model, [s.image for s in data] + [np.zeros((40, 90, 3), np.uint8)])

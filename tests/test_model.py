@@ -12,7 +12,7 @@ import pytest
 from groupvit_jax.config_lib import build_model_config
 from groupvit_jax.models import GroupViT, GroupViTConfig, compose_group_maps, init_variables
 from groupvit_jax.models.config import ConfigError
-from groupvit_jax.models.grouping import GroupingBlock, assign_probs
+from groupvit_jax.models.grouping import assign_probs
 from groupvit_jax.models.heads import BatchNorm
 from groupvit_jax.ops.resize import resize_2d
 from tests.conftest import REPO
@@ -109,39 +109,6 @@ def test_straight_through_gradient_is_the_soft_gradient():
   np.testing.assert_allclose(jax.grad(hard)(logits), jax.grad(soft)(logits), atol=1e-6)
   out = assign_probs(logits, axis=1, hard=True, gumbel_key=None)
   np.testing.assert_allclose(np.asarray(out).sum(1), 1.0, atol=1e-6)
-
-
-@pytest.mark.parametrize('residual', [True, False])
-def test_group_token_residual_decides_whether_segments_carry_their_group_token(residual):
-  """Without the residual a segment is a function of the tokens it took: group tokens moved a
-  little (same assignment) leave the output unchanged; with it (released) the output moves."""
-  block = GroupingBlock(num_heads=2, num_output_groups=4, group_token_residual=residual)
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((2, 32, 16)), jnp.float32)
-  groups = jnp.asarray(rng.standard_normal((2, 8, 16)), jnp.float32)
-  params = block.init(jax.random.key(0), x, groups)
-  apply = jax.jit(lambda g: block.apply(params, x, g))
-  out, assignment = apply(groups)
-  moved_out, moved_assignment = apply(groups + 0.01 * rng.standard_normal(groups.shape))
-  np.testing.assert_array_equal(np.asarray(assignment.hard).argmax(1),
-                                np.asarray(moved_assignment.hard).argmax(1))
-  change = float(jnp.max(jnp.abs(moved_out - out)))
-  if residual:
-    assert change > 1e-3
-  else:
-    # equal up to the straight-through one-hot's float rounding (one + p - p)
-    assert change < 1e-5
-
-
-def test_group_token_residual_is_read_from_the_image_config():
-  cfg = _tiny_config(image=dataclasses.replace(CFG.image, group_token_residual=False))
-  model, variables, images, text, prompts = _setup(cfg)
-  # the option adds and removes no parameter: released weights load into either model
-  assert (jax.tree_util.tree_structure(variables) ==
-          jax.tree_util.tree_structure(_setup()[1]))
-  out = jax.jit(lambda v: model.apply(v, images, text, prompts, train=False))(variables)
-  released = _jitted_forward(False)(variables, 0)
-  assert not np.allclose(out['image_embed'], released['image_embed'], atol=1e-3)
 
 
 def test_soft_assignment_variant_pools_with_soft_maps():

@@ -47,7 +47,7 @@ def test_input_transforms():
 
 def test_overrides_reach_the_recipe_and_typos_are_errors():
   probe = _module()
-  config = probe.load_recipe('configs/synthetic.py:vit',
+  config = probe.load_recipe('configs/synthetic.py:arch=vit',
                              ['model.image.patch_size=4', 'data.synthetic.rotation=False'])
   assert config.model.image.patch_size == 4 and config.data.synthetic.rotation is False
   assert config.model.image.num_group_tokens == (0,)

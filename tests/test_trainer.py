@@ -113,12 +113,28 @@ def test_sigterm_saves_the_step_it_stopped_at(tmp_path):
     ('--config.model.image.widht=3', 'widht'),
     ('--config.global_batch_size=6', 'not divisible by the 4 devices'),
     ('--config.data.train=("webdataset:/nonexistent/{0..3}.tar",)', 'nonexistent'),
-    ('--config.loss.mosaic.fraction=0.1', 'makes no mosaic'),
     ('--config.loss.multi_label_pooling=min', "multi_label_pooling must be 'mean' or 'max'"),
 ])
 def test_bad_configs_fail_at_start_naming_the_problem(tmp_path, override, message):
   proc = subprocess.run(_cmd(tmp_path, override), cwd=REPO, env=_env(4), capture_output=True,
                         text=True, timeout=300)
+  assert proc.returncode != 0
+  assert message in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize('config,override,message', [
+    # group_max=True, given after a comma, reached get_config: it conflicts with the override.
+    ('configs/synthetic.py:scenes=easy,group_max=True', '--config.model.multi_label=False',
+     "multi_label_pooling='max' needs the multi-label loss"),
+    ('configs/synthetic.py:group_max=True,multi_label=False', '--config.seed=1',
+     'group_max=True changes the multi-label loss: it needs multi_label=True'),
+    ('configs/synthetic.py:scenes=easy,stages=3', '--config.seed=1', 'stages=3: expected one of'),
+    ('configs/synthetic.py:sfot=1', '--config.seed=1', "unknown config argument 'sfot'"),
+])
+def test_recipe_arguments_reach_the_trainer(tmp_path, config, override, message):
+  """`--config=FILE:key=value,key=value` hands the whole argument to the recipe's get_config."""
+  proc = subprocess.run(_cmd(tmp_path, override, config=config), cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
   assert message in proc.stderr, proc.stderr[-2000:]
 

@@ -45,10 +45,6 @@ class ImageEncoderConfig:
   pre_assign_mlp_ratio: float = 4.0
   # Stage-1 group tokens = own tokens + projection of the previous stage's group tokens.
   group_projector: bool = True
-  # A grouping block's output = the pooled image tokens of each group + the group token itself
-  # (released). False drops the group token from the output (it only asks which tokens to take),
-  # so a segment holds only what its own tokens carry (not in the release; benchmarks/emergence.md).
-  group_token_residual: bool = True
   layer_norm_eps: float = 1e-5
 
   def validate(self) -> None:

@@ -111,7 +111,6 @@ class GroupingBlock(nn.Module):
   assign_eps: float = 1.0
   pre_assign_attention: bool = True
   pre_assign_mlp_ratio: float = 4.0
-  group_token_residual: bool = True
   eps: float = 1e-5
   dtype: Dtype = jnp.float32
 
@@ -133,8 +132,7 @@ class GroupingBlock(nn.Module):
     new, assignment = AssignAttention(
         hard=self.hard, gumbel=self.gumbel, gumbel_tau=self.gumbel_tau,
         assign_eps=self.assign_eps, dtype=self.dtype, name='assign')(groups, x, deterministic)
-    if self.group_token_residual:
-      new = new + groups
+    new = new + groups
     y = layer_norm(self.eps, 'norm_new_x')(new)
     new = new + Mlp(channels_dim, dtype=self.dtype, name='mlp_channels')(y)
     return new, assignment

@@ -13,8 +13,6 @@ from groupvit_jax.models.grouping import Assignment
 from groupvit_jax.models.heads import ProjectionHead
 from groupvit_jax.models.image_encoder import ImageEncoder
 from groupvit_jax.models.text_encoder import TextEncoder
-from groupvit_jax.mosaic import (DEFAULT_MIN_TILE_SHARE, region_pool,
-                                 tile_groups as mosaic_tile_groups)
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -79,83 +77,33 @@ class GroupViT(nn.Module):
       result['image_embed'] = self.img_projector(out.pooled, train)
     return result
 
-  def _encode_with_mosaics(self, images, mosaics, regions, train, with_groups=False,
-                           min_tile_share=DEFAULT_MIN_TILE_SHARE):
-    """Pooled features of whole images and of mosaic tiles, projected by one head call (its
-    BatchNorm sees both together, as it sees one batch without mosaics). With `with_groups`,
-    also the final groups of every row ([B, S, D]; a tile's row holds its mosaic's groups) and
-    which of them may speak for the row ([B, S]; a tile's: `mosaic.tile_groups`)."""
-    pooled, assignments, groups, masks = [], (), [], []
-    if images.shape[0]:
-      out = self.img_encoder(images, deterministic=not train)
-      pooled.append(out.pooled.astype(jnp.float32))
-      assignments = out.assignments
-      groups.append(out.tokens.astype(jnp.float32))
-      masks.append(_groups_owning_patches(out.assignments, out.tokens.shape[:2]))
-    mos = self.img_encoder(mosaics, deterministic=not train)
-    patch_to_token = compose_group_maps(mos.assignments, use_soft=False)[-1] \
-        if mos.assignments else None
-    tiles = region_pool(mos.tokens, regions, patch_to_token)  # [M, T, C]
-    m, t, c = tiles.shape
-    pooled.append(tiles.reshape(-1, c))
-    rows = jnp.concatenate(pooled)  # [B, C]
-    if not with_groups:
-      return {'image_embed': self.img_projector(rows, train), 'assignments': assignments}
-    if patch_to_token is None:
-      raise ValueError('best-group losses on mosaics need a model with grouping stages')
-    s = mos.tokens.shape[1]
-    mosaic_groups = mos.tokens.astype(jnp.float32)  # [M, S, C]
-    feats = jnp.concatenate([rows] + [g.reshape(-1, c) for g in groups]
-                            + [mosaic_groups.reshape(-1, c)])
-    embeds = self.img_projector(feats, train)
-    b, b1 = rows.shape[0], rows.shape[0] - m * t
-    group_embeds = embeds[b:b + b1 * s].reshape(b1, s, -1)
-    tile_embeds = jnp.repeat(embeds[b + b1 * s:].reshape(m, 1, s, -1), t, axis=1)
-    tile_mask = mosaic_tile_groups(regions, patch_to_token, min_tile_share)  # [M, T, S]
-    return {'image_embed': embeds[:b], 'assignments': assignments,
-            'group_embeds': jnp.concatenate([group_embeds, tile_embeds.reshape(m * t, s, -1)]),
-            'group_mask': jnp.concatenate(masks + [tile_mask.reshape(m * t, s)])}
-
   def encode_text(self, text: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """text int [N, L] -> [N, D] projected end-of-text features (not normalised)."""
     return self.text_projector(self.text_encoder(text), train)
 
   def __call__(self, images: jnp.ndarray, text: jnp.ndarray, prompts: jnp.ndarray | None = None,
-               train: bool = False, mosaics: jnp.ndarray | None = None,
-               mosaic_regions: jnp.ndarray | None = None,
-               with_groups: bool = False,
-               mosaic_min_tile_share: float = DEFAULT_MIN_TILE_SHARE) -> dict[str, Any]:
+               train: bool = False, with_groups: bool = False) -> dict[str, Any]:
     """The training forward pass.
 
     Args:
-      images: [B_1, H, W, 3] normalised images (B_1 may be 0 when every example is in a mosaic).
-      text: int [B, L] caption tokens, B = B_1 + M * T.
+      images: [B, H, W, 3] normalised images.
+      text: int [B, L] caption tokens.
       prompts: int [B, K, L] prompt tokens for the multi-label loss, or None.
       train: batch statistics, Gumbel noise and stochastic depth when True.
-      mosaics: [M, H', W', 3] images tiled from T examples each (groupvit_jax/mosaic.py), or None.
-      mosaic_regions: [M, N', T] patch -> tile one-hot of the mosaics.
       with_groups: also return 'group_embeds' [B, S, D] and 'group_mask' bool [B, S] (groups that
-        own a patch; for a mosaic tile, its mosaic's groups and those that belong to the tile,
-        `mosaic.tile_groups`) for the best-group losses.
-      mosaic_min_tile_share: the share of its patches a mosaic group needs inside a tile to
-        belong to it.
+        own a patch) for the best-group multi-label loss (`config.loss.multi_label_pooling='max'`,
+        not in the release).
     Returns:
-      dict with 'image_embed' [B, D] (whole images, then mosaic tiles), 'text_embed' [B, D],
-      'prompt_embed' [B, K, D] (if prompts), 'assignments' (of `images`), and the used scales;
-      embeddings are float32 and not normalised.
+      dict with 'image_embed' [B, D], 'text_embed' [B, D], 'prompt_embed' [B, K, D] (if prompts),
+      'assignments', and the used scales; embeddings are float32 and not normalised.
     """
-    if mosaics is not None:
-      image = self._encode_with_mosaics(images, mosaics, mosaic_regions, train, with_groups,
-                                        mosaic_min_tile_share)
-    elif with_groups:
+    if with_groups:
       image = self.encode_image(images, train, with_groups=True)
       image['group_mask'] = _groups_owning_patches(image['assignments'],
                                                    image['group_embeds'].shape[:2])
     else:
       image = self.encode_image(images, train)
     b = text.shape[0]
-    if image['image_embed'].shape[0] != b:
-      raise ValueError(f"{image['image_embed'].shape[0]} image embeddings for {b} captions")
     if prompts is not None:
       k = prompts.shape[1]
       # One text-head call over captions and prompts: the released model's BatchNorm statistics

@@ -80,7 +80,6 @@ class GroupingStage(nn.Module):
         hard=cfg.hard_assignment, gumbel=cfg.gumbel, gumbel_tau=cfg.gumbel_tau,
         assign_eps=cfg.assign_eps, pre_assign_attention=cfg.pre_assign_attention,
         pre_assign_mlp_ratio=cfg.pre_assign_mlp_ratio,
-        group_token_residual=cfg.group_token_residual,
         eps=cfg.layer_norm_eps, dtype=self.dtype, name='downsample')
     x, assignment = block(x, groups, deterministic)
     return x, groups, assignment
