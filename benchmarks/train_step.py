@@ -146,8 +146,9 @@ def restrict_threads(threads: int) -> None:
 def recipe(model_name: str, batch: int, dtype: str, multi_label: bool):
     """The trainer's ConfigDict for one row: the model, batch, dtype, one device, one micro-batch."""
     from groupvit_jax import config_lib
+    from groupvit_jax.main import base_config
     if model_name == "groupvit_s":
-        config = config_lib.base_config()
+        config = base_config()
         config.model = config_lib.model_config()  # GroupViTConfig() defaults: the release
     else:
         import importlib.util

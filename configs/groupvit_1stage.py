@@ -7,7 +7,7 @@ released training recipe.
 
 import ml_collections
 
-from groupvit_jax.config_lib import released_recipe
+from groupvit_jax.main import released_recipe
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -19,7 +19,8 @@ e.g. `:group_max=True,scenes=easy`. Measurements of every argument: docs/results
 
 import ml_collections
 
-from groupvit_jax.config_lib import base_config, model_config, parse_arg
+from groupvit_jax.config_lib import model_config, parse_arg
+from groupvit_jax.main import base_config
 
 _CHOICES = dict(assignment=('hard', 'soft'), stages=(2, 1), arch=('groupvit', 'vit'),
                 scenes=('default', 'easy'))

@@ -7,7 +7,8 @@ multi-label loss) at toy sizes: 64 px images, width 64, 1 block per stage, 8 -> 
 
 import ml_collections
 
-from groupvit_jax.config_lib import base_config, model_config
+from groupvit_jax.config_lib import model_config
+from groupvit_jax.main import base_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

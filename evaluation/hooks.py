@@ -37,6 +37,25 @@ from groupvit_jax.pretrained import Pretrained
 Evaluator = Callable[[dict[str, Any], int], dict[str, float]]
 
 
+def default_eval_config() -> ml_collections.ConfigDict:
+  """The trainer's `config.eval` section with its defaults.
+
+  every_steps: 0 = no periodic evaluation. datasets: 'synthetic' or 'NAME:PATH' entries.
+  threshold: None = the dataset's released background threshold (synthetic: 0.5). Each evaluation
+  writes WORKDIR/eval_<name>.json and, with num_visualize > 0, a PNG grid WORKDIR/eval_<name>.png.
+  synthetic_seed: the val stream of the built-in data (never the training stream).
+  synthetic_scale: its images are resized by this factor before the model sees them (one window
+  per image; position embeddings interpolated), as the release evaluates at twice its training
+  size; 1 = the training resolution.
+  kmeans_clusters: k of the k-means segmentation of models without grouping (ViT baseline).
+  oracle, naming: also the oracle mIoU and the naming scores (module docstring).
+  """
+  return ml_collections.ConfigDict(dict(
+      every_steps=0, datasets=(), max_images=64, mode='slide',
+      threshold=ml_collections.config_dict.placeholder(float), num_visualize=8,
+      synthetic_seed=0, synthetic_scale=1.0, kmeans_clusters=8, oracle=True, naming=True))
+
+
 def synthetic_eval_size(image_size: int, eval_config: ml_collections.ConfigDict,
                         model_config: GroupViTConfig) -> int:
   """The side synthetic val images are resized to: `image_size * config.eval.synthetic_scale`.

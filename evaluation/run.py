@@ -107,11 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _synthetic_configs(args) -> tuple[Any, Any]:
     """(eval config, data config) for the hook: the run's saved ones (or the defaults) plus the flags."""
     import ml_collections
-    from groupvit_jax.config_lib import base_config, parse_override
+    from evaluation import hooks
+    from groupvit_jax.config_lib import parse_override
+    from input_pipeline.config import default_data_config
     from input_pipeline.synthetic_shapes import SyntheticConfig
 
-    base = base_config()
-    eval_cfg, knobs = base.eval.to_dict(), base.data.synthetic.to_dict()
+    eval_cfg = hooks.default_eval_config().to_dict()
+    knobs = default_data_config().synthetic.to_dict()
     if args.data_dir is not None:
         path = Path(args.data_dir) / "config.json"
         if not path.is_file():

@@ -116,16 +116,13 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return config
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """Every trainer setting with its default; recipes start from this and override.
-
-  Overrides on the command line (--config.key=value) of keys not listed here are errors.
-  """
-  from input_pipeline.config import default_data_config  # pylint: disable=g-import-not-at-top
+def trainer_defaults() -> ml_collections.ConfigDict:
+  """The core's training settings with their defaults: seed, model, batch, steps, checkpoints,
+  optimizer, loss, mesh. The trainer adds the data and evaluation sections
+  (`groupvit_jax.main.base_config`, which recipes start from)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = model_config()
-  config.data = default_data_config()
   config.global_batch_size = 4096
   config.grad_accum_steps = 1
   config.total_steps = 1000
@@ -150,47 +147,4 @@ def base_config() -> ml_collections.ConfigDict:
   # '/'-joined parameter path -> 'replicate' | 'fsdp'); the batch is split over all axes.
   config.mesh = (('data', -1), ('fsdp', 1))
   config.partition_rules = (('.*', 'fsdp'),)
-  # Periodic zero-shot segmentation (evaluation/hooks.py): 'synthetic' or 'NAME:PATH' entries;
-  # threshold None = the dataset's released background threshold (synthetic: 0.5). Each evaluation
-  # writes WORKDIR/eval_<name>.json and, with num_visualize > 0, a PNG grid WORKDIR/eval_<name>.png.
-  # synthetic_seed: the val stream of the built-in data (never the training stream).
-  # synthetic_scale: its images are resized by this factor before the model sees them (one window
-  # per image; position embeddings interpolated), as the release evaluates at twice its training
-  # size; 1 = the training resolution.
-  # kmeans_clusters: k of the k-means segmentation of models without grouping (ViT baseline).
-  # oracle: also eval/<name>/oracle_mIoU (groups relabelled with their best ground-truth class).
-  # naming: also eval/<name>/naming_mAP (image-level: the pooled embedding ranks the classes present
-  # in the image, evaluation/naming.py), which separates naming from grouping; with groups also
-  # group_naming_mAP (each final group's embedding ranked against its majority class),
-  # background_leak (background groups whose best class is in their image) and within_image_auc
-  # (50 = groups carry only the image's names), which measure whether groups name their own pixels.
-  config.eval = ml_collections.ConfigDict(dict(
-      every_steps=0, datasets=(), max_images=64, mode='slide',
-      threshold=ml_collections.config_dict.placeholder(float), num_visualize=8,
-      synthetic_seed=0, synthetic_scale=1.0, kmeans_clusters=8, oracle=True, naming=True))
-  return config
-
-
-# CC3M + CC12M + YFCC14M as released (28.66M pairs).
-RELEASED_NUM_PAIRS = 2_891_445 + 11_156_203 + 14_615_499
-RELEASED_SHARDS = (
-    'webdataset:local_data/gcc3m_shards/gcc-train-{000000..000436}.tar',
-    'webdataset:local_data/gcc12m_shards/gcc-conceptual-12m-{000000..001943}.tar',
-    'webdataset:local_data/yfcc14m_shards/yfcc14m-{000000..001888}.tar',
-)
-
-
-def released_recipe(**model_overrides) -> ml_collections.ConfigDict:
-  """The released training recipe (reference section 6) around a model with overrides:
-  global batch 4096, 30 epochs with 2 of warmup, AdamW lr 1.6e-3 * batch / 4096 from 4e-6 to
-  4e-5, weight decay 0.05, clip 5.0, bfloat16 compute (the release trains with apex O1)."""
-  config = base_config()
-  config.model = model_config(dtype='bfloat16', **model_overrides)
-  config.data.train = RELEASED_SHARDS
-  config.global_batch_size = 4096
-  steps_per_epoch = RELEASED_NUM_PAIRS // config.global_batch_size
-  config.total_steps = 30 * steps_per_epoch
-  config.optimizer.warmup_steps = 2 * steps_per_epoch
-  config.log_every_steps = 100
-  config.checkpoint_every_steps = 2000
   return config

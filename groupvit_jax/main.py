@@ -25,17 +25,54 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from evaluation import hooks
 from groupvit_jax import checkpointing, config_lib, metric_writers, optim, xla_cpu
 from groupvit_jax import sharding as sharding_lib
 from groupvit_jax import train_step as train_lib
 from groupvit_jax.checkpoints import store
 from groupvit_jax.models.groupvit import GroupViT
+from input_pipeline import create_train_dataset
+from input_pipeline.config import default_data_config
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'recipe file', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'where checkpoints, metrics and the model go')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'number of processes')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'index of this process')
+
+
+# --- recipes' defaults -------------------------------------------------------------------------
+def base_config() -> ml_collections.ConfigDict:
+  """Every trainer setting with its default; recipes start from this and override.
+
+  The core's sections (`config_lib.trainer_defaults`), the data pipeline's (`config.data`) and the
+  periodic evaluation's (`config.eval`). Overrides on the command line (--config.key=value) of keys
+  not listed here are errors.
+  """
+  config = config_lib.trainer_defaults()
+  config.data = default_data_config()
+  config.eval = hooks.default_eval_config()
+  return config
+
+
+# CC3M + CC12M + YFCC14M as released (28.66M pairs).
+RELEASED_NUM_PAIRS = 2_891_445 + 11_156_203 + 14_615_499
+RELEASED_SHARDS = (
+    'webdataset:local_data/gcc3m_shards/gcc-train-{000000..000436}.tar',
+    'webdataset:local_data/gcc12m_shards/gcc-conceptual-12m-{000000..001943}.tar',
+    'webdataset:local_data/yfcc14m_shards/yfcc14m-{000000..001888}.tar',
+)
+
+
+def released_recipe(**model_overrides) -> ml_collections.ConfigDict:
+  """The released training recipe (reference section 6) around a model with overrides:
+  global batch 4096, 30 epochs with 2 of warmup, AdamW lr 1.6e-3 * batch / 4096 from 4e-6 to
+  4e-5, weight decay 0.05, clip 5.0, bfloat16 compute (the release trains with apex O1)."""
+  config = base_config()
+  config.model = config_lib.model_config(dtype='bfloat16', **model_overrides)
+  config.data.train = RELEASED_SHARDS
+  config.global_batch_size = 4096
+  steps_per_epoch = RELEASED_NUM_PAIRS // config.global_batch_size
+  config.total_steps = 30 * steps_per_epoch
+  config.optimizer.warmup_steps = 2 * steps_per_epoch
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 2000
+  return config
 
 
 class TrainingError(RuntimeError):
@@ -174,7 +211,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log(f'model: {n_params:,} parameters')
 
   # Data.
-  from input_pipeline import create_train_dataset  # pylint: disable=g-import-not-at-top
   data = create_train_dataset(
       config.data, global_batch_size=int(config.global_batch_size),
       process_index=jax.process_index(), process_count=jax.process_count(),
@@ -275,7 +311,6 @@ def _make_evaluators(config, model_cfg, workdir):
   """Periodic evaluation hooks from `config.eval` (empty when config.eval.every_steps == 0)."""
   if not config.eval.every_steps:
     return []
-  from evaluation import hooks  # pylint: disable=g-import-not-at-top
   return hooks.build_evaluators(config.eval, model_cfg, workdir, data_config=config.data,
                                 is_main_process=jax.process_index() == 0)
 
@@ -288,19 +323,36 @@ def _run_evaluators(evaluators, state, step) -> dict[str, float]:
   return results
 
 
+def _define_flags() -> dict[str, Any]:
+  """The command line. Defined only when this module runs as the program: recipe files import it
+  (for `base_config`) while it runs, and a second definition of a flag is an error."""
+  return dict(
+      config=config_flags.DEFINE_config_file('config', None, 'recipe file', lock_config=True),
+      workdir=flags.DEFINE_string('workdir', None, 'where checkpoints, metrics and the model go'),
+      coordinator=flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0'),
+      num_processes=flags.DEFINE_integer('num_processes', None, 'number of processes'),
+      process_id=flags.DEFINE_integer('process_id', None, 'index of this process'))
+
+
+_FLAGS: dict[str, Any] = {}
+
+
 def main(argv):
   del argv
   # orbax/absl log every file operation at INFO; the trainer prints its own progress lines.
   absl_logging.set_verbosity(absl_logging.WARNING)
-  if _CONFIG.value is None or _WORKDIR.value is None:
+  config, workdir = _FLAGS['config'].value, _FLAGS['workdir'].value
+  if config is None or workdir is None:
     raise app.UsageError('--config and --workdir are required')
-  initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  initialize_distributed(_FLAGS['coordinator'].value, _FLAGS['num_processes'].value,
+                         _FLAGS['process_id'].value)
   try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train_and_evaluate(config, workdir)
   except TrainingError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
 
 
 if __name__ == '__main__':
+  _FLAGS.update(_define_flags())
   app.run(main)

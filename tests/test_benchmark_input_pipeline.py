@@ -4,9 +4,12 @@ import io
 import tarfile
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import load_script
+
+pytestmark = pytest.mark.slow  # subprocess runs of the trainer or a benchmark script
 
 
 def _module():

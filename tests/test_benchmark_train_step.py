@@ -17,6 +17,8 @@ pytest.importorskip('transformers')
 
 from tests.conftest import REPO  # noqa: E402
 
+pytestmark = pytest.mark.slow  # subprocess runs of the trainer or a benchmark script
+
 POSITIVE_KEYS = ('jax_images_per_s', 'torch_images_per_s', 'ratio', 'mfu', 'torch_mfu', 'compile_s', 'torch_peak_rss_mib',
                  'step_gflops', 'peak_rss_mib', 'matmul_peak_gflops', 'jax_params', 'torch_params')
 

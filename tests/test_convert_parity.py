@@ -98,6 +98,7 @@ def _resize_norm(image, size):
   return normalize(np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR)))
 
 
+@pytest.mark.slow
 def test_released_architecture_from_hf_directory_via_cli(tmp_path):
   hf = hf_reference.random_hf_model(seed=1)
   hf.save_pretrained(tmp_path / 'hf')
@@ -111,6 +112,7 @@ def test_released_architecture_from_hf_directory_via_cli(tmp_path):
   _compare(out, hf, sizes=((224, 224), (448, 320)))
 
 
+@pytest.mark.slow
 def test_three_stage_nvlabs_pth_with_embedded_config(tmp_path):
   omegaconf = pytest.importorskip('omegaconf')
   hf = hf_reference.random_hf_model(
@@ -149,6 +151,7 @@ def test_three_stage_nvlabs_pth_with_embedded_config(tmp_path):
   _compare(tmp_path / 'set', hf)
 
 
+@pytest.mark.slow
 def test_one_stage_bare_state_dict_inferred_from_shapes(tmp_path):
   hf = hf_reference.random_hf_model(
       seed=3,

@@ -54,6 +54,7 @@ def _hf_grads(hf, images, tokens):
   return float(out.loss.detach()), grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('hard', [True, False], ids=['hard', 'soft'])
 def test_image_text_loss_gradients_match_hugging_face(tmp_path, hard):
   hf = hf_reference.random_hf_model(

@@ -126,6 +126,7 @@ def test_pooling_option_is_validated():
     best_group(_loss_config('max'), False)
 
 
+@pytest.mark.slow
 def test_train_step_scores_prompts_with_the_groups_of_the_forward():
   """The jitted step's loss equals the losses of the model's grouped forward computed by hand with
   the step's keys; the mask holds exactly the final groups that own patches."""

@@ -160,6 +160,7 @@ def _wds_dir(tmp_path, n_shards=4, per_shard=6):
     return f"webdataset:{tmp_path}/{{00000..{n_shards - 1:05d}}}.tar"
 
 
+@pytest.mark.slow
 def test_determinism_and_seed(tmp_path):
     src = _wds_dir(tmp_path)
     cfg = _cfg([src, "synthetic@0.5"], shards_per_group=2)
@@ -192,6 +193,7 @@ def test_processes_read_disjoint_files(tmp_path):
         create_train_dataset(cfg, global_batch_size=10, process_index=0, process_count=5)
 
 
+@pytest.mark.slow
 def test_resume_yields_next_unseen_batches(tmp_path):
     src = _wds_dir(tmp_path, n_shards=3, per_shard=5)
     # A bad sample so that skip counts must be restored too.
@@ -244,6 +246,7 @@ def test_missing_paths_raise_at_construction(tmp_path):
             create_train_dataset(_cfg([bad]), global_batch_size=2)
 
 
+@pytest.mark.slow
 def test_default_resolution_and_normalisation():
     cfg = _cfg(["synthetic"], image_size=224, online_tagging=True)
     it = create_train_dataset(cfg, global_batch_size=4, process_index=0, process_count=1, seed=0)

@@ -129,6 +129,7 @@ def test_prepare_nouns_cli_with_workers(tmp_path, shared_data):
         assert len(payload["entries"]) == 80
 
 
+@pytest.mark.slow
 def test_pipeline_prompts_same_from_cache_and_online(tmp_path):
     from input_pipeline import create_train_dataset, default_data_config, prepare_nouns
 

@@ -47,6 +47,7 @@ def vit():
   return _model(depths=(2,), num_group_tokens=(0,), num_output_groups=())
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(groupvit, tmp_path, monkeypatch):
   out = tmp_path / 'figures'
   monkeypatch.setenv('GROUPVIT_CHECKPOINT', groupvit)
@@ -146,9 +147,10 @@ def test_token_baseline_rejects_grouping_models(groupvit):
     token_baselines.evaluate_token_baseline(model, data, data.spec, threshold=0.5)
 
 
+@pytest.mark.slow
 def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
   from evaluation import hooks  # pylint: disable=g-import-not-at-top
-  from groupvit_jax.config_lib import base_config  # pylint: disable=g-import-not-at-top
+  from groupvit_jax.main import base_config  # pylint: disable=g-import-not-at-top
   config = base_config()
   config.eval.datasets = ('synthetic',)
   config.eval.max_images = 4
@@ -188,7 +190,7 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
 
 def _run_dir(tmp_path):
   """The config.json a training run leaves in its workdir (the model comes from a fixture)."""
-  from groupvit_jax.config_lib import base_config  # pylint: disable=g-import-not-at-top
+  from groupvit_jax.main import base_config  # pylint: disable=g-import-not-at-top
   config = base_config()
   config.eval.datasets = ('synthetic',)
   config.eval.max_images = 3
@@ -199,6 +201,7 @@ def _run_dir(tmp_path):
   return config
 
 
+@pytest.mark.slow
 def test_run_cli_rescores_a_synthetic_run(groupvit, vit, tmp_path, capsys):
   """`python -m evaluation.run --dataset synthetic` is the trainer's hook with the run's knobs,
   overridden by the flags (another val stream, knobs, threshold, resolution)."""

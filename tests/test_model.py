@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import importlib.util
+import json
 
 import jax
 import jax.numpy as jnp
@@ -146,6 +147,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   assert out16['assignments'][0].soft.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_remat_gives_identical_values_and_gradients():
   model, variables, images, text, prompts = _setup()
   remat_model = GroupViT(dataclasses.replace(CFG, remat=True))
@@ -246,3 +248,15 @@ def test_config_errors_name_the_problem():
   with pytest.raises(ConfigError, match='width must be int'):
     GroupViTConfig.from_dict({'image': {'width': 96.0}})
   assert GroupViTConfig.from_dict({'image': {'gumbel_tau': 1}}).image.gumbel_tau == 1.0
+
+
+def test_model_directories_with_a_retired_key_load_only_with_the_released_value(tmp_path):
+  from groupvit_jax.checkpoints import store
+  config = json.loads(CFG.to_json())
+  config['image']['group_token_residual'] = True  # written by the trainer before its removal
+  (tmp_path / store.CONFIG_FILE).write_text(json.dumps(config))
+  assert store.load_config(str(tmp_path)) == CFG
+  config['image']['group_token_residual'] = False
+  (tmp_path / store.CONFIG_FILE).write_text(json.dumps(config))
+  with pytest.raises(ValueError, match='group_token_residual=False is a retired option.*ae3acf4'):
+    store.load_config(str(tmp_path))

@@ -27,6 +27,7 @@ def test_average_precision():
     naming.average_precision(scores[:, :2], targets)
 
 
+@pytest.mark.slow
 def test_image_naming_scores_the_pooled_embedding_against_label_presence():
   cfg = GroupViTConfig.from_dict(model_config(
       image=dict(image_size=32, patch_size=8, width=32, num_heads=2, depths=(1, 1),

@@ -48,6 +48,7 @@ def test_class_embeddings_match_release_formula(models):
   np.testing.assert_allclose(multi, multi_ref.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('threshold', [0.3, None])
 def test_slide_mode_matches_reference(models, threshold):
   hf, ours, ce, ce_ref = models

@@ -22,6 +22,7 @@ from references import segmentation as ref  # noqa: E402
 from tests.test_segmentation import MIN_AGREEMENT, NAMES, _agree, models  # noqa: E402,F401
 
 
+@pytest.mark.slow
 def test_whole_mode_matches_reference(models):
   hf, ours, ce, ce_ref = models
   reference = ref.ReleasedSegmentation(hf, ce_ref, 0.3, mode='whole')
@@ -30,6 +31,7 @@ def test_whole_mode_matches_reference(models):
     assert _agree(pred, reference.predict(image)) >= MIN_AGREEMENT
 
 
+@pytest.mark.slow
 def test_scales_and_flip_match_mmseg_aug_test(models):
   hf, ours, ce, ce_ref = models
   reference = ref.ReleasedSegmentation(hf, ce_ref, 0.3, mode='slide', ratios=(0.75, 1.0), flip=True)
@@ -39,6 +41,7 @@ def test_scales_and_flip_match_mmseg_aug_test(models):
   assert _agree(pred, reference.predict(image)) >= MIN_AGREEMENT
 
 
+@pytest.mark.slow
 def test_segment_any_vocabulary(models):
   hf, ours, _, _ = models
   (image,) = ref.synthetic_images([(281, 500)], seed=3)

@@ -87,6 +87,7 @@ def _check_run(tmp_path, ours_dir, data_dir, split, expected_images):
   return result
 
 
+@pytest.mark.slow
 def test_run_end_to_end_on_voc_layout(tmp_path, model_dir):
   _, path = model_dir
   data = _voc_layout(tmp_path / 'data', SIZES[1:])
@@ -120,6 +121,7 @@ def test_process_shards_sum_to_the_whole(tmp_path, model_dir, monkeypatch):
                                 full['confusion_matrix'])
 
 
+@pytest.mark.slow
 def test_no_recompilation_across_sizes_or_new_variables(tmp_path, model_dir):
   ours, _ = model_dir
   images = ref.synthetic_images([(375, 500), (333, 500), (640, 480), (200, 700), (480, 640)])
@@ -151,6 +153,7 @@ def test_no_recompilation_across_sizes_or_new_variables(tmp_path, model_dir):
   assert segmenter.compile_stats()['backend_compiles'] == before
 
 
+@pytest.mark.slow
 def test_folder_dataset_without_background_and_errors(tmp_path, model_dir):
   ours, path = model_dir
   root = tmp_path / 'folder'

@@ -7,6 +7,8 @@ import pytest
 
 from tests.conftest import load_script
 
+pytestmark = pytest.mark.slow  # subprocess runs of the trainer or a benchmark script
+
 
 def _module():
   return load_script('benchmarks/shape_probe.py')

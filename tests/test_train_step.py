@@ -111,6 +111,7 @@ def _single():
     ('shard_map', (('data', -1), ('fsdp', 1))),
     ('global', (('data', 2), ('fsdp', 4))),
 ])
+@pytest.mark.slow
 def test_sharded_step_equals_single_device(formulation, mesh):
   ref_state, ref_metrics = _single()
   state, metrics, live = _run(_config(formulation, mesh), jax.devices()[:8])
@@ -129,6 +130,7 @@ def test_sharded_step_equals_single_device(formulation, mesh):
         kernel.addressable_shards[0].data.shape[1] * 4 == kernel.shape[1]
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_averages_micro_batch_gradients():
   # Two micro-batches of 8 versus the mean of the two halves' gradients computed directly.
   config = _config(accum=2)

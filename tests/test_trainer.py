@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # subprocess runs of the trainer or a benchmark script
+
 STEPS = 12
 
 

@@ -20,6 +20,10 @@ from groupvit_jax.models.groupvit import GroupViT, init_variables
 
 CONFIG_FILE = 'model_config.json'
 VARIABLES_DIR = 'variables'
+# Model options that were removed (docs/results.md, "Retired options"), with the value that is the
+# released behaviour: model directories written before the removal still load when they hold that
+# value; any other value names the option and the last commit that had it.
+RETIRED_MODEL_KEYS = {('image', 'group_token_residual'): (True, 'ae3acf4')}
 
 
 def save_model(directory: str, config: GroupViTConfig, variables: dict[str, Any],
@@ -47,7 +51,21 @@ def load_config(directory: str) -> GroupViTConfig:
     raise FileNotFoundError(f'{path} not found: {directory} is not a model directory written by '
                             'groupvit_jax.convert or the trainer')
   with open(path) as f:
-    return GroupViTConfig.from_dict(json.load(f))
+    return GroupViTConfig.from_dict(_without_retired_keys(json.load(f), path))
+
+
+def _without_retired_keys(config: dict[str, Any], path: str) -> dict[str, Any]:
+  """`config` (a model_config.json) without retired keys that hold the released behaviour."""
+  for (section, key), (released, commit) in RETIRED_MODEL_KEYS.items():
+    part = config.get(section, {})
+    if key not in part:
+      continue
+    if part[key] != released:
+      raise ValueError(f'{path}: model.{section}.{key}={part[key]!r} is a retired option (the '
+                       f'library now always uses {released!r}); load this model with the commit '
+                       f'that had it: git checkout {commit}')
+    del part[key]
+  return config
 
 
 def abstract_variables(config: GroupViTConfig) -> dict[str, Any]:
