@@ -44,12 +44,14 @@ if REPO not in sys.path:
 def load_recipe(spec: str, overrides: list[str]):
   """``path[:arg]`` -> the recipe's ConfigDict with ``KEY=VALUE`` overrides applied."""
   path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('recipe', os.path.join(REPO, path)
-                                                       if not os.path.isabs(path) else path)
+  module_spec = importlib.util.spec_from_file_location(
+    'recipe', os.path.join(REPO, path) if not os.path.isabs(path) else path
+  )
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   config = module.get_config(arg or None)
   from groupvit_jax.config_lib import parse_override  # pylint: disable=g-import-not-at-top
+
   for item in overrides:
     try:
       key, value = parse_override(item, '--set')
@@ -128,7 +130,6 @@ def build_classifier(config, kind: str):
   image_cfg = build_model_config(config).image
 
   class Classifier(nn.Module):
-
     @nn.compact
     def __call__(self, x, train: bool = False):
       if kind == 'cnn':
@@ -145,12 +146,25 @@ def build_classifier(config, kind: str):
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--config', default='configs/synthetic.py', help='recipe file[:variant]')
-  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                      help='config override (repeatable), e.g. data.synthetic.rotation=False')
-  parser.add_argument('--model', choices=('tower', 'cnn'), default='tower',
-                      help="'tower': the recipe's image encoder; 'cnn': a 4-layer CNN")
-  parser.add_argument('--input', choices=INPUTS, default='pixels',
-                      help='what the model sees (see the module docstring)')
+  parser.add_argument(
+    '--set',
+    action='append',
+    default=[],
+    metavar='KEY=VALUE',
+    help='config override (repeatable), e.g. data.synthetic.rotation=False',
+  )
+  parser.add_argument(
+    '--model',
+    choices=('tower', 'cnn'),
+    default='tower',
+    help="'tower': the recipe's image encoder; 'cnn': a 4-layer CNN",
+  )
+  parser.add_argument(
+    '--input',
+    choices=INPUTS,
+    default='pixels',
+    help='what the model sees (see the module docstring)',
+  )
   parser.add_argument('--steps', type=int, default=600)
   parser.add_argument('--batch', type=int, default=0, help='0 = the recipe global_batch_size')
   parser.add_argument('--train-images', type=int, default=6400)
@@ -159,24 +173,29 @@ def main(argv=None) -> list[dict]:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args(argv)
-  print('command:', ' '.join(['python', os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])]),
-        flush=True)
+  print(
+    'command:',
+    ' '.join(['python', os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])]),
+    flush=True,
+  )
 
   import jax
   import numpy as np
+  import optax
 
   from groupvit_jax.optim import make_optimizer
   from input_pipeline.synthetic_shapes import SyntheticConfig
-  import optax
 
   config = load_recipe(args.config, args.set)
   synth = SyntheticConfig.from_dict(config.data.synthetic.to_dict())
   batch = args.batch or int(config.global_batch_size)
   t0 = time.perf_counter()
-  x_train, y_train = render_pool(synth, args.seed, 'train', args.train_images, config.data.mean,
-                                 config.data.std)
-  x_val, y_val = render_pool(synth, args.seed, 'val', args.val_images, config.data.mean,
-                             config.data.std)
+  x_train, y_train = render_pool(
+    synth, args.seed, 'train', args.train_images, config.data.mean, config.data.std
+  )
+  x_val, y_val = render_pool(
+    synth, args.seed, 'val', args.val_images, config.data.mean, config.data.std
+  )
   render_s = time.perf_counter() - t0
   x_train, x_val = transform_inputs(x_train, args.input), transform_inputs(x_val, args.input)
 
@@ -204,16 +223,22 @@ def main(argv=None) -> list[dict]:
   from evaluation.naming import mean_average_precision  # pylint: disable=g-import-not-at-top
 
   def evaluate(step: int, train_loss: float) -> dict:
-    logits = np.concatenate([np.asarray(predict(params, x_val[i:i + 256]))
-                             for i in range(0, len(x_val), 256)])
+    logits = np.concatenate(
+      [np.asarray(predict(params, x_val[i : i + 256])) for i in range(0, len(x_val), 256)]
+    )
     val_ce = float(np.asarray(optax.sigmoid_binary_cross_entropy(logits, y_val)).mean())
-    row = dict(step=step, train_loss=round(train_loss, 4), val_cross_entropy=round(val_ce, 4),
-               prior_cross_entropy=round(prior_cross_entropy(y_val), 4),
-               val_mAP=round(mean_average_precision(logits, y_val), 4),
-               prior_mAP=round(float(y_val.mean()), 4),
-               seconds=round(time.perf_counter() - t_start, 1))
-    print(json.dumps(row) if args.json else
-          ' '.join(f'{k}={v}' for k, v in row.items()), flush=True)
+    row = dict(
+      step=step,
+      train_loss=round(train_loss, 4),
+      val_cross_entropy=round(val_ce, 4),
+      prior_cross_entropy=round(prior_cross_entropy(y_val), 4),
+      val_mAP=round(mean_average_precision(logits, y_val), 4),
+      prior_mAP=round(float(y_val.mean()), 4),
+      seconds=round(time.perf_counter() - t_start, 1),
+    )
+    print(
+      json.dumps(row) if args.json else ' '.join(f'{k}={v}' for k, v in row.items()), flush=True
+    )
     return row
 
   order = np.random.default_rng(args.seed)
@@ -221,8 +246,9 @@ def main(argv=None) -> list[dict]:
   t_start = time.perf_counter()
   for step in range(1, args.steps + 1):
     idx = order.integers(0, len(x_train), batch)
-    params, opt_state, loss = train_step(params, opt_state, x_train[idx], y_train[idx],
-                                         jax.random.key(args.seed * 1_000_003 + step))
+    params, opt_state, loss = train_step(
+      params, opt_state, x_train[idx], y_train[idx], jax.random.key(args.seed * 1_000_003 + step)
+    )
     if step % args.eval_every == 0 or step == args.steps:
       rows.append(evaluate(step, float(loss)))
   print(f'rendered {args.train_images} + {args.val_images} images in {render_s:.1f} s', flush=True)

@@ -12,5 +12,8 @@ from groupvit_jax.main import released_recipe
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
-  return released_recipe(image=dict(depths=(6, 6), num_group_tokens=(64, 0),
-                                    num_output_groups=(8,), pre_assign_attention=False))
+  return released_recipe(
+    image=dict(
+      depths=(6, 6), num_group_tokens=(64, 0), num_output_groups=(8,), pre_assign_attention=False
+    )
+  )

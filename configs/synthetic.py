@@ -22,13 +22,21 @@ import ml_collections
 from groupvit_jax.config_lib import model_config, parse_arg
 from groupvit_jax.main import base_config
 
-_CHOICES = dict(assignment=('hard', 'soft'), stages=(2, 1), arch=('groupvit', 'vit'),
-                scenes=('default', 'easy'))
+_CHOICES = dict(
+  assignment=('hard', 'soft'), stages=(2, 1), arch=('groupvit', 'vit'), scenes=('default', 'easy')
+)
 
 
 def _parse(arg: str | None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, assignment='hard', multi_label=True, stages=2, arch='groupvit',
-                   group_max=False, scenes='default')
+  args = parse_arg(
+    arg,
+    assignment='hard',
+    multi_label=True,
+    stages=2,
+    arch='groupvit',
+    group_max=False,
+    scenes='default',
+  )
   for key, choices in _CHOICES.items():
     if args[key] not in choices:
       raise ValueError(f'{key}={args[key]!r}: expected one of {choices}')
@@ -41,8 +49,16 @@ def _parse(arg: str | None) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = _parse(arg)
-  image = dict(image_size=64, patch_size=8, width=128, num_heads=4, depths=(2, 2, 1),
-               num_group_tokens=(16, 4, 0), num_output_groups=(16, 4), drop_path_rate=0.0)
+  image = dict(
+    image_size=64,
+    patch_size=8,
+    width=128,
+    num_heads=4,
+    depths=(2, 2, 1),
+    num_group_tokens=(16, 4, 0),
+    num_output_groups=(16, 4),
+    drop_path_rate=0.0,
+  )
   if args.assignment == 'soft':
     image['hard_assignment'] = False
   if args.stages == 1:
@@ -51,8 +67,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     image.update(depths=(5,), num_group_tokens=(0,), num_output_groups=())
   config = base_config()
   config.model = model_config(
-      image=image, text=dict(width=128, num_layers=2, num_heads=4, context_length=32),
-      projection_dim=128, projection_hidden_dim=512, multi_label=args.multi_label)
+    image=image,
+    text=dict(width=128, num_layers=2, num_heads=4, context_length=32),
+    projection_dim=128,
+    projection_hidden_dim=512,
+    multi_label=args.multi_label,
+  )
 
   config.data.train = ('synthetic',)
   config.data.image_size = 64

@@ -15,10 +15,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   config = base_config()
   config.model = model_config(
-      image=dict(image_size=64, patch_size=16, width=64, num_heads=2, depths=(1, 1, 1),
-                 num_group_tokens=(8, 4, 0), num_output_groups=(8, 4), drop_path_rate=0.0),
-      text=dict(width=32, num_layers=2, num_heads=2),
-      projection_dim=32, projection_hidden_dim=128)
+    image=dict(
+      image_size=64,
+      patch_size=16,
+      width=64,
+      num_heads=2,
+      depths=(1, 1, 1),
+      num_group_tokens=(8, 4, 0),
+      num_output_groups=(8, 4),
+      drop_path_rate=0.0,
+    ),
+    text=dict(width=32, num_layers=2, num_heads=2),
+    projection_dim=32,
+    projection_hidden_dim=128,
+  )
   config.data.train = ('synthetic',)
   config.data.image_size = 64
   config.global_batch_size = 16

@@ -50,37 +50,57 @@ def default_eval_config() -> ml_collections.ConfigDict:
   kmeans_clusters: k of the k-means segmentation of models without grouping (ViT baseline).
   oracle, naming: also the oracle mIoU and the naming scores (module docstring).
   """
-  return ml_collections.ConfigDict(dict(
-      every_steps=0, datasets=(), max_images=64, mode='slide',
-      threshold=ml_collections.config_dict.placeholder(float), num_visualize=8,
-      synthetic_seed=0, synthetic_scale=1.0, kmeans_clusters=8, oracle=True, naming=True))
+  return ml_collections.ConfigDict(
+    dict(
+      every_steps=0,
+      datasets=(),
+      max_images=64,
+      mode='slide',
+      threshold=ml_collections.config_dict.placeholder(float),
+      num_visualize=8,
+      synthetic_seed=0,
+      synthetic_scale=1.0,
+      kmeans_clusters=8,
+      oracle=True,
+      naming=True,
+    )
+  )
 
 
-def synthetic_eval_size(image_size: int, eval_config: ml_collections.ConfigDict,
-                        model_config: GroupViTConfig) -> int:
+def synthetic_eval_size(
+  image_size: int, eval_config: ml_collections.ConfigDict, model_config: GroupViTConfig
+) -> int:
   """The side synthetic val images are resized to: `image_size * config.eval.synthetic_scale`.
 
   Raises ValueError unless it is a positive multiple of the model's patch size.
   """
   from evaluation.pooled import checked_input_size  # pylint: disable=g-import-not-at-top
+
   scale = float(eval_config.get('synthetic_scale', 1.0))
   try:
     return checked_input_size(model_config, int(round(image_size * scale)))
   except ValueError as e:
-    raise ValueError(f'config.eval.synthetic_scale={scale} resizes the {image_size} px val images: '
-                     f'{e}') from None
+    raise ValueError(
+      f'config.eval.synthetic_scale={scale} resizes the {image_size} px val images: {e}'
+    ) from None
 
 
-def _dataset(entry: str, eval_config: ml_collections.ConfigDict,
-             data_config: Optional[ml_collections.ConfigDict], model_config: GroupViTConfig):
+def _dataset(
+  entry: str,
+  eval_config: ml_collections.ConfigDict,
+  data_config: Optional[ml_collections.ConfigDict],
+  model_config: GroupViTConfig,
+):
   """(name, dataset, spec, protocol geometry) of one `config.eval.datasets` entry."""
   if entry == 'synthetic':
     from evaluation.synthetic import SyntheticSegmentationDataset  # pylint: disable=g-import-not-at-top
     from input_pipeline.synthetic_shapes import SyntheticConfig  # pylint: disable=g-import-not-at-top
+
     knobs = data_config.get('synthetic') if data_config is not None else None
     synth = SyntheticConfig.from_dict(knobs)
-    data = SyntheticSegmentationDataset(synth, seed=int(eval_config.synthetic_seed),
-                                        num_examples=int(eval_config.max_images))
+    data = SyntheticSegmentationDataset(
+      synth, seed=int(eval_config.synthetic_seed), num_examples=int(eval_config.max_images)
+    )
     # One window per image, at the training resolution unless `synthetic_scale` asks for a multiple
     # of it (as the release evaluates at twice its training size): the released 448 px geometry
     # would upsample a 64 px image sevenfold.
@@ -91,6 +111,7 @@ def _dataset(entry: str, eval_config: ml_collections.ConfigDict,
   if not sep or not root:
     raise ValueError(f"eval dataset {entry!r}: expected 'synthetic' or 'NAME:PATH'")
   from evaluation.datasets import build_dataset  # pylint: disable=g-import-not-at-top
+
   data = build_dataset(name, root)
   return name, data, data.spec if name != 'folder' else list(data.class_names), {}
 
@@ -98,9 +119,14 @@ def _dataset(entry: str, eval_config: ml_collections.ConfigDict,
 def _write_grid(panel_dir: str, path: str) -> None:
   """Stacks the per-image panels of `panel_dir` (sorted by name) into one PNG."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   from evaluation.inspect_groups import stack_rows  # pylint: disable=g-import-not-at-top
-  panels = [Image.open(os.path.join(panel_dir, f)).convert('RGB')
-            for f in sorted(os.listdir(panel_dir)) if f.endswith('.png')]
+
+  panels = [
+    Image.open(os.path.join(panel_dir, f)).convert('RGB')
+    for f in sorted(os.listdir(panel_dir))
+    if f.endswith('.png')
+  ]
   if not panels:
     return
   tmp = path + '.tmp.png'
@@ -127,9 +153,16 @@ def _naming(eval_config, pretrained, name, data, spec, metrics, results, input_s
   if not eval_config.naming:
     return
   from evaluation.naming import image_naming  # pylint: disable=g-import-not-at-top
+
   background_words = getattr(data, 'background_words', None)  # the synthetic split has them
-  result = image_naming(pretrained, data, spec, max_images=int(eval_config.max_images),
-                        input_size=input_size, background_words=background_words)
+  result = image_naming(
+    pretrained,
+    data,
+    spec,
+    max_images=int(eval_config.max_images),
+    input_size=input_size,
+    background_words=background_words,
+  )
   results['naming'] = result
   metrics[f'eval/{name}/naming_mAP'] = float(result['mAP'])
   metrics[f'eval/{name}/naming_chance_mAP'] = float(result['chance_mAP'])
@@ -142,8 +175,9 @@ def _naming(eval_config, pretrained, name, data, spec, metrics, results, input_s
       metrics[f'eval/{name}/background_word_auc'] = float(result['groups']['background_word_auc'])
 
 
-def _token_baseline_evaluator(eval_config, model_config, workdir, name, data, spec, threshold,
-                              is_main_process, input_size) -> Evaluator:
+def _token_baseline_evaluator(
+  eval_config, model_config, workdir, name, data, spec, threshold, is_main_process, input_size
+) -> Evaluator:
   """A model without grouping (plain ViT baseline) has no groups to segment with: score it by
   pixel-wise classification and by k-means on its patch tokens (evaluation/token_baselines.py)."""
   from evaluation.token_baselines import evaluate_token_baseline  # pylint: disable=g-import-not-at-top
@@ -153,9 +187,15 @@ def _token_baseline_evaluator(eval_config, model_config, workdir, name, data, sp
     pretrained = Pretrained(model_config, variables)
     for method in ('pixel', 'kmeans'):
       result = evaluate_token_baseline(
-          pretrained, data, spec, threshold=threshold, method=method,
-          num_clusters=int(eval_config.kmeans_clusters), max_images=int(eval_config.max_images),
-          input_size=input_size)
+        pretrained,
+        data,
+        spec,
+        threshold=threshold,
+        method=method,
+        num_clusters=int(eval_config.kmeans_clusters),
+        max_images=int(eval_config.max_images),
+        input_size=input_size,
+      )
       results[method] = _jsonable(result, step)
       metrics[f'eval/{name}/{method}_mIoU'] = float(result['mIoU'])
       metrics[f'eval/{name}/{method}_accuracy'] = float(result['pixel_accuracy'])
@@ -169,15 +209,20 @@ def _token_baseline_evaluator(eval_config, model_config, workdir, name, data, sp
   return run
 
 
-def build_evaluators(eval_config: ml_collections.ConfigDict, model_config: GroupViTConfig,
-                     workdir: str, data_config: Optional[ml_collections.ConfigDict] = None,
-                     is_main_process: bool = True) -> list[Evaluator]:
+def build_evaluators(
+  eval_config: ml_collections.ConfigDict,
+  model_config: GroupViTConfig,
+  workdir: str,
+  data_config: Optional[ml_collections.ConfigDict] = None,
+  is_main_process: bool = True,
+) -> list[Evaluator]:
   """One callable per dataset: (variables, step) -> {'eval/<name>/<metric>': value}.
 
   Datasets are opened (and missing paths reported) here, at start-up, not at the first evaluation.
   Files (`eval_<name>.json`, `eval_<name>.png`) are written by the main process only.
   """
   from evaluation.evaluator import evaluate_segmentation  # pylint: disable=g-import-not-at-top
+
   evaluators = []
   for entry in eval_config.datasets:
     name, data, spec, geometry = _dataset(entry, eval_config, data_config, model_config)
@@ -187,24 +232,54 @@ def build_evaluators(eval_config: ml_collections.ConfigDict, model_config: Group
       threshold = getattr(spec, 'background_threshold', None)
 
     if model_config.image.num_grouping_stages == 0:
-      evaluators.append(_token_baseline_evaluator(eval_config, model_config, workdir, name, data,
-                                                  spec, threshold, is_main_process, input_size))
+      evaluators.append(
+        _token_baseline_evaluator(
+          eval_config,
+          model_config,
+          workdir,
+          name,
+          data,
+          spec,
+          threshold,
+          is_main_process,
+          input_size,
+        )
+      )
       continue
 
-    def run(variables, step, name=name, data=data, spec=spec, threshold=threshold,
-            geometry=geometry, input_size=input_size):
+    def run(
+      variables,
+      step,
+      name=name,
+      data=data,
+      spec=spec,
+      threshold=threshold,
+      geometry=geometry,
+      input_size=input_size,
+    ):
       num_vis = int(eval_config.num_visualize) if is_main_process and workdir else 0
       pretrained = Pretrained(model_config, variables)
       with tempfile.TemporaryDirectory() as panel_dir:
         result = evaluate_segmentation(
-            pretrained, data, spec, threshold=threshold,
-            mode=eval_config.mode, max_images=int(eval_config.max_images), boundary=False,
-            oracle=bool(eval_config.oracle), visualize=num_vis, visualize_dir=panel_dir, **geometry)
+          pretrained,
+          data,
+          spec,
+          threshold=threshold,
+          mode=eval_config.mode,
+          max_images=int(eval_config.max_images),
+          boundary=False,
+          oracle=bool(eval_config.oracle),
+          visualize=num_vis,
+          visualize_dir=panel_dir,
+          **geometry,
+        )
         if num_vis:
           _write_grid(panel_dir, os.path.join(workdir, f'eval_{name}.png'))
-      metrics = {f'eval/{name}/mIoU': float(result['mIoU']),
-                 f'eval/{name}/pixel_accuracy': float(result['pixel_accuracy']),
-                 f'eval/{name}/images_per_s': float(result['timing']['images_per_second'])}
+      metrics = {
+        f'eval/{name}/mIoU': float(result['mIoU']),
+        f'eval/{name}/pixel_accuracy': float(result['pixel_accuracy']),
+        f'eval/{name}/images_per_s': float(result['timing']['images_per_second']),
+      }
       if result['oracle'] is not None:
         metrics[f'eval/{name}/oracle_mIoU'] = float(result['oracle']['mIoU'])
       result = _jsonable(result, step)

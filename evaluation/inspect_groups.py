@@ -14,13 +14,20 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from groupvit_jax.segmenter import resize_uint8
 from evaluation.visualize import colorize, group_palette, voc_palette
 from groupvit_jax.ops.resize import resize_matrix
 from groupvit_jax.preprocessing import normalize
+from groupvit_jax.segmenter import resize_uint8
 
-__all__ = ["stage_group_ids", "upsampled_group_ids", "group_overlay", "stage_panel", "group_concepts",
-           "segmentation_panel", "stack_rows"]
+__all__ = [
+  'stage_group_ids',
+  'upsampled_group_ids',
+  'group_overlay',
+  'stage_panel',
+  'group_concepts',
+  'segmentation_panel',
+  'stack_rows',
+]
 
 
 def _square_side(pretrained, size: Optional[int]) -> int:
@@ -29,8 +36,9 @@ def _square_side(pretrained, size: Optional[int]) -> int:
   return max(patch, size // patch * patch)
 
 
-def stage_group_ids(pretrained, images: Sequence[np.ndarray], size: Optional[int] = None
-                    ) -> list[list[np.ndarray]]:
+def stage_group_ids(
+  pretrained, images: Sequence[np.ndarray], size: Optional[int] = None
+) -> list[list[np.ndarray]]:
   """The group of every pixel at every grouping stage.
 
   Args:
@@ -59,8 +67,8 @@ def upsampled_group_ids(group_map: np.ndarray, height: int, width: int) -> np.nd
     int32 ``[height, width]``: argmax over the groups of the map, bilinearly upsampled.
   """
   m = np.asarray(group_map, np.float64)
-  full = np.einsum("oh,hwg->owg", resize_matrix(m.shape[0], height, "bilinear"), m)
-  full = np.einsum("pw,owg->opg", resize_matrix(m.shape[1], width, "bilinear"), full)
+  full = np.einsum('oh,hwg->owg', resize_matrix(m.shape[0], height, 'bilinear'), m)
+  full = np.einsum('pw,owg->opg', resize_matrix(m.shape[1], width, 'bilinear'), full)
   return np.argmax(full, axis=-1).astype(np.int32)
 
 
@@ -76,26 +84,33 @@ def group_overlay(image: np.ndarray, ids: np.ndarray, alpha: float = 0.55) -> np
   return out.round().astype(np.uint8)
 
 
-def _labelled_row(tiles: Sequence[tuple[str, np.ndarray]], height: int, gap: int = 4) -> Image.Image:
+def _labelled_row(
+  tiles: Sequence[tuple[str, np.ndarray]], height: int, gap: int = 4
+) -> Image.Image:
   ims = []
   for title, arr in tiles:
     im = Image.fromarray(np.asarray(arr, np.uint8))
     scale = height / im.height
     ims.append((title, im.resize((max(1, round(im.width * scale)), height), Image.NEAREST)))
   caption = 14
-  canvas = Image.new("RGB", (sum(im.width for _, im in ims) + gap * (len(ims) - 1), height + caption),
-                     (255, 255, 255))
+  canvas = Image.new(
+    'RGB',
+    (sum(im.width for _, im in ims) + gap * (len(ims) - 1), height + caption),
+    (255, 255, 255),
+  )
   draw, font, x = ImageDraw.Draw(canvas), ImageFont.load_default(), 0
   for title, im in ims:
     canvas.paste(im, (x, caption))
-    draw.text((x + 2, 1), title[:max(4, im.width // 6)], fill=(0, 0, 0), font=font)
+    draw.text((x + 2, 1), title[: max(4, im.width // 6)], fill=(0, 0, 0), font=font)
     x += im.width + gap
   return canvas
 
 
 def stack_rows(rows: Sequence[Image.Image]) -> Image.Image:
   """The ``PIL`` images ``rows`` stacked top to bottom on white, left-aligned."""
-  grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), (255, 255, 255))
+  grid = Image.new(
+    'RGB', (max(r.width for r in rows), sum(r.height for r in rows)), (255, 255, 255)
+  )
   y = 0
   for r in rows:
     grid.paste(r, (0, y))
@@ -103,21 +118,30 @@ def stack_rows(rows: Sequence[Image.Image]) -> Image.Image:
   return grid
 
 
-def stage_panel(pretrained, images: Sequence[np.ndarray], size: Optional[int] = None,
-                height: int = 160) -> Image.Image:
+def stage_panel(
+  pretrained, images: Sequence[np.ndarray], size: Optional[int] = None, height: int = 160
+) -> Image.Image:
   """One row per image: the input, then its groups at each stage overlaid (``PIL`` image)."""
   ids = stage_group_ids(pretrained, images, size)
   rows = []
   for im, per_stage in zip(images, ids):
-    tiles = [("input", im)] + [(f"stage {s + 1}, groups: {len(np.unique(g))}", group_overlay(im, g))
-                               for s, g in enumerate(per_stage)]
+    tiles = [('input', im)] + [
+      (f'stage {s + 1}, groups: {len(np.unique(g))}', group_overlay(im, g))
+      for s, g in enumerate(per_stage)
+    ]
     rows.append(_labelled_row(tiles, height))
   return stack_rows(rows)
 
 
-def group_concepts(pretrained, images: Sequence[np.ndarray], stage: int = -1,
-                   groups: Optional[Sequence[int]] = None, per_group: int = 6,
-                   size: Optional[int] = None, height: int = 96) -> tuple[Image.Image, dict[int, list[int]]]:
+def group_concepts(
+  pretrained,
+  images: Sequence[np.ndarray],
+  stage: int = -1,
+  groups: Optional[Sequence[int]] = None,
+  per_group: int = 6,
+  size: Optional[int] = None,
+  height: int = 96,
+) -> tuple[Image.Image, dict[int, list[int]]]:
   """What individual group tokens capture across a set of images (the paper's Figure 7).
 
   For each group token ``g`` of ``stage``, the ``per_group`` images in which ``g`` covers the largest
@@ -141,21 +165,30 @@ def group_concepts(pretrained, images: Sequence[np.ndarray], stage: int = -1,
     groups = [int(k) for k in np.argsort(-area.sum(0)) if area[:, k].sum() > 0]
   rows, shown = [], {}
   for k in groups:
-    order = [int(i) for i in np.argsort(-area[:, k], kind="stable")[:per_group] if area[i, k] > 0]
+    order = [int(i) for i in np.argsort(-area[:, k], kind='stable')[:per_group] if area[i, k] > 0]
     shown[int(k)] = order
     tiles = []
     for i in order:
       inside = (ids[i] == k)[..., None]
-      dimmed = np.where(inside, images[i], (np.asarray(images[i], np.float32) * 0.25).astype(np.uint8))
-      tiles.append((f"{100 * area[i, k]:.0f}%", dimmed))
+      dimmed = np.where(
+        inside, images[i], (np.asarray(images[i], np.float32) * 0.25).astype(np.uint8)
+      )
+      tiles.append((f'{100 * area[i, k]:.0f}%', dimmed))
     if tiles:
-      rows.append(_labelled_row([(f"group {k}", np.full_like(images[0][:8, :8], 255))] + tiles, height))
-  return stack_rows(rows) if rows else Image.new("RGB", (1, 1)), shown
+      rows.append(
+        _labelled_row([(f'group {k}', np.full_like(images[0][:8, :8], 255))] + tiles, height)
+      )
+  return stack_rows(rows) if rows else Image.new('RGB', (1, 1)), shown
 
 
-def segmentation_panel(pretrained, images: Sequence[np.ndarray], class_names: Sequence[str],
-                       background_threshold: Optional[float] = None, height: int = 160,
-                       **segment_kwargs) -> tuple[Image.Image, list[np.ndarray]]:
+def segmentation_panel(
+  pretrained,
+  images: Sequence[np.ndarray],
+  class_names: Sequence[str],
+  background_threshold: Optional[float] = None,
+  height: int = 160,
+  **segment_kwargs,
+) -> tuple[Image.Image, list[np.ndarray]]:
   """Zero-shot segmentation of ``images`` with a typed vocabulary.
 
   Args:
@@ -169,13 +202,17 @@ def segmentation_panel(pretrained, images: Sequence[np.ndarray], class_names: Se
   Returns:
     (grid image: input | prediction overlay, with the predicted names; list of int32 ``[H, W]`` labels).
   """
-  names = (["background"] if background_threshold is not None else []) + list(class_names)
+  names = (['background'] if background_threshold is not None else []) + list(class_names)
   palette = voc_palette()
   rows, preds = [], []
   for im in images:
-    pred = np.asarray(pretrained.segment(im, list(class_names), background_threshold, **segment_kwargs))
+    pred = np.asarray(
+      pretrained.segment(im, list(class_names), background_threshold, **segment_kwargs)
+    )
     preds.append(pred)
-    over = (0.45 * np.asarray(im, np.float32) + 0.55 * colorize(pred, palette, None)).astype(np.uint8)
-    present = ", ".join(names[v] for v in np.unique(pred) if v < len(names))
-    rows.append(_labelled_row([("input", im), (present or "-", over)], height))
+    over = (0.45 * np.asarray(im, np.float32) + 0.55 * colorize(pred, palette, None)).astype(
+      np.uint8
+    )
+    present = ', '.join(names[v] for v in np.unique(pred) if v < len(names))
+    rows.append(_labelled_row([('input', im), (present or '-', over)], height))
   return stack_rows(rows), preds

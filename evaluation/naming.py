@@ -36,214 +36,252 @@ import jax.numpy as jnp
 import numpy as np
 
 from evaluation import pooled
-from groupvit_jax import prompts
 from evaluation.evaluator import resolve_classes
 from evaluation.inspect_groups import upsampled_group_ids
 from evaluation.metrics import nanmean
+from groupvit_jax import prompts
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Per-class average precision: the mean of the precision at the rank of every positive example
-    (non-interpolated, as scikit-learn's ``average_precision_score``).
+  """Per-class average precision: the mean of the precision at the rank of every positive example
+  (non-interpolated, as scikit-learn's ``average_precision_score``).
 
-    Args:
-      scores: float ``[N, K]``: higher = more likely.
-      targets: ``[N, K]`` in {0, 1}.
+  Args:
+    scores: float ``[N, K]``: higher = more likely.
+    targets: ``[N, K]`` in {0, 1}.
 
-    Returns:
-      float64 ``[K]``; NaN for a class with no positive example. Tied scores keep their input order.
-    """
-    scores, targets = np.asarray(scores, np.float64), np.asarray(targets, np.float64)
-    if scores.shape != targets.shape or scores.ndim != 2:
-        raise ValueError(f"scores {scores.shape} and targets {targets.shape} must both be [N, K]")
-    ap = np.full(scores.shape[1], np.nan)
-    for k in range(scores.shape[1]):
-        hits = targets[np.argsort(-scores[:, k], kind="stable"), k]
-        if hits.sum() == 0:
-            continue
-        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-        ap[k] = float((precision * hits).sum() / hits.sum())
-    return ap
+  Returns:
+    float64 ``[K]``; NaN for a class with no positive example. Tied scores keep their input order.
+  """
+  scores, targets = np.asarray(scores, np.float64), np.asarray(targets, np.float64)
+  if scores.shape != targets.shape or scores.ndim != 2:
+    raise ValueError(f'scores {scores.shape} and targets {targets.shape} must both be [N, K]')
+  ap = np.full(scores.shape[1], np.nan)
+  for k in range(scores.shape[1]):
+    hits = targets[np.argsort(-scores[:, k], kind='stable'), k]
+    if hits.sum() == 0:
+      continue
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    ap[k] = float((precision * hits).sum() / hits.sum())
+  return ap
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Mean of :func:`average_precision` over the classes with at least one positive example
-    (NaN when there is none)."""
-    return nanmean(average_precision(scores, targets))
+  """Mean of :func:`average_precision` over the classes with at least one positive example
+  (NaN when there is none)."""
+  return nanmean(average_precision(scores, targets))
 
 
-_image_scores = jax.jit(pooled.class_similarities, static_argnames=("config",))
-_group_scores = jax.jit(pooled.group_similarities, static_argnames=("config",))
+_image_scores = jax.jit(pooled.class_similarities, static_argnames=('config',))
+_group_scores = jax.jit(pooled.group_similarities, static_argnames=('config',))
 
 
-def image_naming(pretrained: Any, dataset: Sequence, spec_or_class_names, *,
-                 max_images: Optional[int] = None, batch_size: int = 32,
-                 templates: prompts.Templates = "simple", input_size: Optional[int] = None,
-                 background_words: Optional[Sequence[str]] = None) -> dict:
-    """Image-level (and, for a model with groups, group-level) zero-shot naming of a dataset's classes.
+def image_naming(
+  pretrained: Any,
+  dataset: Sequence,
+  spec_or_class_names,
+  *,
+  max_images: Optional[int] = None,
+  batch_size: int = 32,
+  templates: prompts.Templates = 'simple',
+  input_size: Optional[int] = None,
+  background_words: Optional[Sequence[str]] = None,
+) -> dict:
+  """Image-level (and, for a model with groups, group-level) zero-shot naming of a dataset's classes.
 
-    Args:
-      pretrained: ``Pretrained`` (``config``, ``variables``, ``tokenize``).
-      dataset: sequence of ``Sample(name, image uint8 [H, W, 3], label [H, W])``.
-      spec_or_class_names: a ``DatasetSpec`` or class names; a leading ``background`` class is not
-        scored (it has no prompt).
-      max_images: only the first ``max_images`` samples.
-      batch_size: images per compiled call (the last batch is padded).
-      templates: prompt templates ("a photo of a {}." by default, as the segmentation).
-      input_size: the side the model sees (default: its training ``image_size``; a multiple of the
-        patch size); position embeddings are interpolated to other grids.
-      background_words: words or phrases for the background (e.g. the ones training captions use);
-        with them, each final group's background score is its best similarity to any of their
-        prompts. Not class names: they play no part in the rankings.
+  Args:
+    pretrained: ``Pretrained`` (``config``, ``variables``, ``tokenize``).
+    dataset: sequence of ``Sample(name, image uint8 [H, W, 3], label [H, W])``.
+    spec_or_class_names: a ``DatasetSpec`` or class names; a leading ``background`` class is not
+      scored (it has no prompt).
+    max_images: only the first ``max_images`` samples.
+    batch_size: images per compiled call (the last batch is padded).
+    templates: prompt templates ("a photo of a {}." by default, as the segmentation).
+    input_size: the side the model sees (default: its training ``image_size``; a multiple of the
+      patch size); position embeddings are interpolated to other grids.
+    background_words: words or phrases for the background (e.g. the ones training captions use);
+      with them, each final group's background score is its best similarity to any of their
+      prompts. Not class names: they play no part in the rankings.
 
-    Each image is resized whole (not cropped: a crop could cut the objects the label counts) to
-    ``input_size``.
+  Each image is resized whole (not cropped: a crop could cut the objects the label counts) to
+  ``input_size``.
 
-    Returns:
-      dict: ``mAP`` (percent, over classes present in at least one image), ``chance_mAP`` (percent:
-      the mean frequency of those classes, what a ranking that carries no information scores in
-      expectation), ``per_class_ap`` (``{name: percent or None}``), ``num_images``, ``input_size``.
-      When no image contains any foreground class, ``mAP`` and ``chance_mAP`` are NaN.
-      ``groups``: ``None`` for a model without grouping stages, else the same scores over the
-      final groups (``mAP``, ``chance_mAP``, ``per_class_ap``), with ``num_groups`` (groups
-      covering a labelled pixel), ``num_background_groups`` (those mostly on background),
-      ``background_leak`` (percent of the background groups whose best class is present in their
-      image; NaN without any) and ``within_image_auc`` (percent, over ``num_pairs`` pairs of groups
-      of one image with different majority classes, the first on a class c: how often the first
-      scores c higher; a tie counts half; NaN without pairs), ``num_background_pairs`` and
-      ``background_word_auc`` (percent, over the pairs of a mostly-background and a mostly-object
-      group of one image: how often the first has the higher background score; NaN without
-      ``background_words`` or pairs).
-    """
-    # The threshold plays no part here; resolve_classes only insists on one when there is a background.
-    names, fg_names, with_bg, ignore = resolve_classes(
-        spec_or_class_names, 0.0 if _starts_with_background(spec_or_class_names) else None)
-    config = pretrained.config
-    background_words = list(background_words or ())
-    # One embedding table, one compiled call: the class columns first, then the background words.
-    class_embed = jnp.asarray(prompts.class_embeddings(
-        config, pretrained.variables, pretrained.tokenize, list(fg_names) + background_words,
-        templates), jnp.float32)
-    num_classes = len(fg_names)
-    total = len(dataset) if max_images is None else min(len(dataset), max_images)
-    if total < 1:
-        raise ValueError("no images to score")
-    size = pooled.checked_input_size(config, input_size)
-    offset = 1 if with_bg else 0
-    # Global (multi-host, sharded) training variables -> this process's first device, as the segmenter.
-    variables = prompts.local_variables(pretrained.variables)
-    with_groups = config.image.num_grouping_stages > 0
-    grid = size // config.image.patch_size
-    scores, targets, groups = [], [], _GroupItems(len(fg_names))
-    for samples, pix in pooled.whole_image_batches(dataset, total, batch_size, size):
-        if with_groups:
-            out = jax.device_get(_group_scores(variables, jnp.asarray(pix), class_embed, config=config))
-            s = out["image"]
-        else:
-            s = np.asarray(_image_scores(variables, jnp.asarray(pix), class_embed, config=config))
-        scores.append(s[:len(samples), :num_classes])
-        for i, sample in enumerate(samples):
-            label = np.asarray(sample.label).astype(np.int64)
-            counted = (label != ignore) & (label >= 0) & (label < len(names))  # background included
-            row = np.zeros(len(fg_names), np.float32)
-            row[np.unique(label[counted & (label >= offset)]) - offset] = 1.0
-            targets.append(row)
-            if with_groups:
-                ids = upsampled_group_ids(out["maps"][i].reshape(grid, grid, -1), *label.shape)
-                sims = out["groups"][i]
-                groups.add(ids[counted], label[counted] - offset, sims[:, :num_classes], row,
-                           sims[:, num_classes:].max(1) if background_words else None)
-    scores, targets = np.concatenate(scores), np.stack(targets)
-    return {**_ranking_scores(scores, targets, fg_names), "num_images": int(total),
-            "input_size": size, "groups": groups.result(fg_names) if with_groups else None}
+  Returns:
+    dict: ``mAP`` (percent, over classes present in at least one image), ``chance_mAP`` (percent:
+    the mean frequency of those classes, what a ranking that carries no information scores in
+    expectation), ``per_class_ap`` (``{name: percent or None}``), ``num_images``, ``input_size``.
+    When no image contains any foreground class, ``mAP`` and ``chance_mAP`` are NaN.
+    ``groups``: ``None`` for a model without grouping stages, else the same scores over the
+    final groups (``mAP``, ``chance_mAP``, ``per_class_ap``), with ``num_groups`` (groups
+    covering a labelled pixel), ``num_background_groups`` (those mostly on background),
+    ``background_leak`` (percent of the background groups whose best class is present in their
+    image; NaN without any) and ``within_image_auc`` (percent, over ``num_pairs`` pairs of groups
+    of one image with different majority classes, the first on a class c: how often the first
+    scores c higher; a tie counts half; NaN without pairs), ``num_background_pairs`` and
+    ``background_word_auc`` (percent, over the pairs of a mostly-background and a mostly-object
+    group of one image: how often the first has the higher background score; NaN without
+    ``background_words`` or pairs).
+  """
+  # The threshold plays no part here; resolve_classes only insists on one when there is a background.
+  names, fg_names, with_bg, ignore = resolve_classes(
+    spec_or_class_names, 0.0 if _starts_with_background(spec_or_class_names) else None
+  )
+  config = pretrained.config
+  background_words = list(background_words or ())
+  # One embedding table, one compiled call: the class columns first, then the background words.
+  class_embed = jnp.asarray(
+    prompts.class_embeddings(
+      config,
+      pretrained.variables,
+      pretrained.tokenize,
+      list(fg_names) + background_words,
+      templates,
+    ),
+    jnp.float32,
+  )
+  num_classes = len(fg_names)
+  total = len(dataset) if max_images is None else min(len(dataset), max_images)
+  if total < 1:
+    raise ValueError('no images to score')
+  size = pooled.checked_input_size(config, input_size)
+  offset = 1 if with_bg else 0
+  # Global (multi-host, sharded) training variables -> this process's first device, as the segmenter.
+  variables = prompts.local_variables(pretrained.variables)
+  with_groups = config.image.num_grouping_stages > 0
+  grid = size // config.image.patch_size
+  scores, targets, groups = [], [], _GroupItems(len(fg_names))
+  for samples, pix in pooled.whole_image_batches(dataset, total, batch_size, size):
+    if with_groups:
+      out = jax.device_get(_group_scores(variables, jnp.asarray(pix), class_embed, config=config))
+      s = out['image']
+    else:
+      s = np.asarray(_image_scores(variables, jnp.asarray(pix), class_embed, config=config))
+    scores.append(s[: len(samples), :num_classes])
+    for i, sample in enumerate(samples):
+      label = np.asarray(sample.label).astype(np.int64)
+      counted = (label != ignore) & (label >= 0) & (label < len(names))  # background included
+      row = np.zeros(len(fg_names), np.float32)
+      row[np.unique(label[counted & (label >= offset)]) - offset] = 1.0
+      targets.append(row)
+      if with_groups:
+        ids = upsampled_group_ids(out['maps'][i].reshape(grid, grid, -1), *label.shape)
+        sims = out['groups'][i]
+        groups.add(
+          ids[counted],
+          label[counted] - offset,
+          sims[:, :num_classes],
+          row,
+          sims[:, num_classes:].max(1) if background_words else None,
+        )
+  scores, targets = np.concatenate(scores), np.stack(targets)
+  return {
+    **_ranking_scores(scores, targets, fg_names),
+    'num_images': int(total),
+    'input_size': size,
+    'groups': groups.result(fg_names) if with_groups else None,
+  }
 
 
 def _ranking_scores(scores: np.ndarray, targets: np.ndarray, fg_names: Sequence[str]) -> dict:
-    """mAP, chance mAP and per-class AP (percent) of items ``[N, K]`` ranked per class."""
-    ap = average_precision(scores, targets)
-    seen = targets.sum(0) > 0
-    return {
-        "mAP": 100.0 * nanmean(ap),  # NaN exactly for the classes not in `seen`
-        "chance_mAP": 100.0 * float(np.mean(targets.mean(0)[seen])) if seen.any() else float("nan"),
-        "per_class_ap": {n: (None if np.isnan(v) else 100.0 * float(v)) for n, v in zip(fg_names, ap)},
-    }
+  """mAP, chance mAP and per-class AP (percent) of items ``[N, K]`` ranked per class."""
+  ap = average_precision(scores, targets)
+  seen = targets.sum(0) > 0
+  return {
+    'mAP': 100.0 * nanmean(ap),  # NaN exactly for the classes not in `seen`
+    'chance_mAP': 100.0 * float(np.mean(targets.mean(0)[seen])) if seen.any() else float('nan'),
+    'per_class_ap': {n: (None if np.isnan(v) else 100.0 * float(v)) for n, v in zip(fg_names, ap)},
+  }
 
 
 def _pairs_won(higher: np.ndarray, lower: np.ndarray) -> tuple[int, float]:
-    """(number of pairs, wins) over every pair of an item of ``higher`` ``[A]`` (or a scalar) and
-    one of ``lower`` ``[B]``: a win when the first scores above the second, half a win on a tie
-    (the pairwise form of the ROC AUC)."""
-    diff = np.reshape(higher, (-1, 1)) - np.reshape(lower, (1, -1))
-    return diff.size, float(np.sum(diff > 0) + 0.5 * np.sum(diff == 0))
+  """(number of pairs, wins) over every pair of an item of ``higher`` ``[A]`` (or a scalar) and
+  one of ``lower`` ``[B]``: a win when the first scores above the second, half a win on a tie
+  (the pairwise form of the ROC AUC)."""
+  diff = np.reshape(higher, (-1, 1)) - np.reshape(lower, (1, -1))
+  return diff.size, float(np.sum(diff > 0) + 0.5 * np.sum(diff == 0))
 
 
 class _GroupItems:
-    """Collects one ranking item per final group that covers a labelled pixel, and the within-image
-    pairs of groups that hold different classes."""
+  """Collects one ranking item per final group that covers a labelled pixel, and the within-image
+  pairs of groups that hold different classes."""
 
-    def __init__(self, num_classes: int):
-        self.num_classes = num_classes
-        self.scores, self.targets = [], []
-        self.background = self.leaks = 0
-        self.pairs = self.pairs_won = 0.0
-        self.background_pairs = self.background_pairs_won = 0.0
+  def __init__(self, num_classes: int):
+    self.num_classes = num_classes
+    self.scores, self.targets = [], []
+    self.background = self.leaks = 0
+    self.pairs = self.pairs_won = 0.0
+    self.background_pairs = self.background_pairs_won = 0.0
 
-    def add(self, ids: np.ndarray, classes: np.ndarray, sims: np.ndarray, present: np.ndarray,
-            background_scores: Optional[np.ndarray] = None):
-        """One image.
+  def add(
+    self,
+    ids: np.ndarray,
+    classes: np.ndarray,
+    sims: np.ndarray,
+    present: np.ndarray,
+    background_scores: Optional[np.ndarray] = None,
+  ):
+    """One image.
 
-        Args:
-          ids: int ``[P]`` final group of each counted pixel.
-          classes: int ``[P]`` its class, ``-1`` for background, else ``0..K-1``.
-          sims: ``[G, K]`` each group's similarity to the classes.
-          present: ``[K]`` 1 where the class is in the image.
-          background_scores: ``[G]`` each group's background-word score, or None.
-        """
-        num_groups = sims.shape[0]
-        sims = np.asarray(sims, np.float64)
-        # Rows: groups; columns: background, then the K classes.
-        joint = np.bincount(ids * (self.num_classes + 1) + classes + 1,
-                            minlength=num_groups * (self.num_classes + 1))
-        joint = joint.reshape(num_groups, self.num_classes + 1)
-        visible = np.flatnonzero(joint.sum(1))
-        majority = np.argmax(joint[visible], axis=1) - 1  # ties: background, then the lower class
-        for g, c in zip(visible, majority):
-            row = np.zeros(self.num_classes, np.float32)
-            if c >= 0:
-                row[c] = 1.0
-                # Against every visible group of another class (or background) in the same image,
-                # on this group's class: a win when it scores higher, half a win on a tie.
-                n, won = _pairs_won(sims[g, c], sims[visible[majority != c], c])
-                self.pairs += n
-                self.pairs_won += won
-            else:
-                self.background += 1
-                self.leaks += int(present[int(np.argmax(sims[g]))] > 0)
-            self.scores.append(sims[g])
-            self.targets.append(row)
-        if background_scores is not None:
-            bg = np.asarray(background_scores, np.float64)
-            n, won = _pairs_won(bg[visible[majority < 0]], bg[visible[majority >= 0]])
-            self.background_pairs += n
-            self.background_pairs_won += won
+    Args:
+      ids: int ``[P]`` final group of each counted pixel.
+      classes: int ``[P]`` its class, ``-1`` for background, else ``0..K-1``.
+      sims: ``[G, K]`` each group's similarity to the classes.
+      present: ``[K]`` 1 where the class is in the image.
+      background_scores: ``[G]`` each group's background-word score, or None.
+    """
+    num_groups = sims.shape[0]
+    sims = np.asarray(sims, np.float64)
+    # Rows: groups; columns: background, then the K classes.
+    joint = np.bincount(
+      ids * (self.num_classes + 1) + classes + 1, minlength=num_groups * (self.num_classes + 1)
+    )
+    joint = joint.reshape(num_groups, self.num_classes + 1)
+    visible = np.flatnonzero(joint.sum(1))
+    majority = np.argmax(joint[visible], axis=1) - 1  # ties: background, then the lower class
+    for g, c in zip(visible, majority):
+      row = np.zeros(self.num_classes, np.float32)
+      if c >= 0:
+        row[c] = 1.0
+        # Against every visible group of another class (or background) in the same image,
+        # on this group's class: a win when it scores higher, half a win on a tie.
+        n, won = _pairs_won(sims[g, c], sims[visible[majority != c], c])
+        self.pairs += n
+        self.pairs_won += won
+      else:
+        self.background += 1
+        self.leaks += int(present[int(np.argmax(sims[g]))] > 0)
+      self.scores.append(sims[g])
+      self.targets.append(row)
+    if background_scores is not None:
+      bg = np.asarray(background_scores, np.float64)
+      n, won = _pairs_won(bg[visible[majority < 0]], bg[visible[majority >= 0]])
+      self.background_pairs += n
+      self.background_pairs_won += won
 
-    def result(self, fg_names: Sequence[str]) -> dict:
-        if self.scores:
-            out = _ranking_scores(np.stack(self.scores), np.stack(self.targets), fg_names)
-        else:  # every pixel ignored: nothing to rank
-            out = {"mAP": float("nan"), "chance_mAP": float("nan"),
-                   "per_class_ap": {n: None for n in fg_names}}
-        nan = float("nan")
-        out.update(num_groups=len(self.scores), num_background_groups=self.background,
-                   background_leak=100.0 * self.leaks / self.background if self.background else nan,
-                   num_pairs=int(self.pairs),
-                   within_image_auc=100.0 * self.pairs_won / self.pairs if self.pairs else nan,
-                   num_background_pairs=int(self.background_pairs),
-                   background_word_auc=(100.0 * self.background_pairs_won / self.background_pairs
-                                        if self.background_pairs else nan))
-        return out
+  def result(self, fg_names: Sequence[str]) -> dict:
+    if self.scores:
+      out = _ranking_scores(np.stack(self.scores), np.stack(self.targets), fg_names)
+    else:  # every pixel ignored: nothing to rank
+      out = {
+        'mAP': float('nan'),
+        'chance_mAP': float('nan'),
+        'per_class_ap': {n: None for n in fg_names},
+      }
+    nan = float('nan')
+    out.update(
+      num_groups=len(self.scores),
+      num_background_groups=self.background,
+      background_leak=100.0 * self.leaks / self.background if self.background else nan,
+      num_pairs=int(self.pairs),
+      within_image_auc=100.0 * self.pairs_won / self.pairs if self.pairs else nan,
+      num_background_pairs=int(self.background_pairs),
+      background_word_auc=(
+        100.0 * self.background_pairs_won / self.background_pairs if self.background_pairs else nan
+      ),
+    )
+    return out
 
 
 def _starts_with_background(spec_or_class_names) -> bool:
-    names = getattr(spec_or_class_names, "class_names", spec_or_class_names)
-    return bool(names) and str(names[0]).strip().lower() == "background"
+  names = getattr(spec_or_class_names, 'class_names', spec_or_class_names)
+  return bool(names) and str(names[0]).strip().lower() == 'background'

@@ -41,210 +41,309 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-__all__ = ["main"]
+__all__ = ['main']
 
 
 def _parse_scales(text: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--scales expects comma-separated numbers, got {text!r}")
-    if not scales or any(s <= 0 for s in scales):
-        raise argparse.ArgumentTypeError(f"--scales must be positive numbers, got {text!r}")
-    return scales
+  try:
+    scales = tuple(float(s) for s in text.split(',') if s.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'--scales expects comma-separated numbers, got {text!r}')
+  if not scales or any(s <= 0 for s in scales):
+    raise argparse.ArgumentTypeError(f'--scales must be positive numbers, got {text!r}')
+  return scales
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="model directory (groupvit_jax.convert or trainer)")
-    p.add_argument("--dataset", required=True,
-                   help="voc | context | coco_object | folder | imagenet_folder | synthetic")
-    p.add_argument("--data_dir", default=None, help="dataset root (synthetic: the training run's workdir)")
-    p.add_argument("--output", required=True, help="result JSON path")
-    p.add_argument("--split", default=None, help="split (default: val; val2017 for coco_object)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--threshold", type=float, default=None, help="background threshold")
-    g.add_argument("--paper_threshold", action="store_true", help="the paper's threshold instead of the "
-                   "released config's")
-    p.add_argument("--mode", choices=("slide", "whole"), default="slide")
-    p.add_argument("--scales", type=_parse_scales, default=(1.0,), help="e.g. 1.0,1.5")
-    p.add_argument("--flip", action="store_true", help="add horizontally flipped views")
-    p.add_argument("--templates", default=None,
-                   help="template set: simple | subset | full | identity (default: simple for segmentation, "
-                        "subset for classification)")
-    p.add_argument("--max_images", type=int, default=None)
-    p.add_argument("--save_predictions", default=None, help="folder for <name>.png predictions")
-    p.add_argument("--visualize", type=int, default=0, metavar="N", help="write N side-by-side panels")
-    p.add_argument("--visualize_dir", default=None, help="panel folder (default: <output dir>/visualize)")
-    p.add_argument("--oracle", action="store_true", help="also the oracle mIoU (groups given their "
-                   "best-IoU ground-truth class)")
-    p.add_argument("--naming", action="store_true", help="also image- and group-level naming "
-                   "(evaluation/naming.py: naming mAP, group naming mAP, background leak, within-image "
-                   "AUC), each image resized whole to the model's input size")
-    p.add_argument("--no_boundary", action="store_true", help="skip boundary IoU")
-    p.add_argument("--batch_windows", type=int, default=4, help="windows per device call")
-    p.add_argument("--tile_size", type=int, default=512)
-    p.add_argument("--tile_batch", type=int, default=2)
-    p.add_argument("--num_devices", type=int, default=None,
-                   help="use the first N local devices (default: all)")
-    p.add_argument("--class_names", default=None,
-                   help="class-name file (folder datasets: overrides classes.txt; imagenet_folder: one "
-                        "name per class folder in sorted order)")
-    p.add_argument("--batch_size", type=int, default=32, help="classification batch size")
-    p.add_argument("--log_every", type=int, default=50)
-    p.add_argument("--synthetic_seed", type=int, default=None,
-                   help="synthetic: the val stream's seed (default: the run's config.eval.synthetic_seed)")
-    p.add_argument("--synthetic_scale", type=float, default=None,
-                   help="synthetic: evaluate at this multiple of the training resolution (the image is "
-                        "resized by it before the model sees it; default: the run's config.eval."
-                        "synthetic_scale)")
-    p.add_argument("--synthetic", action="append", default=[], metavar="KEY=VALUE",
-                   help="synthetic: a generator knob (input_pipeline/synthetic_shapes.py SyntheticConfig), "
-                        "e.g. max_objects=3; repeatable")
-    return p
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    '--checkpoint', required=True, help='model directory (groupvit_jax.convert or trainer)'
+  )
+  p.add_argument(
+    '--dataset',
+    required=True,
+    help='voc | context | coco_object | folder | imagenet_folder | synthetic',
+  )
+  p.add_argument(
+    '--data_dir', default=None, help="dataset root (synthetic: the training run's workdir)"
+  )
+  p.add_argument('--output', required=True, help='result JSON path')
+  p.add_argument('--split', default=None, help='split (default: val; val2017 for coco_object)')
+  g = p.add_mutually_exclusive_group()
+  g.add_argument('--threshold', type=float, default=None, help='background threshold')
+  g.add_argument(
+    '--paper_threshold',
+    action='store_true',
+    help="the paper's threshold instead of the released config's",
+  )
+  p.add_argument('--mode', choices=('slide', 'whole'), default='slide')
+  p.add_argument('--scales', type=_parse_scales, default=(1.0,), help='e.g. 1.0,1.5')
+  p.add_argument('--flip', action='store_true', help='add horizontally flipped views')
+  p.add_argument(
+    '--templates',
+    default=None,
+    help='template set: simple | subset | full | identity (default: simple for segmentation, '
+    'subset for classification)',
+  )
+  p.add_argument('--max_images', type=int, default=None)
+  p.add_argument('--save_predictions', default=None, help='folder for <name>.png predictions')
+  p.add_argument(
+    '--visualize', type=int, default=0, metavar='N', help='write N side-by-side panels'
+  )
+  p.add_argument(
+    '--visualize_dir', default=None, help='panel folder (default: <output dir>/visualize)'
+  )
+  p.add_argument(
+    '--oracle',
+    action='store_true',
+    help='also the oracle mIoU (groups given their best-IoU ground-truth class)',
+  )
+  p.add_argument(
+    '--naming',
+    action='store_true',
+    help='also image- and group-level naming '
+    '(evaluation/naming.py: naming mAP, group naming mAP, background leak, within-image '
+    "AUC), each image resized whole to the model's input size",
+  )
+  p.add_argument('--no_boundary', action='store_true', help='skip boundary IoU')
+  p.add_argument('--batch_windows', type=int, default=4, help='windows per device call')
+  p.add_argument('--tile_size', type=int, default=512)
+  p.add_argument('--tile_batch', type=int, default=2)
+  p.add_argument(
+    '--num_devices', type=int, default=None, help='use the first N local devices (default: all)'
+  )
+  p.add_argument(
+    '--class_names',
+    default=None,
+    help='class-name file (folder datasets: overrides classes.txt; imagenet_folder: one '
+    'name per class folder in sorted order)',
+  )
+  p.add_argument('--batch_size', type=int, default=32, help='classification batch size')
+  p.add_argument('--log_every', type=int, default=50)
+  p.add_argument(
+    '--synthetic_seed',
+    type=int,
+    default=None,
+    help="synthetic: the val stream's seed (default: the run's config.eval.synthetic_seed)",
+  )
+  p.add_argument(
+    '--synthetic_scale',
+    type=float,
+    default=None,
+    help='synthetic: evaluate at this multiple of the training resolution (the image is '
+    "resized by it before the model sees it; default: the run's config.eval."
+    'synthetic_scale)',
+  )
+  p.add_argument(
+    '--synthetic',
+    action='append',
+    default=[],
+    metavar='KEY=VALUE',
+    help='synthetic: a generator knob (input_pipeline/synthetic_shapes.py SyntheticConfig), '
+    'e.g. max_objects=3; repeatable',
+  )
+  return p
 
 
 def _synthetic_configs(args) -> tuple[Any, Any]:
-    """(eval config, data config) for the hook: the run's saved ones (or the defaults) plus the flags."""
-    import ml_collections
-    from evaluation import hooks
-    from groupvit_jax.config_lib import parse_override
-    from input_pipeline.config import default_data_config
-    from input_pipeline.synthetic_shapes import SyntheticConfig
+  """(eval config, data config) for the hook: the run's saved ones (or the defaults) plus the flags."""
+  import ml_collections
 
-    eval_cfg = hooks.default_eval_config().to_dict()
-    knobs = default_data_config().synthetic.to_dict()
-    if args.data_dir is not None:
-        path = Path(args.data_dir) / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: --dataset synthetic takes the training run's workdir "
-                                    f"as --data_dir (its config.json holds the generator's knobs); leave "
-                                    f"--data_dir out for the default knobs")
-        saved = json.loads(path.read_text())
-        eval_cfg.update(saved.get("eval", {}))
-        knobs.update(saved.get("data", {}).get("synthetic", {}))
-    for item in args.synthetic:
-        key, value = parse_override(item, "--synthetic")
-        knobs[key] = value
-    SyntheticConfig.from_dict(knobs)  # unknown keys and bad values are reported here, by name
-    eval_cfg.update(datasets=("synthetic",), num_visualize=args.visualize,
-                    oracle=bool(eval_cfg.get("oracle")) or args.oracle,
-                    naming=bool(eval_cfg.get("naming")) or args.naming,
-                    max_images=args.max_images or int(eval_cfg["max_images"]))
-    if args.synthetic_seed is not None:
-        eval_cfg["synthetic_seed"] = args.synthetic_seed
-    if args.threshold is not None:
-        eval_cfg["threshold"] = args.threshold
-    if args.synthetic_scale is not None:
-        eval_cfg["synthetic_scale"] = args.synthetic_scale
-    return ml_collections.ConfigDict(eval_cfg), ml_collections.ConfigDict({"synthetic": knobs})
+  from evaluation import hooks
+  from groupvit_jax.config_lib import parse_override
+  from input_pipeline.config import default_data_config
+  from input_pipeline.synthetic_shapes import SyntheticConfig
+
+  eval_cfg = hooks.default_eval_config().to_dict()
+  knobs = default_data_config().synthetic.to_dict()
+  if args.data_dir is not None:
+    path = Path(args.data_dir) / 'config.json'
+    if not path.is_file():
+      raise FileNotFoundError(
+        f"{path} not found: --dataset synthetic takes the training run's workdir "
+        f"as --data_dir (its config.json holds the generator's knobs); leave "
+        f'--data_dir out for the default knobs'
+      )
+    saved = json.loads(path.read_text())
+    eval_cfg.update(saved.get('eval', {}))
+    knobs.update(saved.get('data', {}).get('synthetic', {}))
+  for item in args.synthetic:
+    key, value = parse_override(item, '--synthetic')
+    knobs[key] = value
+  SyntheticConfig.from_dict(knobs)  # unknown keys and bad values are reported here, by name
+  eval_cfg.update(
+    datasets=('synthetic',),
+    num_visualize=args.visualize,
+    oracle=bool(eval_cfg.get('oracle')) or args.oracle,
+    naming=bool(eval_cfg.get('naming')) or args.naming,
+    max_images=args.max_images or int(eval_cfg['max_images']),
+  )
+  if args.synthetic_seed is not None:
+    eval_cfg['synthetic_seed'] = args.synthetic_seed
+  if args.threshold is not None:
+    eval_cfg['threshold'] = args.threshold
+  if args.synthetic_scale is not None:
+    eval_cfg['synthetic_scale'] = args.synthetic_scale
+  return ml_collections.ConfigDict(eval_cfg), ml_collections.ConfigDict({'synthetic': knobs})
 
 
 def _evaluate_synthetic(args, model) -> tuple[dict, str]:
-    """(result, summary line) of the trainer's synthetic evaluation hook on `model`."""
-    from evaluation import hooks
+  """(result, summary line) of the trainer's synthetic evaluation hook on `model`."""
+  from evaluation import hooks
 
-    if args.paper_threshold:
-        raise ValueError("--paper_threshold needs a benchmark dataset (voc, context, coco_object)")
-    eval_cfg, data_cfg = _synthetic_configs(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        (evaluator,) = hooks.build_evaluators(eval_cfg, model.config, tmp, data_config=data_cfg)
-        metrics = evaluator(model.variables, 0)
-        result = json.loads((Path(tmp) / "eval_synthetic.json").read_text())
-        grid = Path(tmp) / "eval_synthetic.png"
-        if args.visualize and grid.exists():
-            vis_dir = Path(args.visualize_dir or Path(args.output).resolve().parent / "visualize")
-            vis_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(grid, vis_dir / "synthetic.png")
-    # The hook's JSON records the training step; a saved model carries none.
-    for part in (result, *(v for v in result.values() if isinstance(v, dict))):
-        part.pop("step", None)
-    result["task"] = "segmentation"
-    result["dataset"] = {"name": "synthetic", "run_dir": args.data_dir,
-                         "seed": int(eval_cfg.synthetic_seed), "knobs": data_cfg.synthetic.to_dict()}
-    if "num_images" not in result:  # the ViT baselines: {'pixel': ..., 'kmeans': ...}
-        result["num_images"] = result["pixel"]["num_images"]
-        result["timing"] = result["pixel"]["timing"]
-    summary = "  ".join(f"{k.split('/', 2)[-1]} {v:.2f}" for k, v in sorted(metrics.items())
-                        if not k.endswith("images_per_s"))
-    return result, summary
+  if args.paper_threshold:
+    raise ValueError('--paper_threshold needs a benchmark dataset (voc, context, coco_object)')
+  eval_cfg, data_cfg = _synthetic_configs(args)
+  with tempfile.TemporaryDirectory() as tmp:
+    (evaluator,) = hooks.build_evaluators(eval_cfg, model.config, tmp, data_config=data_cfg)
+    metrics = evaluator(model.variables, 0)
+    result = json.loads((Path(tmp) / 'eval_synthetic.json').read_text())
+    grid = Path(tmp) / 'eval_synthetic.png'
+    if args.visualize and grid.exists():
+      vis_dir = Path(args.visualize_dir or Path(args.output).resolve().parent / 'visualize')
+      vis_dir.mkdir(parents=True, exist_ok=True)
+      shutil.copyfile(grid, vis_dir / 'synthetic.png')
+  # The hook's JSON records the training step; a saved model carries none.
+  for part in (result, *(v for v in result.values() if isinstance(v, dict))):
+    part.pop('step', None)
+  result['task'] = 'segmentation'
+  result['dataset'] = {
+    'name': 'synthetic',
+    'run_dir': args.data_dir,
+    'seed': int(eval_cfg.synthetic_seed),
+    'knobs': data_cfg.synthetic.to_dict(),
+  }
+  if 'num_images' not in result:  # the ViT baselines: {'pixel': ..., 'kmeans': ...}
+    result['num_images'] = result['pixel']['num_images']
+    result['timing'] = result['pixel']['timing']
+  summary = '  '.join(
+    f'{k.split("/", 2)[-1]} {v:.2f}'
+    for k, v in sorted(metrics.items())
+    if not k.endswith('images_per_s')
+  )
+  return result, summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    from evaluation import datasets
-    from groupvit_jax import load_pretrained
+  args = build_parser().parse_args(argv)
+  from evaluation import datasets
+  from groupvit_jax import load_pretrained
 
-    dataset_name = args.dataset.strip().lower()
-    try:
-        if args.data_dir is None and dataset_name != "synthetic":
-            raise ValueError(f"--data_dir is required for --dataset {args.dataset}")
-        model = load_pretrained(args.checkpoint)
-        if dataset_name == "synthetic":
-            result, summary = _evaluate_synthetic(args, model)
-        elif dataset_name in ("imagenet_folder", "imagenet", "classification"):
-            from evaluation.classification import evaluate_classification
-            result = evaluate_classification(model, args.data_dir, args.class_names,
-                                             templates=args.templates or "subset", batch_size=args.batch_size,
-                                             max_images=args.max_images)
-            result["task"] = "classification"
-            summary = f"top1 {result['top1']:.2f}  top5 {result.get('top5', float('nan')):.2f}"
-        else:
-            kwargs = {}
-            if dataset_name == "folder" and args.class_names:
-                kwargs["class_names"] = datasets.read_class_names(args.class_names)
-            ds = datasets.build_dataset(dataset_name, args.data_dir, args.split, **kwargs)
-            spec = ds.spec
-            if spec is not None:
-                threshold = (args.threshold if args.threshold is not None else
-                             spec.paper_background_threshold if args.paper_threshold and
-                             spec.paper_background_threshold is not None else spec.background_threshold)
-                if args.paper_threshold and spec.paper_background_threshold is None:
-                    print(f"note: the paper quotes no threshold for {spec.name}; using the released "
-                          f"{spec.background_threshold}", file=sys.stderr)
-                classes = spec
-            else:
-                if args.paper_threshold:
-                    raise ValueError("--paper_threshold needs a benchmark dataset (voc, context, coco_object)")
-                classes = list(ds.class_names)
-                threshold = args.threshold if classes[0].strip().lower() == "background" else None
-                if args.threshold is not None and threshold is None:
-                    raise ValueError("--threshold given but the folder's first class is not 'background'")
-            vis_dir = args.visualize_dir or str(Path(args.output).resolve().parent / "visualize")
-            from evaluation.evaluator import evaluate_segmentation
-            import jax
-            devices = jax.local_devices()[:args.num_devices] if args.num_devices else None
-            result = evaluate_segmentation(
-                model, ds, classes, threshold=threshold, mode=args.mode, batch_windows=args.batch_windows,
-                max_images=args.max_images, save_predictions=args.save_predictions, visualize=args.visualize,
-                visualize_dir=vis_dir, oracle=args.oracle, boundary=not args.no_boundary, scales=args.scales,
-                flip=args.flip, templates=args.templates or "simple", tile_size=args.tile_size,
-                tile_batch=args.tile_batch, log_every=args.log_every, devices=devices)
-            if args.naming:
-                from evaluation.naming import image_naming
-                result["naming"] = image_naming(model, ds, classes, max_images=args.max_images,
-                                                templates=args.templates or "simple")
-            result["task"] = "segmentation"
-            result["dataset"] = {"name": dataset_name, "data_dir": str(args.data_dir), "split": args.split}
-            summary = f"mIoU {result['mIoU']:.2f}  pixel accuracy {result['pixel_accuracy']:.2f}"
-            if args.naming:
-                groups = result["naming"]["groups"] or {}
-                summary += (f"  naming mAP {result['naming']['mAP']:.2f}  within-image AUC "
-                            f"{groups.get('within_image_auc', float('nan')):.2f}")
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    result["checkpoint"] = str(args.checkpoint)
-    result["command"] = "python -m evaluation.run " + " ".join(argv if argv is not None else sys.argv[1:])
-    from evaluation.metrics import json_safe  # pylint: disable=g-import-not-at-top
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        json.dump(json_safe(result), f, indent=2, allow_nan=False)
-        f.write("\n")
-    print(f"{summary}  ({result['num_images']} images, {result['timing']['seconds']:.1f} s) -> {out}")
-    return 0
+  dataset_name = args.dataset.strip().lower()
+  try:
+    if args.data_dir is None and dataset_name != 'synthetic':
+      raise ValueError(f'--data_dir is required for --dataset {args.dataset}')
+    model = load_pretrained(args.checkpoint)
+    if dataset_name == 'synthetic':
+      result, summary = _evaluate_synthetic(args, model)
+    elif dataset_name in ('imagenet_folder', 'imagenet', 'classification'):
+      from evaluation.classification import evaluate_classification
+
+      result = evaluate_classification(
+        model,
+        args.data_dir,
+        args.class_names,
+        templates=args.templates or 'subset',
+        batch_size=args.batch_size,
+        max_images=args.max_images,
+      )
+      result['task'] = 'classification'
+      summary = f'top1 {result["top1"]:.2f}  top5 {result.get("top5", float("nan")):.2f}'
+    else:
+      kwargs = {}
+      if dataset_name == 'folder' and args.class_names:
+        kwargs['class_names'] = datasets.read_class_names(args.class_names)
+      ds = datasets.build_dataset(dataset_name, args.data_dir, args.split, **kwargs)
+      spec = ds.spec
+      if spec is not None:
+        threshold = (
+          args.threshold
+          if args.threshold is not None
+          else spec.paper_background_threshold
+          if args.paper_threshold and spec.paper_background_threshold is not None
+          else spec.background_threshold
+        )
+        if args.paper_threshold and spec.paper_background_threshold is None:
+          print(
+            f'note: the paper quotes no threshold for {spec.name}; using the released '
+            f'{spec.background_threshold}',
+            file=sys.stderr,
+          )
+        classes = spec
+      else:
+        if args.paper_threshold:
+          raise ValueError(
+            '--paper_threshold needs a benchmark dataset (voc, context, coco_object)'
+          )
+        classes = list(ds.class_names)
+        threshold = args.threshold if classes[0].strip().lower() == 'background' else None
+        if args.threshold is not None and threshold is None:
+          raise ValueError("--threshold given but the folder's first class is not 'background'")
+      vis_dir = args.visualize_dir or str(Path(args.output).resolve().parent / 'visualize')
+      import jax
+
+      from evaluation.evaluator import evaluate_segmentation
+
+      devices = jax.local_devices()[: args.num_devices] if args.num_devices else None
+      result = evaluate_segmentation(
+        model,
+        ds,
+        classes,
+        threshold=threshold,
+        mode=args.mode,
+        batch_windows=args.batch_windows,
+        max_images=args.max_images,
+        save_predictions=args.save_predictions,
+        visualize=args.visualize,
+        visualize_dir=vis_dir,
+        oracle=args.oracle,
+        boundary=not args.no_boundary,
+        scales=args.scales,
+        flip=args.flip,
+        templates=args.templates or 'simple',
+        tile_size=args.tile_size,
+        tile_batch=args.tile_batch,
+        log_every=args.log_every,
+        devices=devices,
+      )
+      if args.naming:
+        from evaluation.naming import image_naming
+
+        result['naming'] = image_naming(
+          model, ds, classes, max_images=args.max_images, templates=args.templates or 'simple'
+        )
+      result['task'] = 'segmentation'
+      result['dataset'] = {
+        'name': dataset_name,
+        'data_dir': str(args.data_dir),
+        'split': args.split,
+      }
+      summary = f'mIoU {result["mIoU"]:.2f}  pixel accuracy {result["pixel_accuracy"]:.2f}'
+      if args.naming:
+        groups = result['naming']['groups'] or {}
+        summary += (
+          f'  naming mAP {result["naming"]["mAP"]:.2f}  within-image AUC '
+          f'{groups.get("within_image_auc", float("nan")):.2f}'
+        )
+  except (FileNotFoundError, ValueError, KeyError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  result['checkpoint'] = str(args.checkpoint)
+  result['command'] = 'python -m evaluation.run ' + ' '.join(
+    argv if argv is not None else sys.argv[1:]
+  )
+  from evaluation.metrics import json_safe  # pylint: disable=g-import-not-at-top
+
+  out = Path(args.output)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with open(out, 'w', encoding='utf-8') as f:
+    json.dump(json_safe(result), f, indent=2, allow_nan=False)
+    f.write('\n')
+  print(f'{summary}  ({result["num_images"]} images, {result["timing"]["seconds"]:.1f} s) -> {out}')
+  return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == '__main__':
+  sys.exit(main())

@@ -24,10 +24,11 @@ def gather_json(obj: Any) -> list[Any]:
   data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
   lengths = multihost_utils.process_allgather(np.array([data.size], np.int32))
   padded = np.zeros(int(lengths.max()), np.uint8)
-  padded[:data.size] = data
+  padded[: data.size] = data
   gathered = multihost_utils.process_allgather(padded)
-  return [json.loads(bytes(row[:int(n)]).decode()) for row, n in zip(gathered,
-                                                                       lengths.reshape(-1))]
+  return [
+    json.loads(bytes(row[: int(n)]).decode()) for row, n in zip(gathered, lengths.reshape(-1))
+  ]
 
 
 class Checkpointer:
@@ -35,31 +36,45 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int, async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=('state', 'data'))
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+    )
+    self.manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=('state', 'data')
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: Any, rng: jax.Array, force: bool = False
-           ) -> bool:
+  def save(
+    self, step: int, state: Any, data_state: Any, rng: jax.Array, force: bool = False
+  ) -> bool:
     """Saves (asynchronously) state + all processes' data states. Collective across processes."""
-    data = {'iterators': gather_json(data_state),
-            'rng': np.asarray(jax.random.key_data(rng)).tolist()}
-    return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)), force=force)
+    data = {
+      'iterators': gather_json(data_state),
+      'rng': np.asarray(jax.random.key_data(rng)).tolist(),
+    }
+    return self.manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)),
+      force=force,
+    )
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any, jax.Array]:
     """(state placed as `abstract_state`'s shardings, this process's data state, base rng)."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+      ),
+    )
     data = restored['data']
     iterators = data['iterators']
     if len(iterators) != jax.process_count():
-      raise ValueError(f'checkpoint step {step} holds data states of {len(iterators)} '
-                       f'processes; this run has {jax.process_count()}')
+      raise ValueError(
+        f'checkpoint step {step} holds data states of {len(iterators)} '
+        f'processes; this run has {jax.process_count()}'
+      )
     rng = jax.random.wrap_key_data(np.asarray(data['rng'], np.uint32))
     return restored['state'], iterators[jax.process_index()], rng
 

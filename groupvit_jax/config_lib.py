@@ -49,9 +49,13 @@ def parse_override(item: str, flag: str) -> tuple[str, Any]:
 
 def _convert(key: str, raw: str, default: Any, valid: list[str]) -> Any:
   """``raw`` as the type of ``default``; ValueError naming ``key`` and ``valid`` otherwise."""
+
   def fail():
-    return ValueError(f'config argument {key}={raw!r} is not a {type(default).__name__} (like '
-                      f'its default {default!r}); valid keys: {valid}')
+    return ValueError(
+      f'config argument {key}={raw!r} is not a {type(default).__name__} (like '
+      f'its default {default!r}); valid keys: {valid}'
+    )
+
   if isinstance(default, bool):
     if raw.lower() in ('true', '1'):
       return True
@@ -75,8 +79,10 @@ def _convert(key: str, raw: str, default: Any, valid: list[str]) -> Any:
     return value
   if isinstance(default, str):
     return raw
-  raise TypeError(f'parse_arg: default of {key} must be bool, int, float, str or tuple, '
-                  f'got {type(default).__name__}')
+  raise TypeError(
+    f'parse_arg: default of {key} must be bool, int, float, str or tuple, '
+    f'got {type(default).__name__}'
+  )
 
 
 def _split_top_level(arg: str) -> list[str]:
@@ -131,10 +137,20 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.async_checkpoints = True
   config.export_model = True  # WORKDIR/model at the end, readable by load_pretrained
-  config.optimizer = ml_collections.ConfigDict(dict(
-      base_lr=1.6e-3, warmup_lr=4e-6, min_lr=4e-5, warmup_steps=0, weight_decay=0.05,
-      b1=0.9, b2=0.999, eps=1e-8, clip_grad_norm=5.0,
-      scale_lr_by_batch=True))  # lr * global_batch / 4096, as released
+  config.optimizer = ml_collections.ConfigDict(
+    dict(
+      base_lr=1.6e-3,
+      warmup_lr=4e-6,
+      min_lr=4e-5,
+      warmup_steps=0,
+      weight_decay=0.05,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      clip_grad_norm=5.0,
+      scale_lr_by_batch=True,
+    )
+  )  # lr * global_batch / 4096, as released
   # 'global': losses on global arrays (the compiler inserts collectives); 'shard_map': local
   # rows against all-gathered keys (memory [n_local, N] per device).
   # multi_label_pooling: 'mean' (the release) scores an image against a noun prompt with its

@@ -41,27 +41,39 @@ def _apply_overrides(cfg: GroupViTConfig, overrides: list[str]) -> GroupViTConfi
   return GroupViTConfig.from_dict(d)
 
 
-def convert(source: str, output: str, overrides: list[str] = (), overwrite: bool = False
-            ) -> GroupViTConfig:
+def convert(
+  source: str, output: str, overrides: list[str] = (), overwrite: bool = False
+) -> GroupViTConfig:
   """Converts `source` into `output`; returns the model config. Raises on any mismatch."""
   loaded = sources.load_source(source)
   cfg = _apply_overrides(loaded.config, list(overrides)) if overrides else loaded.config
   abstract = store.abstract_variables(cfg)
   variables = keymaps.nvlabs_to_variables(loaded.state_dict, abstract)
   variables = jax.tree.map(jax.numpy.asarray, variables)
-  info = {'source': source, 'kind': loaded.kind, 'config_origin': loaded.config_origin,
-          'overrides': list(overrides), 'converted_at': time.strftime('%Y-%m-%dT%H:%M:%S')}
+  info = {
+    'source': source,
+    'kind': loaded.kind,
+    'config_origin': loaded.config_origin,
+    'overrides': list(overrides),
+    'converted_at': time.strftime('%Y-%m-%dT%H:%M:%S'),
+  }
   store.save_model(output, cfg, variables, info, overwrite=overwrite)
   return cfg
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--source', required=True, help='.pth / .bin / .safetensors file or HF dir')
   parser.add_argument('--output', required=True, help='model directory to write')
-  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                      help='override an inferred config value, e.g. image.num_heads=8')
+  parser.add_argument(
+    '--set',
+    action='append',
+    default=[],
+    metavar='KEY=VALUE',
+    help='override an inferred config value, e.g. image.num_heads=8',
+  )
   parser.add_argument('--overwrite', action='store_true')
   args = parser.parse_args(argv)
   try:
@@ -70,8 +82,10 @@ def main(argv=None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   n = sum(x.size for x in jax.tree.leaves(store.abstract_variables(cfg)['params']))
-  print(f'wrote {args.output}: {n:,} parameters; image {cfg.image.depths} stages '
-        f'{cfg.image.num_group_tokens} group tokens, text {cfg.text.num_layers} layers')
+  print(
+    f'wrote {args.output}: {n:,} parameters; image {cfg.image.depths} stages '
+    f'{cfg.image.num_group_tokens} group tokens, text {cfg.text.num_layers} layers'
+  )
   return 0
 
 

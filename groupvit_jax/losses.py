@@ -16,7 +16,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from groupvit_jax.models.groupvit import l2_normalize
 
@@ -71,14 +72,16 @@ def _multi_label_group_terms(groups, mask, prompts, keys_groups, keys_mask, keys
   image's groups instead of the pooled embedding's. Returns (loss_img [n], loss_prompt [n, K]).
   """
   k = prompts.shape[1]
-  own = scale * _best_group(jnp.einsum('nsd,nkd->nks', groups, prompts, precision='highest'),
-                            mask[:, None, :])  # [n, K]
+  own = scale * _best_group(
+    jnp.einsum('nsd,nkd->nks', groups, prompts, precision='highest'), mask[:, None, :]
+  )  # [n, K]
   logits_img = scale * _best_group(
-      jnp.einsum('nsd,md->nms', groups, keys_prompts, precision='highest'), mask[:, None, :])
+    jnp.einsum('nsd,md->nms', groups, keys_prompts, precision='highest'), mask[:, None, :]
+  )
   loss_img = jax.nn.logsumexp(logits_img, axis=-1) - jnp.sum(own, axis=-1) / k
   logits_prompt = scale * _best_group(
-      jnp.einsum('nkd,msd->nkms', prompts, keys_groups, precision='highest'),
-      keys_mask[None, None])
+    jnp.einsum('nkd,msd->nkms', prompts, keys_groups, precision='highest'), keys_mask[None, None]
+  )
   loss_prompt = jax.nn.logsumexp(logits_prompt, axis=-1) - own
   return loss_img, loss_prompt
 
@@ -87,8 +90,11 @@ def _finish(terms_it, terms_ml, total_rows, reduce):
   loss_i2t, loss_t2i, ok_i2t, ok_t2i = terms_it
   mean = lambda x: reduce(jnp.sum(x)) / total_rows
   image_text = 0.5 * (mean(loss_i2t) + mean(loss_t2i))
-  out = {'loss/image_text': image_text, 'acc/i2t': mean(ok_i2t.astype(jnp.float32)),
-         'acc/t2i': mean(ok_t2i.astype(jnp.float32))}
+  out = {
+    'loss/image_text': image_text,
+    'acc/i2t': mean(ok_i2t.astype(jnp.float32)),
+    'acc/t2i': mean(ok_t2i.astype(jnp.float32)),
+  }
   total = image_text
   if terms_ml is not None:
     loss_img, loss_prompt = terms_ml
@@ -100,11 +106,15 @@ def _finish(terms_it, terms_ml, total_rows, reduce):
   return out
 
 
-def contrastive_losses(image_embed: jnp.ndarray, text_embed: jnp.ndarray,
-                       logit_scale: jnp.ndarray, prompt_embed: jnp.ndarray | None = None,
-                       multi_label_scale: jnp.ndarray | None = None,
-                       group_embed: jnp.ndarray | None = None,
-                       group_mask: jnp.ndarray | None = None) -> dict[str, jnp.ndarray]:
+def contrastive_losses(
+  image_embed: jnp.ndarray,
+  text_embed: jnp.ndarray,
+  logit_scale: jnp.ndarray,
+  prompt_embed: jnp.ndarray | None = None,
+  multi_label_scale: jnp.ndarray | None = None,
+  group_embed: jnp.ndarray | None = None,
+  group_mask: jnp.ndarray | None = None,
+) -> dict[str, jnp.ndarray]:
   """Image-text (+ multi-label) losses on global arrays.
 
   Args:
@@ -130,14 +140,21 @@ def contrastive_losses(image_embed: jnp.ndarray, text_embed: jnp.ndarray,
       ml = _multi_label_terms(img, prm, img, keys, multi_label_scale)
     else:
       grp = l2_normalize(group_embed)
-      ml = _multi_label_group_terms(grp, group_mask, prm, grp, group_mask, keys,
-                                    multi_label_scale)
+      ml = _multi_label_group_terms(grp, group_mask, prm, grp, group_mask, keys, multi_label_scale)
   return _finish(terms, ml, img.shape[0], lambda x: x)
 
 
-def sharded_contrastive_losses(mesh: Mesh, batch_axes: tuple[str, ...], image_embed, text_embed,
-                               logit_scale, prompt_embed=None, multi_label_scale=None,
-                               group_embed=None, group_mask=None) -> dict[str, jnp.ndarray]:
+def sharded_contrastive_losses(
+  mesh: Mesh,
+  batch_axes: tuple[str, ...],
+  image_embed,
+  text_embed,
+  logit_scale,
+  prompt_embed=None,
+  multi_label_scale=None,
+  group_embed=None,
+  group_mask=None,
+) -> dict[str, jnp.ndarray]:
   """The same losses via `shard_map`: local rows against keys gathered over `batch_axes`.
 
   Inputs are global arrays whose leading (batch) axis is sharded over `batch_axes` of `mesh`;
@@ -160,8 +177,9 @@ def sharded_contrastive_losses(mesh: Mesh, batch_axes: tuple[str, ...], image_em
       keys = gather(prm.reshape(-1, prm.shape[-1]))
       if with_groups:
         grp = l2_normalize(grp)
-        ml = _multi_label_group_terms(grp, grp_mask, prm, gather(grp), gather(grp_mask), keys,
-                                      ml_scale)
+        ml = _multi_label_group_terms(
+          grp, grp_mask, prm, gather(grp), gather(grp_mask), keys, ml_scale
+        )
       else:
         ml = _multi_label_terms(img, prm, gather(img), keys, ml_scale)
     return _finish(terms, ml, total_rows, reduce)
@@ -172,8 +190,13 @@ def sharded_contrastive_losses(mesh: Mesh, batch_axes: tuple[str, ...], image_em
   ml_scale = multi_label_scale if with_prompts else dummy
   grp = group_embed if with_groups else jnp.zeros((n, 1, 1), jnp.float32)
   grp_mask = group_mask if with_groups else jnp.ones((n, 1), bool)
-  fn = jax.shard_map(local, mesh=mesh, in_specs=(batch, batch, P(), batch, P(), batch, batch),
-                     out_specs=P(), check_vma=False)
+  fn = jax.shard_map(
+    local,
+    mesh=mesh,
+    in_specs=(batch, batch, P(), batch, P(), batch, batch),
+    out_specs=P(),
+    check_vma=False,
+  )
   return fn(image_embed, text_embed, logit_scale, prm, ml_scale, grp, grp_mask)
 
 

@@ -9,8 +9,6 @@ arguments and --distributed=auto is the default when such an environment is dete
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import signal
 import sys
@@ -35,7 +33,6 @@ from input_pipeline import create_train_dataset
 from input_pipeline.config import default_data_config
 
 
-
 # --- recipes' defaults -------------------------------------------------------------------------
 def base_config() -> ml_collections.ConfigDict:
   """Every trainer setting with its default; recipes start from this and override.
@@ -53,9 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
 # CC3M + CC12M + YFCC14M as released (28.66M pairs).
 RELEASED_NUM_PAIRS = 2_891_445 + 11_156_203 + 14_615_499
 RELEASED_SHARDS = (
-    'webdataset:local_data/gcc3m_shards/gcc-train-{000000..000436}.tar',
-    'webdataset:local_data/gcc12m_shards/gcc-conceptual-12m-{000000..001943}.tar',
-    'webdataset:local_data/yfcc14m_shards/yfcc14m-{000000..001888}.tar',
+  'webdataset:local_data/gcc3m_shards/gcc-train-{000000..000436}.tar',
+  'webdataset:local_data/gcc12m_shards/gcc-conceptual-12m-{000000..001943}.tar',
+  'webdataset:local_data/yfcc14m_shards/yfcc14m-{000000..001888}.tar',
 )
 
 
@@ -80,17 +77,26 @@ class TrainingError(RuntimeError):
 
 
 # --- set-up ------------------------------------------------------------------------------------
-def initialize_distributed(coordinator: str | None, num_processes: int | None,
-                           process_id: int | None) -> None:
+def initialize_distributed(
+  coordinator: str | None, num_processes: int | None, process_id: int | None
+) -> None:
   """jax.distributed from explicit flags, or from the platform's environment when present."""
   if coordinator or (num_processes and num_processes > 1):
     # Cross-process collectives for the CPU backend (no effect on GPU/TPU backends). Must not
     # query the backend here: that would initialise it before jax.distributed.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
-  elif any(k in os.environ for k in ('JAX_COORDINATOR_ADDRESS', 'SLURM_JOB_ID',
-                                     'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')):
+    jax.distributed.initialize(
+      coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
+  elif any(
+    k in os.environ
+    for k in (
+      'JAX_COORDINATOR_ADDRESS',
+      'SLURM_JOB_ID',
+      'TPU_WORKER_HOSTNAMES',
+      'MEGASCALE_COORDINATOR_ADDRESS',
+    )
+  ):
     jax.distributed.initialize()
 
 
@@ -103,26 +109,33 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if g % accum:
     raise TrainingError(f'global_batch_size {g} is not divisible by grad_accum_steps {accum}')
   if (g // accum) % n_dev:
-    raise TrainingError(f'the micro-batch {g // accum} (global_batch_size {g} / grad_accum_steps '
-                        f'{accum}) is not divisible by the {n_dev} devices')
+    raise TrainingError(
+      f'the micro-batch {g // accum} (global_batch_size {g} / grad_accum_steps '
+      f'{accum}) is not divisible by the {n_dev} devices'
+    )
   if g % n_proc:
     raise TrainingError(f'global_batch_size {g} is not divisible by {n_proc} processes')
   if config.total_steps <= 0:
     raise TrainingError('total_steps must be positive')
   if config.loss.formulation not in ('global', 'shard_map'):
-    raise TrainingError(f"loss.formulation must be 'global' or 'shard_map', got "
-                        f'{config.loss.formulation!r}')
+    raise TrainingError(
+      f"loss.formulation must be 'global' or 'shard_map', got {config.loss.formulation!r}"
+    )
   model_cfg = config_lib.build_model_config(config)  # raises on unknown/inconsistent keys
   try:
     train_lib.multi_label_by_best_group(config, model_cfg.multi_label)
   except ValueError as e:
     raise TrainingError(str(e)) from None
   if config.data.image_size != model_cfg.image.image_size:
-    raise TrainingError(f'data.image_size {config.data.image_size} != model.image.image_size '
-                        f'{model_cfg.image.image_size}')
+    raise TrainingError(
+      f'data.image_size {config.data.image_size} != model.image.image_size '
+      f'{model_cfg.image.image_size}'
+    )
   if config.data.text.context_length != model_cfg.text.context_length:
-    raise TrainingError(f'data.text.context_length {config.data.text.context_length} != '
-                        f'model.text.context_length {model_cfg.text.context_length}')
+    raise TrainingError(
+      f'data.text.context_length {config.data.text.context_length} != '
+      f'model.text.context_length {model_cfg.text.context_length}'
+    )
 
 
 def _first_nonfinite(history: list[tuple[int, dict[str, Any]]]) -> tuple[int, list[str]] | None:
@@ -145,8 +158,10 @@ def _abstract_batch(config, model_cfg, mesh):
   g, s = int(config.global_batch_size), model_cfg.image.image_size
   sh = sharding_lib.batch_sharding(mesh)
   length = model_cfg.text.context_length
-  batch = {'image': jax.ShapeDtypeStruct((g, s, s, 3), jnp.float32, sharding=sh),
-           'text': jax.ShapeDtypeStruct((g, length), jnp.int32, sharding=sh)}
+  batch = {
+    'image': jax.ShapeDtypeStruct((g, s, s, 3), jnp.float32, sharding=sh),
+    'text': jax.ShapeDtypeStruct((g, length), jnp.int32, sharding=sh),
+  }
   if model_cfg.multi_label:
     k = int(config.data.text.num_prompts)
     batch['prompts'] = jax.ShapeDtypeStruct((g, k, length), jnp.int32, sharding=sh)
@@ -187,16 +202,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model_cfg = config_lib.build_model_config(config)
   model = GroupViT(model_cfg)
   effective_batch = int(config.global_batch_size)
-  optimizer, schedule = optim.make_optimizer(config.optimizer, effective_batch,
-                                             int(config.total_steps))
+  optimizer, schedule = optim.make_optimizer(
+    config.optimizer, effective_batch, int(config.total_steps)
+  )
 
   # Sharded state: created from abstract shapes, or restored.
   abstract = train_lib.abstract_state(model, optimizer)
   shardings = train_lib.state_shardings(abstract, mesh, config.partition_rules)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-  ckpt = checkpointing.Checkpointer(workdir, int(config.keep_checkpoints),
-                                    bool(config.async_checkpoints))
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
+  ckpt = checkpointing.Checkpointer(
+    workdir, int(config.keep_checkpoints), bool(config.async_checkpoints)
+  )
   rng = jax.random.key(int(config.seed))
   init_rng, train_rng = jax.random.split(rng)
   start = ckpt.latest_step()
@@ -212,9 +230,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Data.
   data = create_train_dataset(
-      config.data, global_batch_size=int(config.global_batch_size),
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      seed=int(config.seed))
+    config.data,
+    global_batch_size=int(config.global_batch_size),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    seed=int(config.seed),
+  )
   if data_state is not None:
     data.set_state(data_state)
 
@@ -222,9 +243,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step_fn = train_lib.make_train_step(model, optimizer, schedule, config, mesh, shardings)
   t0 = time.time()
   cpu_options = xla_cpu.compiler_options(model_cfg)
-  compiled = step_fn.lower(abstract, _abstract_batch(config, model_cfg, mesh),
-                           jax.ShapeDtypeStruct(train_rng.shape, train_rng.dtype)
-                           ).compile(compiler_options=cpu_options)
+  compiled = step_fn.lower(
+    abstract,
+    _abstract_batch(config, model_cfg, mesh),
+    jax.ShapeDtypeStruct(train_rng.shape, train_rng.dtype),
+  ).compile(compiler_options=cpu_options)
   compile_s = time.time() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
@@ -232,18 +255,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   memory = compiled.memory_analysis()
   mem_txt = ''
   if memory is not None:
-    mem_txt = (f', memory: args {memory.argument_size_in_bytes / 2**20:.1f} MiB, temp '
-               f'{memory.temp_size_in_bytes / 2**20:.1f} MiB, out '
-               f'{memory.output_size_in_bytes / 2**20:.1f} MiB')
-  log(f'train step compiled in {compile_s:.1f}s; {flops / 1e9:.2f} GFLOPs/step{mem_txt}'
-      + (f'; compiler options {cpu_options}' if cpu_options else ''))
+    mem_txt = (
+      f', memory: args {memory.argument_size_in_bytes / 2**20:.1f} MiB, temp '
+      f'{memory.temp_size_in_bytes / 2**20:.1f} MiB, out '
+      f'{memory.output_size_in_bytes / 2**20:.1f} MiB'
+    )
+  log(
+    f'train step compiled in {compile_s:.1f}s; {flops / 1e9:.2f} GFLOPs/step{mem_txt}'
+    + (f'; compiler options {cpu_options}' if cpu_options else '')
+  )
 
   writer = metric_writers.MetricsWriter(workdir, resume_step=start)
   if start == 0:
     writer.write(0, {'compile_s': compile_s, 'step_gflops': flops / 1e9})
   evaluators = _make_evaluators(config, model_cfg, workdir)
-  progress = metric_writers.Progress(int(config.total_steps), start,
-                                     int(config.global_batch_size))
+  progress = metric_writers.Progress(int(config.total_steps), start, int(config.global_batch_size))
   stop = _StopSignal()
   history: list[tuple[int, dict[str, Any]]] = []
   step = start
@@ -263,8 +289,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       in_flight = metrics
       step += 1
       history.append((step, metrics))
-      preempted = stop.requested or (jax.process_count() > 1 and
-                                     ckpt.manager.reached_preemption(step))
+      preempted = stop.requested or (
+        jax.process_count() > 1 and ckpt.manager.reached_preemption(step)
+      )
       if step % config.log_every_steps == 0 or step == config.total_steps or preempted:
         history = jax.device_get(history)
         bad = _first_nonfinite(history)
@@ -279,12 +306,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log(metric_writers.Progress.line(step, int(config.total_steps), scalars, timing))
         final = scalars
         history = []
-      if evaluators and config.eval.every_steps and (
-          step % config.eval.every_steps == 0 or step == config.total_steps):
+      if (
+        evaluators
+        and config.eval.every_steps
+        and (step % config.eval.every_steps == 0 or step == config.total_steps)
+      ):
         results = _run_evaluators(evaluators, state, step)
         writer.write(step, results)
-        log(f'eval at step {step}: ' + ', '.join(f'{k} {v:.2f}' for k, v in results.items()
-                                                    if isinstance(v, float)))
+        log(
+          f'eval at step {step}: '
+          + ', '.join(f'{k} {v:.2f}' for k, v in results.items() if isinstance(v, float))
+        )
         final.update(results)
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps or preempted:
         ckpt.save(step, state, data.get_state(), train_rng, force=preempted)
@@ -300,8 +332,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.close()
   if step == config.total_steps and config.export_model:
     export = os.path.join(workdir, 'model')
-    store.save_model(export, model_cfg, {'params': state.params,
-                                         'batch_stats': state.batch_stats}, overwrite=True)
+    store.save_model(
+      export, model_cfg, {'params': state.params, 'batch_stats': state.batch_stats}, overwrite=True
+    )
     log(f'model written to {export} (load with groupvit_jax.load_pretrained)')
   return final
 
@@ -311,8 +344,13 @@ def _make_evaluators(config, model_cfg, workdir):
   """Periodic evaluation hooks from `config.eval` (empty when config.eval.every_steps == 0)."""
   if not config.eval.every_steps:
     return []
-  return hooks.build_evaluators(config.eval, model_cfg, workdir, data_config=config.data,
-                                is_main_process=jax.process_index() == 0)
+  return hooks.build_evaluators(
+    config.eval,
+    model_cfg,
+    workdir,
+    data_config=config.data,
+    is_main_process=jax.process_index() == 0,
+  )
 
 
 def _run_evaluators(evaluators, state, step) -> dict[str, float]:
@@ -327,11 +365,12 @@ def _define_flags() -> dict[str, Any]:
   """The command line. Defined only when this module runs as the program: recipe files import it
   (for `base_config`) while it runs, and a second definition of a flag is an error."""
   return dict(
-      config=config_flags.DEFINE_config_file('config', None, 'recipe file', lock_config=True),
-      workdir=flags.DEFINE_string('workdir', None, 'where checkpoints, metrics and the model go'),
-      coordinator=flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0'),
-      num_processes=flags.DEFINE_integer('num_processes', None, 'number of processes'),
-      process_id=flags.DEFINE_integer('process_id', None, 'index of this process'))
+    config=config_flags.DEFINE_config_file('config', None, 'recipe file', lock_config=True),
+    workdir=flags.DEFINE_string('workdir', None, 'where checkpoints, metrics and the model go'),
+    coordinator=flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0'),
+    num_processes=flags.DEFINE_integer('num_processes', None, 'number of processes'),
+    process_id=flags.DEFINE_integer('process_id', None, 'index of this process'),
+  )
 
 
 _FLAGS: dict[str, Any] = {}
@@ -344,8 +383,9 @@ def main(argv):
   config, workdir = _FLAGS['config'].value, _FLAGS['workdir'].value
   if config is None or workdir is None:
     raise app.UsageError('--config and --workdir are required')
-  initialize_distributed(_FLAGS['coordinator'].value, _FLAGS['num_processes'].value,
-                         _FLAGS['process_id'].value)
+  initialize_distributed(
+    _FLAGS['coordinator'].value, _FLAGS['num_processes'].value, _FLAGS['process_id'].value
+  )
   try:
     train_and_evaluate(config, workdir)
   except TrainingError as e:

@@ -30,8 +30,13 @@ class MetricsWriter:
   def __init__(self, workdir: str, resume_step: int | None = None):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._tb = metric_writers.create_default_writer(
-        workdir, just_logging=not self.active, asynchronous=False) if self.active else None
+    self._tb = (
+      metric_writers.create_default_writer(
+        workdir, just_logging=not self.active, asynchronous=False
+      )
+      if self.active
+      else None
+    )
     if self.active:
       self._truncate(resume_step)
 
@@ -40,8 +45,11 @@ class MetricsWriter:
       return
     with open(self.path) as f:
       lines = [line for line in f if line.strip()]
-    keep = [line for line in lines if resume_step is not None
-            and json.loads(line).get('step', 0) <= resume_step]
+    keep = [
+      line
+      for line in lines
+      if resume_step is not None and json.loads(line).get('step', 0) <= resume_step
+    ]
     with open(self.path, 'w') as f:
       f.writelines(keep)
 
@@ -78,12 +86,13 @@ class Progress:
     return {'steps_per_s': rate, 'images_per_s': rate * self.batch, 'eta_s': remaining}
 
   @staticmethod
-  def line(step: int, total: int, scalars: Mapping[str, Any], timing: Mapping[str, float]
-           ) -> str:
+  def line(step: int, total: int, scalars: Mapping[str, Any], timing: Mapping[str, float]) -> str:
     eta = timing['eta_s']
     eta_txt = time.strftime('%H:%M:%S', time.gmtime(eta)) if math.isfinite(eta) else '?'
-    return (f'step {step}/{total} loss {float(scalars["loss"]):.4f} '
-            f'lr {float(scalars["lr"]):.2e} {timing["images_per_s"]:.1f} img/s ETA {eta_txt}')
+    return (
+      f'step {step}/{total} loss {float(scalars["loss"]):.4f} '
+      f'lr {float(scalars["lr"]):.2e} {timing["images_per_s"]:.1f} img/s ETA {eta_txt}'
+    )
 
 
 def log(msg: str) -> None:

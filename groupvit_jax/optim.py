@@ -19,8 +19,9 @@ def scaled_lrs(opt: ml_collections.ConfigDict, effective_batch: int) -> tuple[fl
   return opt.base_lr * scale, opt.warmup_lr * scale, opt.min_lr * scale
 
 
-def learning_rate_schedule(peak: float, warmup_init: float, final: float, warmup_steps: int,
-                           total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(
+  peak: float, warmup_init: float, final: float, warmup_steps: int, total_steps: int
+) -> optax.Schedule:
   """timm CosineLRScheduler(t_in_epochs=False) as used by the release.
 
   Linear warmup from `warmup_init` to `peak` over `warmup_steps`; afterwards
@@ -30,8 +31,9 @@ def learning_rate_schedule(peak: float, warmup_init: float, final: float, warmup
   def schedule(step):
     t = jnp.asarray(step, jnp.float32)
     warm = warmup_init + t * (peak - warmup_init) / max(warmup_steps, 1)
-    cos = final + 0.5 * (peak - final) * (1.0 + jnp.cos(math.pi * jnp.minimum(t, total_steps)
-                                                       / total_steps))
+    cos = final + 0.5 * (peak - final) * (
+      1.0 + jnp.cos(math.pi * jnp.minimum(t, total_steps) / total_steps)
+    )
     return jnp.where(t < warmup_steps, warm, cos)
 
   return schedule
@@ -50,14 +52,23 @@ def weight_decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(decide, params)
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, effective_batch: int, total_steps: int
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+  opt: ml_collections.ConfigDict, effective_batch: int, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW + global-norm clipping with the released schedule. Returns (optimizer, schedule)."""
   peak, warm, final = scaled_lrs(opt, effective_batch)
   schedule = learning_rate_schedule(peak, warm, final, opt.warmup_steps, total_steps)
   chain = []
   if opt.clip_grad_norm:
     chain.append(optax.clip_by_global_norm(opt.clip_grad_norm))
-  chain.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                           weight_decay=opt.weight_decay, mask=weight_decay_mask))
+  chain.append(
+    optax.adamw(
+      schedule,
+      b1=opt.b1,
+      b2=opt.b2,
+      eps=opt.eps,
+      weight_decay=opt.weight_decay,
+      mask=weight_decay_mask,
+    )
+  )
   return optax.chain(*chain), schedule

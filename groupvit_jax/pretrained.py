@@ -1,9 +1,9 @@
 """Inference on a converted or trained model: embeddings and group maps from plain inputs.
 
-    model = groupvit_jax.load_pretrained(DIR)
-    z_img = model.encode_image(uint8_images)      # [B, D], L2-normalised
-    z_txt = model.encode_text(['a photo of a dog.'])  # [N, D], L2-normalised
-    maps = model.group_maps(uint8_images)          # per stage [B, h, w, G_s] soft maps
+model = groupvit_jax.load_pretrained(DIR)
+z_img = model.encode_image(uint8_images)      # [B, D], L2-normalised
+z_txt = model.encode_text(['a photo of a dog.'])  # [N, D], L2-normalised
+maps = model.group_maps(uint8_images)          # per stage [B, h, w, G_s] soft maps
 """
 
 from __future__ import annotations
@@ -35,15 +35,16 @@ class Pretrained:
   @functools.cached_property
   def _image_fn(self):
     def fn(variables, pixels):
-      out = self.model.apply(variables, pixels, with_groups=False,
-                             method=GroupViT.encode_image)
+      out = self.model.apply(variables, pixels, with_groups=False, method=GroupViT.encode_image)
       return l2_normalize(out['image_embed'])
+
     return jax.jit(fn)
 
   @functools.cached_property
   def _text_fn(self):
     def fn(variables, tokens):
       return l2_normalize(self.model.apply(variables, tokens, method=GroupViT.encode_text))
+
     return jax.jit(fn)
 
   @functools.cached_property
@@ -53,6 +54,7 @@ class Pretrained:
       h, w = out['grid']
       maps = compose_group_maps(out['assignments'])
       return [m.reshape(m.shape[0], h, w, m.shape[-1]) for m in maps]
+
     return jax.jit(fn)
 
   @property
@@ -97,9 +99,14 @@ class Pretrained:
     pixels = self.preprocess(images) if preprocess else np.asarray(images, np.float32)
     return [np.asarray(m) for m in self._maps_fn(self.variables, jnp.asarray(pixels))]
 
-
-  def segment(self, image, class_names: Sequence[str], background_threshold: float | None = None,
-              mode: str = 'slide', **kwargs) -> np.ndarray:
+  def segment(
+    self,
+    image,
+    class_names: Sequence[str],
+    background_threshold: float | None = None,
+    mode: str = 'slide',
+    **kwargs,
+  ) -> np.ndarray:
     """Zero-shot segmentation of one image with any vocabulary (the released protocol).
 
     Args:
@@ -118,14 +125,27 @@ class Pretrained:
     """
     templates = kwargs.pop('templates', 'simple')
     cache = self.__dict__.setdefault('_segment_class_embeds', {})
-    key = (id(self.variables), tuple(class_names),
-           templates if isinstance(templates, str) else tuple(templates))
+    key = (
+      id(self.variables),
+      tuple(class_names),
+      templates if isinstance(templates, str) else tuple(templates),
+    )
     if key not in cache:
       cache.clear()
-      cache[key] = prompts.class_embeddings(self.config, self.variables, self.tokenize,
-                                            list(class_names), templates)
-    return segmenter.segment(self, image, class_names, background_threshold, mode,
-                             templates=templates, class_embed=cache[key], **kwargs)
+      cache[key] = prompts.class_embeddings(
+        self.config, self.variables, self.tokenize, list(class_names), templates
+      )
+    return segmenter.segment(
+      self,
+      image,
+      class_names,
+      background_threshold,
+      mode,
+      templates=templates,
+      class_embed=cache[key],
+      **kwargs,
+    )
+
 
 def load_pretrained(directory: str) -> Pretrained:
   """Loads a model directory written by `python -m groupvit_jax.convert` or the trainer."""

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 
 def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> Mesh:
@@ -27,8 +28,10 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> Mesh:
     raise ValueError(f'{len(devices)} devices cannot form a mesh {list(axes)}')
   sizes = [len(devices) // known if s == -1 else s for s in sizes]
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f'mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, '
-                     f'{len(devices)} available')
+    raise ValueError(
+      f'mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, '
+      f'{len(devices)} available'
+    )
   return Mesh(np.asarray(devices).reshape(sizes), names)
 
 
@@ -74,5 +77,6 @@ def tree_shardings(tree: Any, rules: Sequence[tuple[str, str]], mesh: Mesh) -> A
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Per-process batch (leading axis = this process's rows) -> global jax.Arrays."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
+  }

@@ -32,12 +32,14 @@ def user_controls_flags(environ: Optional[dict] = None) -> bool:
   environ = os.environ if environ is None else environ
   if environ.get(OPT_OUT_ENV, '').strip() not in ('', '0'):
     return True
-  return any(tok.lstrip('-').split('=', 1)[0] == YNN_FLAG
-             for tok in environ.get('XLA_FLAGS', '').split())
+  return any(
+    tok.lstrip('-').split('=', 1)[0] == YNN_FLAG for tok in environ.get('XLA_FLAGS', '').split()
+  )
 
 
-def compiler_options(model_config: Any, backend: Optional[str] = None,
-                     environ: Optional[dict] = None) -> Optional[dict[str, str]]:
+def compiler_options(
+  model_config: Any, backend: Optional[str] = None, environ: Optional[dict] = None
+) -> Optional[dict[str, str]]:
   """Options for programs running `model_config` (a GroupViTConfig), or None for XLA's defaults.
 
   Args:

@@ -20,30 +20,30 @@ from __future__ import annotations
 import importlib
 
 __all__ = [
-    "create_train_dataset",
-    "TrainIterator",
-    "default_data_config",
-    "SyntheticConfig",
-    "REASONS",
+  'create_train_dataset',
+  'TrainIterator',
+  'default_data_config',
+  'SyntheticConfig',
+  'REASONS',
 ]
 
 _LAZY = {
-    "create_train_dataset": ("input_pipeline.pipeline", "create_train_dataset"),
-    "TrainIterator": ("input_pipeline.pipeline", "TrainIterator"),
-    "default_data_config": ("input_pipeline.config", "default_data_config"),
-    "SyntheticConfig": ("input_pipeline.synthetic_shapes", "SyntheticConfig"),
-    "REASONS": ("input_pipeline.skips", "REASONS"),
+  'create_train_dataset': ('input_pipeline.pipeline', 'create_train_dataset'),
+  'TrainIterator': ('input_pipeline.pipeline', 'TrainIterator'),
+  'default_data_config': ('input_pipeline.config', 'default_data_config'),
+  'SyntheticConfig': ('input_pipeline.synthetic_shapes', 'SyntheticConfig'),
+  'REASONS': ('input_pipeline.skips', 'REASONS'),
 }
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'input_pipeline' has no attribute {name!r}")
+  if name in _LAZY:
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module 'input_pipeline' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+  return sorted(list(globals()) + list(_LAZY))

@@ -47,13 +47,12 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline import augment, nouns, prompts, readers, skips, sources
-from input_pipeline import synthetic_shapes
 from groupvit_jax.prompts import TEMPLATE_SETS
+from input_pipeline import augment, nouns, prompts, readers, skips, sources, synthetic_shapes
 
-__all__ = ["STATE_FORMAT", "TrainIterator", "create_train_dataset"]
+__all__ = ['STATE_FORMAT', 'TrainIterator', 'create_train_dataset']
 
-STATE_FORMAT = "groupvit_jax.input_pipeline/1"
+STATE_FORMAT = 'groupvit_jax.input_pipeline/1'
 _INF = 2**62
 
 
@@ -68,685 +67,807 @@ _DECODE_CHUNK = 16
 
 @functools.lru_cache(maxsize=16)
 def _decode_chunk_fn(size: int, scale: tuple, ratio: tuple):
-    """Decodes + RandomResizedCrops a chunk of samples, containing decode errors.
+  """Decodes + RandomResizedCrops a chunk of samples, containing decode errors.
 
-    (data string [n], seed int32 [n, 2], todo bool [n]) -> (uint8 [n, size, size, 3], ok bool [n]):
-    images whose ``todo`` is set are decoded; ``ok`` is False where decoding raised.  The errors are
-    contained by one nested tf.data pipeline (``ignore_errors``) per chunk rather than per sample
-    (``readers.try_call``), which amortises its set-up cost over ``_DECODE_CHUNK`` images.
-    """
+  (data string [n], seed int32 [n, 2], todo bool [n]) -> (uint8 [n, size, size, 3], ok bool [n]):
+  images whose ``todo`` is set are decoded; ``ok`` is False where decoding raised.  The errors are
+  contained by one nested tf.data pipeline (``ignore_errors``) per chunk rather than per sample
+  (``readers.try_call``), which amortises its set-up cost over ``_DECODE_CHUNK`` images.
+  """
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, 2], tf.int32),
-                                  tf.TensorSpec([None], tf.bool)], autograph=False)
-    def fn(data, seeds, todo):
-        n = tf.shape(data, out_type=tf.int64)[0]
-        pos = tf.range(n)
-        inner = tf.data.Dataset.from_tensor_slices((pos, data, seeds, todo))
-        inner = inner.filter(readers.no_autograph(lambda p, d, s, t: t))
-        inner = inner.map(readers.no_autograph(
-            lambda p, d, s, t: (p, augment.decode_and_random_crop(d, s, size, scale, ratio))))
-        inner = inner.ignore_errors().batch(_DECODE_CHUNK)
-        empty = (tf.zeros([0], tf.int64), tf.zeros([0, size, size, 3], tf.uint8))
-        inner = inner.concatenate(tf.data.Dataset.from_tensors(empty))
-        ok_pos, images = inner.take(1).get_single_element()
-        idx = ok_pos[:, None]
-        images = tf.scatter_nd(idx, images, tf.stack([n, size, size, 3]))
-        ok = tf.scatter_nd(idx, tf.ones_like(ok_pos, tf.bool), tf.reshape(n, [1]))
-        return images, ok
+  @tf.function(
+    input_signature=[
+      tf.TensorSpec([None], tf.string),
+      tf.TensorSpec([None, 2], tf.int32),
+      tf.TensorSpec([None], tf.bool),
+    ],
+    autograph=False,
+  )
+  def fn(data, seeds, todo):
+    n = tf.shape(data, out_type=tf.int64)[0]
+    pos = tf.range(n)
+    inner = tf.data.Dataset.from_tensor_slices((pos, data, seeds, todo))
+    inner = inner.filter(readers.no_autograph(lambda p, d, s, t: t))
+    inner = inner.map(
+      readers.no_autograph(
+        lambda p, d, s, t: (p, augment.decode_and_random_crop(d, s, size, scale, ratio))
+      )
+    )
+    inner = inner.ignore_errors().batch(_DECODE_CHUNK)
+    empty = (tf.zeros([0], tf.int64), tf.zeros([0, size, size, 3], tf.uint8))
+    inner = inner.concatenate(tf.data.Dataset.from_tensors(empty))
+    ok_pos, images = inner.take(1).get_single_element()
+    idx = ok_pos[:, None]
+    images = tf.scatter_nd(idx, images, tf.stack([n, size, size, 3]))
+    ok = tf.scatter_nd(idx, tf.ones_like(ok_pos, tf.bool), tf.reshape(n, [1]))
+    return images, ok
 
-    return fn
+  return fn
 
 
 @functools.lru_cache(maxsize=16)
 def _augment_fn(cfg_json: str):
-    cfg = _Attrs.from_json(cfg_json)
+  cfg = _Attrs.from_json(cfg_json)
 
-    @tf.function(input_signature=[tf.TensorSpec([cfg.image_size, cfg.image_size, 3], tf.uint8), _SEED_SPEC],
-                 autograph=False)
-    def fn(img, seed):
-        return augment.augment_image(img, seed, cfg)
+  @tf.function(
+    input_signature=[tf.TensorSpec([cfg.image_size, cfg.image_size, 3], tf.uint8), _SEED_SPEC],
+    autograph=False,
+  )
+  def fn(img, seed):
+    return augment.augment_image(img, seed, cfg)
 
-    return fn
+  return fn
 
 
 @functools.lru_cache(maxsize=16)
 def _tar_table_fn(exts: tuple, cap_ext: str):
-    @tf.function(input_signature=[_STR_SPEC], autograph=False)
-    def fn(contents):
-        return readers.tar_samples(contents, exts, cap_ext)
+  @tf.function(input_signature=[_STR_SPEC], autograph=False)
+  def fn(contents):
+    return readers.tar_samples(contents, exts, cap_ext)
 
-    return fn
+  return fn
 
 
 @functools.lru_cache(maxsize=1)
 def _tfrecord_table_fn():
-    spec = tf.TensorSpec([], tf.int64)
+  spec = tf.TensorSpec([], tf.int64)
 
-    @tf.function(input_signature=[_STR_SPEC, spec, spec], autograph=False)
-    def fn(contents, skip, take):
-        return readers.tfrecord_table(contents, skip, take)
+  @tf.function(input_signature=[_STR_SPEC, spec, spec], autograph=False)
+  def fn(contents, skip, take):
+    return readers.tfrecord_table(contents, skip, take)
 
-    return fn
+  return fn
 
 
 class _Attrs(dict):
-    """Attribute-access dict (a hashable-by-JSON snapshot of the augmentation settings)."""
+  """Attribute-access dict (a hashable-by-JSON snapshot of the augmentation settings)."""
 
-    __getattr__ = dict.__getitem__
+  __getattr__ = dict.__getitem__
 
-    @classmethod
-    def from_json(cls, text: str) -> "_Attrs":
-        return json.loads(text, object_hook=cls)
+  @classmethod
+  def from_json(cls, text: str) -> '_Attrs':
+    return json.loads(text, object_hook=cls)
 
 
 def _augment_key(cfg) -> str:
-    re_cfg = cfg.random_erasing
-    return json.dumps({
-        "image_size": int(cfg.image_size), "hflip_prob": float(cfg.hflip_prob),
-        "randaugment": cfg.randaugment or "", "mean": list(cfg.mean), "std": list(cfg.std),
-        "random_erasing": {k: re_cfg[k] for k in ("prob", "mode", "min_area", "max_area", "min_aspect", "count")},
-    }, sort_keys=True)
+  re_cfg = cfg.random_erasing
+  return json.dumps(
+    {
+      'image_size': int(cfg.image_size),
+      'hflip_prob': float(cfg.hflip_prob),
+      'randaugment': cfg.randaugment or '',
+      'mean': list(cfg.mean),
+      'std': list(cfg.std),
+      'random_erasing': {
+        k: re_cfg[k] for k in ('prob', 'mode', 'min_area', 'max_area', 'min_aspect', 'count')
+      },
+    },
+    sort_keys=True,
+  )
 
 
-def _check_sample(image: tf.Tensor, caption: tf.Tensor, reason: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Cheap pre-decode checks, elementwise on tensors of any shape.
+def _check_sample(
+  image: tf.Tensor, caption: tf.Tensor, reason: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """Cheap pre-decode checks, elementwise on tensors of any shape.
 
-    Returns the caption stripped of surrounding ASCII whitespace and the reason code (the given one
-    if already bad, else ``invalid_utf8`` / ``empty_caption`` / ``not_an_image`` / 0).
-    """
-    valid_utf8 = tf.equal(
-        tf.strings.unicode_transcode(caption, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD), caption)
-    caption = tf.strings.strip(caption)
-    reason = tf.cast(reason, tf.int32)
-    for bad, code in (
-        (~valid_utf8, "invalid_utf8"),
-        (tf.equal(caption, ""), "empty_caption"),
-        (tf.equal(augment.image_format(image), 0), "not_an_image"),
-    ):
-        reason = tf.where(tf.equal(reason, 0) & bad, skips.code(code), reason)
-    return caption, reason
+  Returns the caption stripped of surrounding ASCII whitespace and the reason code (the given one
+  if already bad, else ``invalid_utf8`` / ``empty_caption`` / ``not_an_image`` / 0).
+  """
+  valid_utf8 = tf.equal(
+    tf.strings.unicode_transcode(
+      caption, 'UTF-8', 'UTF-8', errors='replace', replacement_char=0xFFFD
+    ),
+    caption,
+  )
+  caption = tf.strings.strip(caption)
+  reason = tf.cast(reason, tf.int32)
+  for bad, code in (
+    (~valid_utf8, 'invalid_utf8'),
+    (tf.equal(caption, ''), 'empty_caption'),
+    (tf.equal(augment.image_format(image), 0), 'not_an_image'),
+  ):
+    reason = tf.where(tf.equal(reason, 0) & bad, skips.code(code), reason)
+  return caption, reason
 
 
 def _to_numpy(batch: dict) -> dict:
-    """Eager tensors -> numpy without copying (``Tensor.numpy()`` copies: ~10 ms per 38 MB batch).
+  """Eager tensors -> numpy without copying (``Tensor.numpy()`` copies: ~10 ms per 38 MB batch).
 
-    ``_numpy()`` returns a view that keeps the tensor alive; tf.data never reuses output buffers.
-    """
-    out = {}
-    for k, v in batch.items():
-        view = getattr(v, "_numpy", None)
-        out[k] = view() if view is not None else v.numpy()
-    return out
+  ``_numpy()`` returns a view that keeps the tensor alive; tf.data never reuses output buffers.
+  """
+  out = {}
+  for k, v in batch.items():
+    view = getattr(v, '_numpy', None)
+    out[k] = view() if view is not None else v.numpy()
+  return out
 
 
 def _seed_pair(*ints: int) -> list[int]:
-    """A deterministic int64 [2] seed from Python ints (independent streams per tuple)."""
-    h = 1469598103934665603
-    for x in ints:
-        h = ((h ^ (int(x) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-    return [int(h & 0x7FFFFFFF), int((h >> 32) & 0x7FFFFFFF)]
+  """A deterministic int64 [2] seed from Python ints (independent streams per tuple)."""
+  h = 1469598103934665603
+  for x in ints:
+    h = ((h ^ (int(x) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+  return [int(h & 0x7FFFFFFF), int((h >> 32) & 0x7FFFFFFF)]
 
 
 class _Source:
-    """A parsed source with its process-local shard list (built at construction: errors early)."""
+  """A parsed source with its process-local shard list (built at construction: errors early)."""
 
-    def __init__(self, index: int, spec: sources.SourceSpec, cfg, process_index: int, process_count: int):
-        self.index = index
-        self.spec = spec
-        self.files: list[str] = []
-        self.skips: list[int] | None = None
-        self.takes: list[int] | None = None
-        self.tfds_features = None
-        if spec.kind in ("webdataset", "tfrecord"):
-            all_files = sources.list_files(spec.pattern)
-            self.num_files_total = len(all_files)
-            self.files = sources.split_for_process(all_files, process_index, process_count, spec.text)
-        elif spec.kind == "tfds":
-            self._init_tfds(cfg, process_index, process_count)
-        else:
-            self.num_files_total = 0
+  def __init__(
+    self, index: int, spec: sources.SourceSpec, cfg, process_index: int, process_count: int
+  ):
+    self.index = index
+    self.spec = spec
+    self.files: list[str] = []
+    self.skips: list[int] | None = None
+    self.takes: list[int] | None = None
+    self.tfds_features = None
+    if spec.kind in ('webdataset', 'tfrecord'):
+      all_files = sources.list_files(spec.pattern)
+      self.num_files_total = len(all_files)
+      self.files = sources.split_for_process(all_files, process_index, process_count, spec.text)
+    elif spec.kind == 'tfds':
+      self._init_tfds(cfg, process_index, process_count)
+    else:
+      self.num_files_total = 0
 
-    def _init_tfds(self, cfg, process_index, process_count):
-        import tensorflow_datasets as tfds
+  def _init_tfds(self, cfg, process_index, process_count):
+    import tensorflow_datasets as tfds
 
-        name, split = self.spec.tfds_name, self.spec.tfds_split
-        try:
-            builder = tfds.builder(name, data_dir=cfg.tfds_data_dir)
-        except Exception as e:  # noqa: BLE001 - unknown dataset name etc.
-            raise FileNotFoundError(f"TFDS dataset {name!r} cannot be loaded from {cfg.tfds_data_dir!r}: {e}") from e
-        if not tf.io.gfile.exists(str(builder.data_path)) or not builder.info.splits:
-            raise FileNotFoundError(
-                f"TFDS dataset {name!r} is not prepared in {cfg.tfds_data_dir!r} "
-                f"(expected files under {builder.data_path}); run `tfds build {name}` first."
-            )
-        fmt = str(getattr(builder.info, "file_format", "tfrecord"))
-        if "tfrecord" not in fmt.lower():
-            raise ValueError(f"TFDS dataset {name!r} is stored as {fmt}; only tfrecord is supported.")
-        subsplit = tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
-        instructions = builder.info.splits[subsplit].file_instructions
-        instructions = [fi for fi in instructions if fi.take != 0]
-        if not instructions:
-            raise ValueError(f"TFDS split {split!r} of {name!r} gives no example to process {process_index}.")
-        self.files = [str(fi.filename) for fi in instructions]
-        self.skips = [int(fi.skip) for fi in instructions]
-        self.takes = [int(fi.take) if fi.take is not None else -1 for fi in instructions]
-        self.num_files_total = len(self.files)
-        self.tfds_features = builder.info.features
+    name, split = self.spec.tfds_name, self.spec.tfds_split
+    try:
+      builder = tfds.builder(name, data_dir=cfg.tfds_data_dir)
+    except Exception as e:  # noqa: BLE001 - unknown dataset name etc.
+      raise FileNotFoundError(
+        f'TFDS dataset {name!r} cannot be loaded from {cfg.tfds_data_dir!r}: {e}'
+      ) from e
+    if not tf.io.gfile.exists(str(builder.data_path)) or not builder.info.splits:
+      raise FileNotFoundError(
+        f'TFDS dataset {name!r} is not prepared in {cfg.tfds_data_dir!r} '
+        f'(expected files under {builder.data_path}); run `tfds build {name}` first.'
+      )
+    fmt = str(getattr(builder.info, 'file_format', 'tfrecord'))
+    if 'tfrecord' not in fmt.lower():
+      raise ValueError(f'TFDS dataset {name!r} is stored as {fmt}; only tfrecord is supported.')
+    subsplit = tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
+    instructions = builder.info.splits[subsplit].file_instructions
+    instructions = [fi for fi in instructions if fi.take != 0]
+    if not instructions:
+      raise ValueError(
+        f'TFDS split {split!r} of {name!r} gives no example to process {process_index}.'
+      )
+    self.files = [str(fi.filename) for fi in instructions]
+    self.skips = [int(fi.skip) for fi in instructions]
+    self.takes = [int(fi.take) if fi.take is not None else -1 for fi in instructions]
+    self.num_files_total = len(self.files)
+    self.tfds_features = builder.info.features
 
 
 class TrainIterator:
-    """Iterator over per-host training batches (see ``create_train_dataset``).
+  """Iterator over per-host training batches (see ``create_train_dataset``).
 
-    Yields dicts of numpy arrays:
-      ``image``   float32 [B, S, S, 3] -- augmented, ImageNet-normalised;
-      ``text``    int32 [B, L]         -- CLIP token ids of the caption (L = context_length);
-      ``prompts`` int32 [B, K, L]      -- token ids of the K noun prompts.
-    With ``debug_metadata`` also ``meta/key``, ``meta/shard``, ``meta/caption`` (object [B]) and
-    ``meta/index`` int64 [B] (global stream index of each sample on this process).
+  Yields dicts of numpy arrays:
+    ``image``   float32 [B, S, S, 3] -- augmented, ImageNet-normalised;
+    ``text``    int32 [B, L]         -- CLIP token ids of the caption (L = context_length);
+    ``prompts`` int32 [B, K, L]      -- token ids of the K noun prompts.
+  With ``debug_metadata`` also ``meta/key``, ``meta/shard``, ``meta/caption`` (object [B]) and
+  ``meta/index`` int64 [B] (global stream index of each sample on this process).
 
-    Methods: ``get_state()`` / ``set_state(state)`` (JSON-serialisable position; a restored
-    iterator yields exactly the batches an uninterrupted one would), ``skip_counts()``
-    (``{"data/skipped/<reason>": n}`` for all samples up to the last yielded batch), ``close()``.
+  Methods: ``get_state()`` / ``set_state(state)`` (JSON-serialisable position; a restored
+  iterator yields exactly the batches an uninterrupted one would), ``skip_counts()``
+  (``{"data/skipped/<reason>": n}`` for all samples up to the last yielded batch), ``close()``.
+  """
+
+  def __init__(
+    self,
+    data_config,
+    *,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    seed: int | None = None,
+  ):
+    if global_batch_size % process_count:
+      raise ValueError(
+        f'global_batch_size {global_batch_size} not divisible by process_count {process_count}.'
+      )
+    self.cfg = data_config
+    self.local_batch_size = global_batch_size // process_count
+    self.process_index = int(process_index)
+    self.process_count = int(process_count)
+    self.seed = int(data_config.seed if seed is None else seed)
+    train = data_config.train
+    if isinstance(train, str):
+      train = [train]
+    if not train:
+      raise ValueError('config.data.train lists no source.')
+    specs = [sources.parse_source(s) for s in train]
+    if sum(s.weight for s in specs) <= 0:
+      raise ValueError('All mixing weights are zero.')
+    self.sources = [
+      _Source(i, s, data_config, self.process_index, self.process_count)
+      for i, s in enumerate(specs)
+    ]
+    self._has_synthetic = any(s.kind == 'synthetic' for s in specs)
+    # Parsed even without a synthetic source, so that a misspelt knob fails at start.
+    self.synthetic_config = synthetic_shapes.SyntheticConfig.from_dict(data_config.get('synthetic'))
+    tcfg = data_config.text
+    self.num_prompts = int(tcfg.num_prompts)
+    self.context_length = int(tcfg.context_length)
+    self.tags = prompts.word_tags(tcfg.word_set, tcfg.get('word_tags'))
+    if tcfg.templates not in TEMPLATE_SETS:
+      raise ValueError(f'text.templates must be one of {sorted(TEMPLATE_SETS)}.')
+    self.templates = TEMPLATE_SETS[tcfg.templates]
+    self.cache = (
+      nouns.NounCache(tcfg.noun_cache_dir, self.tags) if tcfg.get('noun_cache_dir') else None
+    )
+    self._tagger = None
+    self._tag_lru: collections.OrderedDict[str, list[tuple[str, str]]] = collections.OrderedDict()
+    from groupvit_jax.tokenizer import default_tokenizer
+
+    self.tokenizer = default_tokenizer()
+    self.stats = collections.Counter()  # words_from_cache / words_online / words_lru
+    self._state = self._initial_state()
+    self._thread = None
+    self._queue = None
+    self._stop = threading.Event()
+    self._tf_iter = None
+
+  # ------------------------------------------------------------------------------ state
+
+  def _fingerprint(self) -> dict:
+    # JSON round trip: tuples become lists, as in a restored state.
+    return json.loads(
+      json.dumps(
+        {
+          'sources': [s.spec.text for s in self.sources],
+          'num_files': [s.num_files_total for s in self.sources],
+          'seed': self.seed,
+          'process_index': self.process_index,
+          'process_count': self.process_count,
+          'shards_per_group': int(self.cfg.shards_per_group),
+          'synthetic': self.synthetic_config.to_dict() if self._has_synthetic else None,
+        }
+      )
+    )
+
+  def _initial_state(self) -> dict:
+    return {
+      'format': STATE_FORMAT,
+      'fingerprint': self._fingerprint(),
+      'next_index': 0,
+      'positions': [[0, -1] for _ in self.sources],
+      'skip_counts': [0] * skips.NUM_CODES,
+      'consecutive_skips': 0,
+      'batches': 0,
+    }
+
+  def get_state(self) -> dict:
+    """JSON-serialisable position after the last batch returned by ``next()``."""
+    return json.loads(json.dumps(self._state))
+
+  def set_state(self, state: dict | str) -> None:
+    """Continues from a ``get_state()`` result (dict or its JSON string).
+
+    Raises ``ValueError`` if the state was produced with different sources, seed, process
+    layout or ``shards_per_group`` (positions would mean something else).
     """
+    if isinstance(state, (str, bytes)):
+      state = json.loads(state)
+    if state.get('format') != STATE_FORMAT:
+      raise ValueError(f'Not an input pipeline state (format {state.get("format")!r}).')
+    mine = self._fingerprint()
+    if state['fingerprint'] != mine:
+      raise ValueError(
+        f'Input pipeline state does not match this configuration:\n'
+        f'  state:  {state["fingerprint"]}\n  config: {mine}'
+      )
+    self._shutdown()
+    self._state = json.loads(json.dumps(state))
 
-    def __init__(self, data_config, *, global_batch_size: int, process_index: int = 0,
-                 process_count: int = 1, seed: int | None = None):
-        if global_batch_size % process_count:
-            raise ValueError(f"global_batch_size {global_batch_size} not divisible by process_count {process_count}.")
-        self.cfg = data_config
-        self.local_batch_size = global_batch_size // process_count
-        self.process_index = int(process_index)
-        self.process_count = int(process_count)
-        self.seed = int(data_config.seed if seed is None else seed)
-        train = data_config.train
-        if isinstance(train, str):
-            train = [train]
-        if not train:
-            raise ValueError("config.data.train lists no source.")
-        specs = [sources.parse_source(s) for s in train]
-        if sum(s.weight for s in specs) <= 0:
-            raise ValueError("All mixing weights are zero.")
-        self.sources = [_Source(i, s, data_config, self.process_index, self.process_count) for i, s in enumerate(specs)]
-        self._has_synthetic = any(s.kind == "synthetic" for s in specs)
-        # Parsed even without a synthetic source, so that a misspelt knob fails at start.
-        self.synthetic_config = synthetic_shapes.SyntheticConfig.from_dict(data_config.get("synthetic"))
-        tcfg = data_config.text
-        self.num_prompts = int(tcfg.num_prompts)
-        self.context_length = int(tcfg.context_length)
-        self.tags = prompts.word_tags(tcfg.word_set, tcfg.get("word_tags"))
-        if tcfg.templates not in TEMPLATE_SETS:
-            raise ValueError(f"text.templates must be one of {sorted(TEMPLATE_SETS)}.")
-        self.templates = TEMPLATE_SETS[tcfg.templates]
-        self.cache = nouns.NounCache(tcfg.noun_cache_dir, self.tags) if tcfg.get("noun_cache_dir") else None
-        self._tagger = None
-        self._tag_lru: collections.OrderedDict[str, list[tuple[str, str]]] = collections.OrderedDict()
-        from groupvit_jax.tokenizer import default_tokenizer
+  def skip_counts(self) -> dict[str, int]:
+    """``{"data/skipped/<reason>": n}`` over every sample up to the last returned batch."""
+    return skips.counts_to_dict(self._state['skip_counts'])
 
-        self.tokenizer = default_tokenizer()
-        self.stats = collections.Counter()  # words_from_cache / words_online / words_lru
-        self._state = self._initial_state()
-        self._thread = None
-        self._queue = None
-        self._stop = threading.Event()
-        self._tf_iter = None
+  # ------------------------------------------------------------------------------ tf.data graph
 
-    # ------------------------------------------------------------------------------ state
+  def _source_dataset(self, src: _Source, start: tuple[int, int]) -> tf.data.Dataset:
+    cfg = self.cfg
+    seed = tf.constant(_seed_pair(self.seed, 1, self.process_index, src.index), tf.int64)
+    kind = src.spec.kind
+    index = tf.constant(src.index, tf.int32)
+    if kind == 'synthetic':
+      first = int(start[1]) + 1
+      # Local element k is global element global_id(k): the process's block of each global
+      # batch, so any process layout assembles the same global batches in the same order.
+      ids = tf.data.Dataset.range(first, _INF).map(readers.no_autograph(self.global_id))
+      ds = synthetic_shapes.tf_examples_by_id(
+        self.synthetic_config, _seed_pair(self.seed, 2, src.index)[0], ids
+      )
 
-    def _fingerprint(self) -> dict:
-        # JSON round trip: tuples become lists, as in a restored state.
-        return json.loads(json.dumps({
-            "sources": [s.spec.text for s in self.sources],
-            "num_files": [s.num_files_total for s in self.sources],
-            "seed": self.seed,
-            "process_index": self.process_index,
-            "process_count": self.process_count,
-            "shards_per_group": int(self.cfg.shards_per_group),
-            "synthetic": self.synthetic_config.to_dict() if self._has_synthetic else None,
-        }))
-
-    def _initial_state(self) -> dict:
+      def to_raw(k, ex):
+        image = tf.io.encode_png(ex['image'], compression=1)
+        caption, reason = _check_sample(image, ex['caption'], tf.constant(0, tf.int32))
         return {
-            "format": STATE_FORMAT,
-            "fingerprint": self._fingerprint(),
-            "next_index": 0,
-            "positions": [[0, -1] for _ in self.sources],
-            "skip_counts": [0] * skips.NUM_CODES,
-            "consecutive_skips": 0,
-            "batches": 0,
+          'image': image,
+          'caption': caption,
+          'key': tf.strings.as_string(self.global_id(k)),
+          'shard': tf.constant('synthetic'),
+          'reason': reason,
+          'pos': tf.stack([tf.constant(0, tf.int64), k]),
+          'src': index,
         }
 
-    def get_state(self) -> dict:
-        """JSON-serialisable position after the last batch returned by ``next()``."""
-        return json.loads(json.dumps(self._state))
+      return ds.enumerate(first).map(
+        readers.no_autograph(to_raw), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+      )
 
-    def set_state(self, state: dict | str) -> None:
-        """Continues from a ``get_state()`` result (dict or its JSON string).
+    if kind == 'webdataset':
+      tar_fn = _tar_table_fn(tuple(cfg.image_extensions), str(cfg.caption_extension))
 
-        Raises ``ValueError`` if the state was produced with different sources, seed, process
-        layout or ``shards_per_group`` (positions would mean something else).
-        """
-        if isinstance(state, (str, bytes)):
-            state = json.loads(state)
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"Not an input pipeline state (format {state.get('format')!r}).")
-        mine = self._fingerprint()
-        if state["fingerprint"] != mine:
-            raise ValueError(f"Input pipeline state does not match this configuration:\n"
-                             f"  state:  {state['fingerprint']}\n  config: {mine}")
-        self._shutdown()
-        self._state = json.loads(json.dumps(state))
+      def table_fn(contents, _skip, _take):
+        return tar_fn(contents)
 
-    def skip_counts(self) -> dict[str, int]:
-        """``{"data/skipped/<reason>": n}`` over every sample up to the last returned batch."""
-        return skips.counts_to_dict(self._state["skip_counts"])
-
-    # ------------------------------------------------------------------------------ tf.data graph
-
-    def _source_dataset(self, src: _Source, start: tuple[int, int]) -> tf.data.Dataset:
-        cfg = self.cfg
-        seed = tf.constant(_seed_pair(self.seed, 1, self.process_index, src.index), tf.int64)
-        kind = src.spec.kind
-        index = tf.constant(src.index, tf.int32)
-        if kind == "synthetic":
-            first = int(start[1]) + 1
-            # Local element k is global element global_id(k): the process's block of each global
-            # batch, so any process layout assembles the same global batches in the same order.
-            ids = tf.data.Dataset.range(first, _INF).map(readers.no_autograph(self.global_id))
-            ds = synthetic_shapes.tf_examples_by_id(self.synthetic_config, _seed_pair(self.seed, 2, src.index)[0], ids)
-
-            def to_raw(k, ex):
-                image = tf.io.encode_png(ex["image"], compression=1)
-                caption, reason = _check_sample(image, ex["caption"], tf.constant(0, tf.int32))
-                return {
-                    "image": image,
-                    "caption": caption,
-                    "key": tf.strings.as_string(self.global_id(k)),
-                    "shard": tf.constant("synthetic"),
-                    "reason": reason,
-                    "pos": tf.stack([tf.constant(0, tf.int64), k]),
-                    "src": index,
-                }
-
-            return ds.enumerate(first).map(readers.no_autograph(to_raw), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-        if kind == "webdataset":
-            tar_fn = _tar_table_fn(tuple(cfg.image_extensions), str(cfg.caption_extension))
-
-            def table_fn(contents, _skip, _take):
-                return tar_fn(contents)
-
-            def emit_fn(rows, slice_fn):
-                image = slice_fn(rows["a_off"], rows["a_len"])
-                caption, reason = _check_sample(image, slice_fn(rows["b_off"], rows["b_len"]), rows["reason"])
-                return {"image": image, "caption": caption, "key": rows["key"], "reason": reason,
-                        "src": tf.fill(tf.shape(reason), index)}
-
-            element_fn = None
-
-        else:  # tfrecord / tfds: records parsed per element
-            table_fn = _tfrecord_table_fn()
-
-            parse = self._tfds_parser(src, seed) if kind == "tfds" else self._tfrecord_parser()
-
-            def emit_fn(rows, slice_fn):
-                return {"record": slice_fn(rows["a_off"], rows["a_len"]), "key": rows["key"],
-                        "reason": rows["reason"], "src": tf.fill(tf.shape(rows["reason"]), index)}
-
-            element_fn = None
-
-            def finish(el, parsed, ok):
-                image, caption, key_suffix, reason = parsed
-                reason = tf.where(el["reason"] > 0, el["reason"],
-                                  tf.where(ok, reason, skips.code("corrupt_record")))
-                caption, reason = _check_sample(image, caption, reason)
-                return {"image": image, "caption": caption, "key": tf.strings.join([el["key"], key_suffix]),
-                        "shard": el["shard"], "reason": reason, "pos": el["pos"], "src": el["src"]}
-
-        ds = readers.group_stream(
-            src.files,
-            table_fn=table_fn,
-            emit_fn=emit_fn,
-            shards_per_group=int(cfg.shards_per_group),
-            seed=seed,
-            start=(int(start[0]), int(start[1])),
-            element_fn=element_fn,
-            skips_per_file=src.skips,
-            takes_per_file=src.takes,
-            group_parallelism=max(1, int(cfg.group_prefetch)),
+      def emit_fn(rows, slice_fn):
+        image = slice_fn(rows['a_off'], rows['a_len'])
+        caption, reason = _check_sample(
+          image, slice_fn(rows['b_off'], rows['b_len']), rows['reason']
         )
-        if kind in ("tfrecord", "tfds"):
-            # Records are parsed per element; a corrupt one becomes `corrupt_record`.
-            fallback = (tf.constant(""), tf.constant(""), tf.constant(""), tf.constant(0, tf.int32))
-            ds = readers.map_with_errors(ds, lambda el: parse(el["record"], el["key"]), fallback)
-            ds = ds.map(readers.no_autograph(finish), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds
+        return {
+          'image': image,
+          'caption': caption,
+          'key': rows['key'],
+          'reason': reason,
+          'src': tf.fill(tf.shape(reason), index),
+        }
 
-    def _tfrecord_parser(self):
-        ik, ck = self.cfg.tfrecord_image_key, self.cfg.tfrecord_caption_key
-        spec = {ik: tf.io.VarLenFeature(tf.string), ck: tf.io.VarLenFeature(tf.string)}
+      element_fn = None
 
-        def parse(rec, _key):
-            ex = tf.io.parse_single_example(rec, spec)
-            img, cap = ex[ik].values, ex[ck].values
-            has_img, has_cap = tf.size(img) > 0, tf.size(cap) > 0
-            reason = tf.where(~has_img, skips.code("missing_image"),
-                              tf.where(~has_cap, skips.code("missing_caption"), 0))
-            image = tf.cond(has_img, lambda: img[0], lambda: tf.constant(""))
-            caption = tf.cond(has_cap, lambda: cap[0], lambda: tf.constant(""))
-            return image, caption, tf.constant(""), tf.cast(reason, tf.int32)
+    else:  # tfrecord / tfds: records parsed per element
+      table_fn = _tfrecord_table_fn()
 
-        return parse
+      parse = self._tfds_parser(src, seed) if kind == 'tfds' else self._tfrecord_parser()
 
-    def _tfds_parser(self, src: _Source, seed):
-        import tensorflow_datasets as tfds
+      def emit_fn(rows, slice_fn):
+        return {
+          'record': slice_fn(rows['a_off'], rows['a_len']),
+          'key': rows['key'],
+          'reason': rows['reason'],
+          'src': tf.fill(tf.shape(rows['reason']), index),
+        }
 
-        features = src.tfds_features
-        ik, ck = self.cfg.tfds_image_key, self.cfg.tfds_caption_key
-        decoders = {ik.split("/")[0]: tfds.decode.SkipDecoding()} if "/" not in ik else None
-        if decoders is None:
-            raise ValueError("tfds_image_key must be a top-level feature.")
+      element_fn = None
 
-        def get(ex, path):
-            for part in path.split("/"):
-                ex = ex[part]
-            return ex
-
-        def parse(rec, key):
-            ex = features.deserialize_example(rec, decoders=decoders)
-            img = get(ex, ik)
-            cap = get(ex, ck)
-            suffix = tf.constant("")
-            if cap.shape.rank == 1:
-                n = tf.size(cap)
-                j = tf.random.stateless_uniform(
-                    [], tf.random.experimental.stateless_fold_in(
-                        seed, tf.strings.to_hash_bucket_fast(key, 2**31)), 0, tf.maximum(n, 1), tf.int32)
-                has_cap = n > 0
-                caption = tf.cond(has_cap, lambda: cap[tf.minimum(j, n - 1)], lambda: tf.constant(""))
-                suffix = tf.strings.join(["#", tf.strings.as_string(j)])
-            else:
-                has_cap = tf.constant(True)
-                caption = tf.reshape(cap, [])
-            has_img = tf.strings.length(img) > 0
-            reason = tf.where(~has_img, skips.code("missing_image"),
-                              tf.where(~has_cap, skips.code("missing_caption"), 0))
-            return tf.reshape(img, []), caption, suffix, tf.cast(reason, tf.int32)
-
-        return parse
-
-    def _build_tf_dataset(self, state: dict) -> tf.data.Dataset:
-        cfg = self.cfg
-        par = tf.data.AUTOTUNE if int(cfg.num_parallel_calls) < 0 else int(cfg.num_parallel_calls)
-        start_index = int(state["next_index"])
-        datasets = [self._source_dataset(s, tuple(state["positions"][s.index])) for s in self.sources]
-        if len(datasets) == 1:
-            mixed = datasets[0]
-        else:
-            w = np.array([s.spec.weight for s in self.sources], np.float64)
-            logits = tf.constant(np.log(np.maximum(w / w.sum(), 1e-30))[None, :], tf.float32)
-            mseed = tf.constant(_seed_pair(self.seed, 3, self.process_index), tf.int64)
-            selector = tf.data.Dataset.range(start_index, _INF).map(readers.no_autograph(
-                lambda i: tf.random.stateless_categorical(
-                    logits, 1, tf.random.experimental.stateless_fold_in(mseed, i), dtype=tf.int64)[0, 0]))
-            mixed = tf.data.Dataset.choose_from_datasets(datasets, selector)
-
-        size = int(cfg.image_size)
-        decode_chunk = _decode_chunk_fn(size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
-        augment_fn = _augment_fn(_augment_key(cfg))
-
-        seed_key = _seed_pair(self.seed, 4)[0]
-
-        def sample_seeds(index):
-            """Per-sample int32 [n, 2] seeds (distinct Philox streams per global element id, so
-            that for the synthetic source any process layout draws identical augmentations)."""
-            index = self.global_id(index)
-            hi = tf.cast(tf.bitwise.right_shift(index, 31), tf.int32)
-            lo = tf.cast(tf.bitwise.bitwise_and(index, 0x7FFFFFFF), tf.int32)
-            return tf.stack([tf.bitwise.bitwise_xor(hi, seed_key), lo], axis=-1)
-
-        def decode(index, chunk):
-            todo = tf.equal(chunk["reason"], 0)
-            images, ok = decode_chunk(chunk["image"], sample_seeds(index), todo)
-            out = dict(chunk)
-            out["index"] = index
-            out["image"] = images
-            out["reason"] = tf.where(todo & ~ok, skips.code("corrupt_image"), chunk["reason"])
-            return out
-
-        n_src = len(self.sources)
-        max_bad = int(cfg.max_consecutive_skips)
-
-        def count(carry, el):
-            positions, counts, bad = carry
-            positions = tf.tensor_scatter_nd_update(positions, [[el["src"]]], [el["pos"]])
-            is_bad = el["reason"] > 0
-            counts = counts + tf.cast(tf.one_hot(el["reason"], skips.NUM_CODES, dtype=tf.int32), tf.int64) * tf.cast(
-                is_bad, tf.int64)
-            bad = tf.where(is_bad, bad + 1, 0)
-            with tf.control_dependencies([tf.debugging.assert_less(
-                    bad, tf.constant(max_bad, tf.int64),
-                    message=f"{max_bad} consecutive bad samples: check config.data.train")]):
-                bad = tf.identity(bad)
-            out = dict(el)
-            out.update(positions=positions, counts=counts, bad=bad)
-            return (positions, counts, bad), out
-
-        init = (
-            tf.constant(state["positions"], tf.int64, shape=[n_src, 2]),
-            tf.constant(state["skip_counts"], tf.int64, shape=[skips.NUM_CODES]),
-            tf.constant(state.get("consecutive_skips", 0), tf.int64),
+      def finish(el, parsed, ok):
+        image, caption, key_suffix, reason = parsed
+        reason = tf.where(
+          el['reason'] > 0, el['reason'], tf.where(ok, reason, skips.code('corrupt_record'))
         )
-
-        def aug(el):
-            seed_i = tf.random.experimental.stateless_fold_in(sample_seeds(el["index"]), 1)
-            image = augment_fn(el["image"], tf.cast(seed_i, tf.int32))
-            return {"image": image, "caption": el["caption"], "key": el["key"], "shard": el["shard"],
-                    "index": el["index"], "positions": el["positions"], "counts": el["counts"], "bad": el["bad"]}
-
-        def last_state(b):
-            b = dict(b)
-            for k in ("positions", "counts", "bad"):
-                b[k] = b[k][-1]
-            return b
-
-        nc = readers.no_autograph
-        # Chunks of consecutive samples are decoded in parallel, then split again (order kept).
-        ds = mixed.enumerate(start_index).batch(_DECODE_CHUNK)
-        ds = ds.map(nc(decode), num_parallel_calls=par, deterministic=True)
-        ds = ds.unbatch()
-        ds = ds.scan(init, nc(count))
-        ds = ds.filter(nc(lambda el: tf.equal(el["reason"], 0)))
-        ds = ds.map(nc(aug), num_parallel_calls=par, deterministic=True)
-        ds = ds.batch(self.local_batch_size, drop_remainder=True, num_parallel_calls=par, deterministic=True)
-        ds = ds.map(nc(last_state))
-        ds = ds.prefetch(tf.data.AUTOTUNE if int(cfg.tf_prefetch) < 0 else int(cfg.tf_prefetch))
-        opts = tf.data.Options()
-        opts.deterministic = True
-        opts.threading.max_intra_op_parallelism = 1
-        if int(cfg.threadpool_size) > 0:
-            opts.threading.private_threadpool_size = int(cfg.threadpool_size)
-        return ds.with_options(opts)
-
-    # ------------------------------------------------------------------------------ host-side text
-
-    def _tagger_instance(self) -> nouns.SpacyTagger:
-        if self._tagger is None:
-            self._tagger = nouns.SpacyTagger(self.cfg.text.spacy_model)
-        return self._tagger
-
-    def words_for(self, captions: Sequence[str], shards: Sequence[str], keys: Sequence[str]) -> list[list[str]]:
-        """Candidate words per caption: noun cache, else in-memory LRU, else spaCy (batched)."""
-        out: list[list[str] | None] = [None] * len(captions)
-        if self.cache is not None:
-            for i, (c, s, k) in enumerate(zip(captions, shards, keys)):
-                out[i] = self.cache.lookup(s, k, c)
-            self.stats["words_from_cache"] += sum(w is not None for w in out)
-        missing = [i for i, w in enumerate(out) if w is None]
-        if not missing:
-            return out  # type: ignore[return-value]
-        if not self.cfg.text.online_tagging:
-            for i in missing:
-                out[i] = []
-            return out  # type: ignore[return-value]
-        todo = []
-        for i in missing:
-            hit = self._tag_lru.get(captions[i])
-            if hit is not None:
-                self._tag_lru.move_to_end(captions[i])
-                out[i] = nouns.filter_words(hit, self.tags)
-                self.stats["words_lru"] += 1
-            else:
-                todo.append(i)
-        if todo:
-            uniq = list(dict.fromkeys(captions[i] for i in todo))
-            tagged = dict(zip(uniq, self._tagger_instance().tag(uniq)))
-            self.stats["words_online"] += len(uniq)
-            for cap, pairs in tagged.items():
-                self._tag_lru[cap] = pairs
-            while len(self._tag_lru) > int(self.cfg.text.tag_cache_size):
-                self._tag_lru.popitem(last=False)
-            for i in todo:
-                out[i] = nouns.filter_words(tagged[captions[i]], self.tags)
-        return out  # type: ignore[return-value]
-
-    def global_id(self, index):
-        """Stream position ``index`` of this process -> an id unique across processes: this
-        process's block ``[p * B, (p + 1) * B)`` of global batch ``index // B`` (B = local batch).
-        Works on Python ints and int64 tensors."""
-        b = self.local_batch_size
-        return (index // b) * (b * self.process_count) + self.process_index * b + index % b
-
-    def _prompt_rng(self, index: int) -> random.Random:
-        # keyed by the global element id (see sample_seeds): independent of the process layout
-        return random.Random(self.seed * 1_000_003 * (1 << 48) + self.global_id(int(index)))
-
-    def _host_batch(self, b: dict) -> tuple[dict, dict]:
-        captions = [c.decode("utf-8") for c in b["caption"].tolist()]
-        keys = [k.decode("utf-8", "replace") for k in b["key"].tolist()]
-        shards = [s.decode("utf-8", "replace") for s in b["shard"].tolist()]
-        index = b["index"]
-        words = self.words_for(captions, shards, keys)
-        k = self.num_prompts
-        texts = list(captions)
-        for cap, w, i in zip(captions, words, index.tolist()):
-            texts.extend(prompts.build_prompts(cap, w, k, self._prompt_rng(i), self.templates))
-        ids = self.tokenizer(texts, context_length=self.context_length)
-        n = len(captions)
-        out = {
-            "image": b["image"],
-            "text": ids[:n],
-            "prompts": ids[n:].reshape(n, k, self.context_length),
+        caption, reason = _check_sample(image, caption, reason)
+        return {
+          'image': image,
+          'caption': caption,
+          'key': tf.strings.join([el['key'], key_suffix]),
+          'shard': el['shard'],
+          'reason': reason,
+          'pos': el['pos'],
+          'src': el['src'],
         }
-        if self.cfg.debug_metadata:
-            out["meta/key"] = np.array(keys, dtype=object)
-            out["meta/shard"] = np.array(shards, dtype=object)
-            out["meta/caption"] = np.array(captions, dtype=object)
-            out["meta/index"] = index
-        prev = self._state
-        state = {
-            "format": STATE_FORMAT,
-            "fingerprint": prev["fingerprint"],
-            "next_index": int(index[-1]) + 1,
-            "positions": b["positions"].tolist(),
-            "skip_counts": b["counts"].tolist(),
-            "consecutive_skips": int(b["bad"]),
-            "batches": None,  # filled in by __next__
-        }
-        return out, state
 
-    # ------------------------------------------------------------------------------ iteration
+    ds = readers.group_stream(
+      src.files,
+      table_fn=table_fn,
+      emit_fn=emit_fn,
+      shards_per_group=int(cfg.shards_per_group),
+      seed=seed,
+      start=(int(start[0]), int(start[1])),
+      element_fn=element_fn,
+      skips_per_file=src.skips,
+      takes_per_file=src.takes,
+      group_parallelism=max(1, int(cfg.group_prefetch)),
+    )
+    if kind in ('tfrecord', 'tfds'):
+      # Records are parsed per element; a corrupt one becomes `corrupt_record`.
+      fallback = (tf.constant(''), tf.constant(''), tf.constant(''), tf.constant(0, tf.int32))
+      ds = readers.map_with_errors(ds, lambda el: parse(el['record'], el['key']), fallback)
+      ds = ds.map(
+        readers.no_autograph(finish), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+      )
+    return ds
 
-    def _ensure_started(self):
-        if self._tf_iter is not None:
-            return
-        self._stop = threading.Event()
-        ds = self._build_tf_dataset(self._state)
-        self._tf_iter = iter(ds)
-        if int(self.cfg.host_prefetch) > 0:
-            self._queue = queue.Queue(maxsize=int(self.cfg.host_prefetch))
-            self._thread = threading.Thread(target=self._produce, args=(self._tf_iter, self._queue, self._stop),
-                                            daemon=True, name="input_pipeline")
-            self._thread.start()
+  def _tfrecord_parser(self):
+    ik, ck = self.cfg.tfrecord_image_key, self.cfg.tfrecord_caption_key
+    spec = {ik: tf.io.VarLenFeature(tf.string), ck: tf.io.VarLenFeature(tf.string)}
 
-    def _produce(self, tf_iter, q: queue.Queue, stop: threading.Event):
+    def parse(rec, _key):
+      ex = tf.io.parse_single_example(rec, spec)
+      img, cap = ex[ik].values, ex[ck].values
+      has_img, has_cap = tf.size(img) > 0, tf.size(cap) > 0
+      reason = tf.where(
+        ~has_img, skips.code('missing_image'), tf.where(~has_cap, skips.code('missing_caption'), 0)
+      )
+      image = tf.cond(has_img, lambda: img[0], lambda: tf.constant(''))
+      caption = tf.cond(has_cap, lambda: cap[0], lambda: tf.constant(''))
+      return image, caption, tf.constant(''), tf.cast(reason, tf.int32)
+
+    return parse
+
+  def _tfds_parser(self, src: _Source, seed):
+    import tensorflow_datasets as tfds
+
+    features = src.tfds_features
+    ik, ck = self.cfg.tfds_image_key, self.cfg.tfds_caption_key
+    decoders = {ik.split('/')[0]: tfds.decode.SkipDecoding()} if '/' not in ik else None
+    if decoders is None:
+      raise ValueError('tfds_image_key must be a top-level feature.')
+
+    def get(ex, path):
+      for part in path.split('/'):
+        ex = ex[part]
+      return ex
+
+    def parse(rec, key):
+      ex = features.deserialize_example(rec, decoders=decoders)
+      img = get(ex, ik)
+      cap = get(ex, ck)
+      suffix = tf.constant('')
+      if cap.shape.rank == 1:
+        n = tf.size(cap)
+        j = tf.random.stateless_uniform(
+          [],
+          tf.random.experimental.stateless_fold_in(
+            seed, tf.strings.to_hash_bucket_fast(key, 2**31)
+          ),
+          0,
+          tf.maximum(n, 1),
+          tf.int32,
+        )
+        has_cap = n > 0
+        caption = tf.cond(has_cap, lambda: cap[tf.minimum(j, n - 1)], lambda: tf.constant(''))
+        suffix = tf.strings.join(['#', tf.strings.as_string(j)])
+      else:
+        has_cap = tf.constant(True)
+        caption = tf.reshape(cap, [])
+      has_img = tf.strings.length(img) > 0
+      reason = tf.where(
+        ~has_img, skips.code('missing_image'), tf.where(~has_cap, skips.code('missing_caption'), 0)
+      )
+      return tf.reshape(img, []), caption, suffix, tf.cast(reason, tf.int32)
+
+    return parse
+
+  def _build_tf_dataset(self, state: dict) -> tf.data.Dataset:
+    cfg = self.cfg
+    par = tf.data.AUTOTUNE if int(cfg.num_parallel_calls) < 0 else int(cfg.num_parallel_calls)
+    start_index = int(state['next_index'])
+    datasets = [self._source_dataset(s, tuple(state['positions'][s.index])) for s in self.sources]
+    if len(datasets) == 1:
+      mixed = datasets[0]
+    else:
+      w = np.array([s.spec.weight for s in self.sources], np.float64)
+      logits = tf.constant(np.log(np.maximum(w / w.sum(), 1e-30))[None, :], tf.float32)
+      mseed = tf.constant(_seed_pair(self.seed, 3, self.process_index), tf.int64)
+      selector = tf.data.Dataset.range(start_index, _INF).map(
+        readers.no_autograph(
+          lambda i: tf.random.stateless_categorical(
+            logits, 1, tf.random.experimental.stateless_fold_in(mseed, i), dtype=tf.int64
+          )[0, 0]
+        )
+      )
+      mixed = tf.data.Dataset.choose_from_datasets(datasets, selector)
+
+    size = int(cfg.image_size)
+    decode_chunk = _decode_chunk_fn(size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
+    augment_fn = _augment_fn(_augment_key(cfg))
+
+    seed_key = _seed_pair(self.seed, 4)[0]
+
+    def sample_seeds(index):
+      """Per-sample int32 [n, 2] seeds (distinct Philox streams per global element id, so
+      that for the synthetic source any process layout draws identical augmentations)."""
+      index = self.global_id(index)
+      hi = tf.cast(tf.bitwise.right_shift(index, 31), tf.int32)
+      lo = tf.cast(tf.bitwise.bitwise_and(index, 0x7FFFFFFF), tf.int32)
+      return tf.stack([tf.bitwise.bitwise_xor(hi, seed_key), lo], axis=-1)
+
+    def decode(index, chunk):
+      todo = tf.equal(chunk['reason'], 0)
+      images, ok = decode_chunk(chunk['image'], sample_seeds(index), todo)
+      out = dict(chunk)
+      out['index'] = index
+      out['image'] = images
+      out['reason'] = tf.where(todo & ~ok, skips.code('corrupt_image'), chunk['reason'])
+      return out
+
+    n_src = len(self.sources)
+    max_bad = int(cfg.max_consecutive_skips)
+
+    def count(carry, el):
+      positions, counts, bad = carry
+      positions = tf.tensor_scatter_nd_update(positions, [[el['src']]], [el['pos']])
+      is_bad = el['reason'] > 0
+      counts = counts + tf.cast(
+        tf.one_hot(el['reason'], skips.NUM_CODES, dtype=tf.int32), tf.int64
+      ) * tf.cast(is_bad, tf.int64)
+      bad = tf.where(is_bad, bad + 1, 0)
+      with tf.control_dependencies(
+        [
+          tf.debugging.assert_less(
+            bad,
+            tf.constant(max_bad, tf.int64),
+            message=f'{max_bad} consecutive bad samples: check config.data.train',
+          )
+        ]
+      ):
+        bad = tf.identity(bad)
+      out = dict(el)
+      out.update(positions=positions, counts=counts, bad=bad)
+      return (positions, counts, bad), out
+
+    init = (
+      tf.constant(state['positions'], tf.int64, shape=[n_src, 2]),
+      tf.constant(state['skip_counts'], tf.int64, shape=[skips.NUM_CODES]),
+      tf.constant(state.get('consecutive_skips', 0), tf.int64),
+    )
+
+    def aug(el):
+      seed_i = tf.random.experimental.stateless_fold_in(sample_seeds(el['index']), 1)
+      image = augment_fn(el['image'], tf.cast(seed_i, tf.int32))
+      return {
+        'image': image,
+        'caption': el['caption'],
+        'key': el['key'],
+        'shard': el['shard'],
+        'index': el['index'],
+        'positions': el['positions'],
+        'counts': el['counts'],
+        'bad': el['bad'],
+      }
+
+    def last_state(b):
+      b = dict(b)
+      for k in ('positions', 'counts', 'bad'):
+        b[k] = b[k][-1]
+      return b
+
+    nc = readers.no_autograph
+    # Chunks of consecutive samples are decoded in parallel, then split again (order kept).
+    ds = mixed.enumerate(start_index).batch(_DECODE_CHUNK)
+    ds = ds.map(nc(decode), num_parallel_calls=par, deterministic=True)
+    ds = ds.unbatch()
+    ds = ds.scan(init, nc(count))
+    ds = ds.filter(nc(lambda el: tf.equal(el['reason'], 0)))
+    ds = ds.map(nc(aug), num_parallel_calls=par, deterministic=True)
+    ds = ds.batch(
+      self.local_batch_size, drop_remainder=True, num_parallel_calls=par, deterministic=True
+    )
+    ds = ds.map(nc(last_state))
+    ds = ds.prefetch(tf.data.AUTOTUNE if int(cfg.tf_prefetch) < 0 else int(cfg.tf_prefetch))
+    opts = tf.data.Options()
+    opts.deterministic = True
+    opts.threading.max_intra_op_parallelism = 1
+    if int(cfg.threadpool_size) > 0:
+      opts.threading.private_threadpool_size = int(cfg.threadpool_size)
+    return ds.with_options(opts)
+
+  # ------------------------------------------------------------------------------ host-side text
+
+  def _tagger_instance(self) -> nouns.SpacyTagger:
+    if self._tagger is None:
+      self._tagger = nouns.SpacyTagger(self.cfg.text.spacy_model)
+    return self._tagger
+
+  def words_for(
+    self, captions: Sequence[str], shards: Sequence[str], keys: Sequence[str]
+  ) -> list[list[str]]:
+    """Candidate words per caption: noun cache, else in-memory LRU, else spaCy (batched)."""
+    out: list[list[str] | None] = [None] * len(captions)
+    if self.cache is not None:
+      for i, (c, s, k) in enumerate(zip(captions, shards, keys)):
+        out[i] = self.cache.lookup(s, k, c)
+      self.stats['words_from_cache'] += sum(w is not None for w in out)
+    missing = [i for i, w in enumerate(out) if w is None]
+    if not missing:
+      return out  # type: ignore[return-value]
+    if not self.cfg.text.online_tagging:
+      for i in missing:
+        out[i] = []
+      return out  # type: ignore[return-value]
+    todo = []
+    for i in missing:
+      hit = self._tag_lru.get(captions[i])
+      if hit is not None:
+        self._tag_lru.move_to_end(captions[i])
+        out[i] = nouns.filter_words(hit, self.tags)
+        self.stats['words_lru'] += 1
+      else:
+        todo.append(i)
+    if todo:
+      uniq = list(dict.fromkeys(captions[i] for i in todo))
+      tagged = dict(zip(uniq, self._tagger_instance().tag(uniq)))
+      self.stats['words_online'] += len(uniq)
+      for cap, pairs in tagged.items():
+        self._tag_lru[cap] = pairs
+      while len(self._tag_lru) > int(self.cfg.text.tag_cache_size):
+        self._tag_lru.popitem(last=False)
+      for i in todo:
+        out[i] = nouns.filter_words(tagged[captions[i]], self.tags)
+    return out  # type: ignore[return-value]
+
+  def global_id(self, index):
+    """Stream position ``index`` of this process -> an id unique across processes: this
+    process's block ``[p * B, (p + 1) * B)`` of global batch ``index // B`` (B = local batch).
+    Works on Python ints and int64 tensors."""
+    b = self.local_batch_size
+    return (index // b) * (b * self.process_count) + self.process_index * b + index % b
+
+  def _prompt_rng(self, index: int) -> random.Random:
+    # keyed by the global element id (see sample_seeds): independent of the process layout
+    return random.Random(self.seed * 1_000_003 * (1 << 48) + self.global_id(int(index)))
+
+  def _host_batch(self, b: dict) -> tuple[dict, dict]:
+    captions = [c.decode('utf-8') for c in b['caption'].tolist()]
+    keys = [k.decode('utf-8', 'replace') for k in b['key'].tolist()]
+    shards = [s.decode('utf-8', 'replace') for s in b['shard'].tolist()]
+    index = b['index']
+    words = self.words_for(captions, shards, keys)
+    k = self.num_prompts
+    texts = list(captions)
+    for cap, w, i in zip(captions, words, index.tolist()):
+      texts.extend(prompts.build_prompts(cap, w, k, self._prompt_rng(i), self.templates))
+    ids = self.tokenizer(texts, context_length=self.context_length)
+    n = len(captions)
+    out = {
+      'image': b['image'],
+      'text': ids[:n],
+      'prompts': ids[n:].reshape(n, k, self.context_length),
+    }
+    if self.cfg.debug_metadata:
+      out['meta/key'] = np.array(keys, dtype=object)
+      out['meta/shard'] = np.array(shards, dtype=object)
+      out['meta/caption'] = np.array(captions, dtype=object)
+      out['meta/index'] = index
+    prev = self._state
+    state = {
+      'format': STATE_FORMAT,
+      'fingerprint': prev['fingerprint'],
+      'next_index': int(index[-1]) + 1,
+      'positions': b['positions'].tolist(),
+      'skip_counts': b['counts'].tolist(),
+      'consecutive_skips': int(b['bad']),
+      'batches': None,  # filled in by __next__
+    }
+    return out, state
+
+  # ------------------------------------------------------------------------------ iteration
+
+  def _ensure_started(self):
+    if self._tf_iter is not None:
+      return
+    self._stop = threading.Event()
+    ds = self._build_tf_dataset(self._state)
+    self._tf_iter = iter(ds)
+    if int(self.cfg.host_prefetch) > 0:
+      self._queue = queue.Queue(maxsize=int(self.cfg.host_prefetch))
+      self._thread = threading.Thread(
+        target=self._produce,
+        args=(self._tf_iter, self._queue, self._stop),
+        daemon=True,
+        name='input_pipeline',
+      )
+      self._thread.start()
+
+  def _produce(self, tf_iter, q: queue.Queue, stop: threading.Event):
+    try:
+      while not stop.is_set():
+        item = self._host_batch(_to_numpy(next(tf_iter)))
+        while not stop.is_set():
+          try:
+            q.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+    except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
+      while not stop.is_set():
         try:
-            while not stop.is_set():
-                item = self._host_batch(_to_numpy(next(tf_iter)))
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
-            while not stop.is_set():
-                try:
-                    q.put(e, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+          q.put(e, timeout=0.1)
+          break
+        except queue.Full:
+          continue
 
-    def __iter__(self):
-        return self
+  def __iter__(self):
+    return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
-        self._ensure_started()
-        if self._queue is None:
-            item = self._host_batch(_to_numpy(next(self._tf_iter)))
-        else:
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                raise item
-        out, state = item
-        state["batches"] = int(self._state["batches"]) + 1
-        self._state = state
-        return out
+  def __next__(self) -> dict[str, np.ndarray]:
+    self._ensure_started()
+    if self._queue is None:
+      item = self._host_batch(_to_numpy(next(self._tf_iter)))
+    else:
+      item = self._queue.get()
+      if isinstance(item, BaseException):
+        raise item
+    out, state = item
+    state['batches'] = int(self._state['batches']) + 1
+    self._state = state
+    return out
 
-    def _shutdown(self):
-        self._stop.set()
-        if self._thread is not None:
-            while self._thread.is_alive():
-                try:  # unblock a producer waiting on a full queue
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    pass
-                self._thread.join(timeout=0.1)
-        self._thread = None
-        self._queue = None
-        self._tf_iter = None
+  def _shutdown(self):
+    self._stop.set()
+    if self._thread is not None:
+      while self._thread.is_alive():
+        try:  # unblock a producer waiting on a full queue
+          self._queue.get_nowait()
+        except queue.Empty:
+          pass
+        self._thread.join(timeout=0.1)
+    self._thread = None
+    self._queue = None
+    self._tf_iter = None
 
-    def close(self) -> None:
-        """Stops the background thread (the iterator can be restarted by ``next()``)."""
-        self._shutdown()
+  def close(self) -> None:
+    """Stops the background thread (the iterator can be restarted by ``next()``)."""
+    self._shutdown()
 
-    def __del__(self):
-        try:
-            self._stop.set()
-        except Exception:  # noqa: BLE001
-            pass
+  def __del__(self):
+    try:
+      self._stop.set()
+    except Exception:  # noqa: BLE001
+      pass
 
 
-def create_train_dataset(data_config, *, global_batch_size: int, process_index: int = 0,
-                         process_count: int = 1, seed: int | None = None) -> TrainIterator:
-    """Builds the per-host training iterator.
+def create_train_dataset(
+  data_config,
+  *,
+  global_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  seed: int | None = None,
+) -> TrainIterator:
+  """Builds the per-host training iterator.
 
-    Args:
-      data_config: ``config.data`` (see ``input_pipeline.config.default_data_config``).
-      global_batch_size: batch size summed over processes (must divide by ``process_count``).
-      process_index, process_count: this host's index and the number of hosts
-        (``jax.process_index()``, ``jax.process_count()``).  File sources are split by file
-        (disjoint, round-robin), TFDS by example index, synthetic by element index.
-      seed: overrides ``data_config.seed``.
+  Args:
+    data_config: ``config.data`` (see ``input_pipeline.config.default_data_config``).
+    global_batch_size: batch size summed over processes (must divide by ``process_count``).
+    process_index, process_count: this host's index and the number of hosts
+      (``jax.process_index()``, ``jax.process_count()``).  File sources are split by file
+      (disjoint, round-robin), TFDS by example index, synthetic by element index.
+    seed: overrides ``data_config.seed``.
 
-    Returns:
-      ``TrainIterator`` yielding ``{'image': float32 [B, S, S, 3], 'text': int32 [B, L],
-      'prompts': int32 [B, K, L]}`` with ``B = global_batch_size // process_count``; it also has
-      ``get_state()``, ``set_state()``, ``skip_counts()`` and ``close()``.
+  Returns:
+    ``TrainIterator`` yielding ``{'image': float32 [B, S, S, 3], 'text': int32 [B, L],
+    'prompts': int32 [B, K, L]}`` with ``B = global_batch_size // process_count``; it also has
+    ``get_state()``, ``set_state()``, ``skip_counts()`` and ``close()``.
 
-    Raises:
-      FileNotFoundError: a path does not exist, a pattern matches nothing, or a TFDS dataset is
-        not prepared.
-      ValueError: malformed sources, fewer files than processes, bad sizes.
-    """
-    return TrainIterator(data_config, global_batch_size=global_batch_size, process_index=process_index,
-                         process_count=process_count, seed=seed)
+  Raises:
+    FileNotFoundError: a path does not exist, a pattern matches nothing, or a TFDS dataset is
+      not prepared.
+    ValueError: malformed sources, fewer files than processes, bad sizes.
+  """
+  return TrainIterator(
+    data_config,
+    global_batch_size=global_batch_size,
+    process_index=process_index,
+    process_count=process_count,
+    seed=seed,
+  )

@@ -28,20 +28,20 @@ Shard-level reasons are counted each time the shard is read (i.e. once per epoch
 
 from __future__ import annotations
 
-__all__ = ["REASONS", "OK", "code", "counts_to_dict"]
+__all__ = ['REASONS', 'OK', 'code', 'counts_to_dict']
 
 OK = 0
 REASONS = (
-    "missing_image",
-    "missing_caption",
-    "empty_caption",
-    "invalid_utf8",
-    "not_an_image",
-    "corrupt_image",
-    "corrupt_record",
-    "truncated_shard",
-    "corrupt_shard",
-    "empty_shard",
+  'missing_image',
+  'missing_caption',
+  'empty_caption',
+  'invalid_utf8',
+  'not_an_image',
+  'corrupt_image',
+  'corrupt_record',
+  'truncated_shard',
+  'corrupt_shard',
+  'empty_shard',
 )
 # Code i (1-based) <-> REASONS[i - 1]; 0 means "good sample".
 _CODES = {name: i + 1 for i, name in enumerate(REASONS)}
@@ -49,10 +49,10 @@ NUM_CODES = len(REASONS) + 1
 
 
 def code(reason: str) -> int:
-    """Integer code of a reason name (``0`` is reserved for good samples)."""
-    return _CODES[reason]
+  """Integer code of a reason name (``0`` is reserved for good samples)."""
+  return _CODES[reason]
 
 
 def counts_to_dict(counts) -> dict[str, int]:
-    """Converts a length-``NUM_CODES`` count vector (index = code) to ``{"data/skipped/<r>": n}``."""
-    return {f"data/skipped/{name}": int(counts[i + 1]) for i, name in enumerate(REASONS)}
+  """Converts a length-``NUM_CODES`` count vector (index = code) to ``{"data/skipped/<r>": n}``."""
+  return {f'data/skipped/{name}': int(counts[i + 1]) for i, name in enumerate(REASONS)}

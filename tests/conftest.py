@@ -1,7 +1,7 @@
 """Shared pytest fixtures: locations of optional real sample data."""
 
-import os
 import importlib.util
+import os
 import pathlib
 
 import pytest
@@ -13,8 +13,9 @@ SHARED_DATA = REPO.parent / 'shared' / 'data'
 # runs in-process next to single-device code; single-device tests simply use device 0.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_force_host_platform_device_count=8').strip()
+  os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+  ).strip()
 
 
 @pytest.fixture

@@ -67,14 +67,22 @@ def test_parse_arg_converts_to_the_defaults_types():
   out = parse_arg('flag=True,n=3,lr=0.5,name=b c,sizes=(4, 5, 6)', **defaults)
   assert out.to_dict() == dict(flag=True, n=3, lr=0.5, name='b c', sizes=(4, 5, 6))
   assert isinstance(out.lr, float) and isinstance(out.n, int)
-  for text, value in (('True', True), ('true', True), ('1', True), ('False', False),
-                      ('false', False), ('0', False)):
+  for text, value in (
+    ('True', True),
+    ('true', True),
+    ('1', True),
+    ('False', False),
+    ('false', False),
+    ('0', False),
+  ):
     assert parse_arg(f'flag={text}', flag=not value).flag is value
   assert parse_arg('lr=2', lr=1.0).lr == 2.0 and isinstance(parse_arg('lr=2', lr=1.0).lr, float)
   assert parse_arg(' n = 4 , ', n=1).n == 4
 
 
-@pytest.mark.parametrize('arg,message', [
+@pytest.mark.parametrize(
+  'arg,message',
+  [
     ('nn=3', r"unknown config argument 'nn'; valid keys: \['flag', 'n', 'sizes'\]"),
     ('n=three', r"n='three' is not a int .*valid keys: \['flag', 'n', 'sizes'\]"),
     ('n=1.5', 'n=.*is not a int'),
@@ -82,33 +90,47 @@ def test_parse_arg_converts_to_the_defaults_types():
     ('sizes=3', 'sizes=.*is not a tuple'),
     ('sizes=(1,', 'sizes=.*is not a tuple'),
     ('n', 'is not key=value'),
-])
+  ],
+)
 def test_parse_arg_rejects_unknown_keys_and_bad_values(arg, message):
   with pytest.raises(ValueError, match=message):
     parse_arg(arg, flag=False, n=2, sizes=(1, 2))
 
 
 # What each argument of configs/synthetic.py may change, relative to the recipe it is applied to.
-_ARCHITECTURE = {'model.image.depths', 'model.image.num_group_tokens',
-                 'model.image.num_output_groups'}
+_ARCHITECTURE = {
+  'model.image.depths',
+  'model.image.num_group_tokens',
+  'model.image.num_output_groups',
+}
 SYNTHETIC_ARGS = {
-    'assignment=soft': {'model.image.hard_assignment'},
-    'multi_label=False': {'model.multi_label'},
-    'stages=1': _ARCHITECTURE,
-    'arch=vit': _ARCHITECTURE,
-    'group_max=True': {'loss.multi_label_pooling'},
-    'scenes=easy': {'data.synthetic.object_polarity', 'data.synthetic.max_objects',
-                    'data.synthetic.rotation', 'data.synthetic.p_background_words',
-                    'eval.threshold'},
+  'assignment=soft': {'model.image.hard_assignment'},
+  'multi_label=False': {'model.multi_label'},
+  'stages=1': _ARCHITECTURE,
+  'arch=vit': _ARCHITECTURE,
+  'group_max=True': {'loss.multi_label_pooling'},
+  'scenes=easy': {
+    'data.synthetic.object_polarity',
+    'data.synthetic.max_objects',
+    'data.synthetic.rotation',
+    'data.synthetic.p_background_words',
+    'eval.threshold',
+  },
 }
 
 
 _EASY_GROUP_MAX = 'group_max=True,scenes=easy'
 
 
-@pytest.mark.parametrize('arg,base', [(a, '') for a in sorted(SYNTHETIC_ARGS)] + [
-    (a, _EASY_GROUP_MAX) for a in sorted(SYNTHETIC_ARGS)
-    if a not in _EASY_GROUP_MAX and a != 'multi_label=False'])
+@pytest.mark.parametrize(
+  'arg,base',
+  [(a, '') for a in sorted(SYNTHETIC_ARGS)]
+  + [
+    (a, _EASY_GROUP_MAX)
+    for a in sorted(SYNTHETIC_ARGS)
+    if a not in _EASY_GROUP_MAX and a != 'multi_label=False'
+  ],
+)
 def test_synthetic_arguments_change_only_what_they_should(arg, base):
   ref = load('synthetic', base or None)
   config = load('synthetic', f'{base},{arg}' if base else arg)
@@ -126,13 +148,14 @@ def test_synthetic_arguments_combine():
   explicit = 'assignment=hard,multi_label=True,stages=2,arch=groupvit,group_max=False'
   assert _changed(load('synthetic', explicit + ',scenes=default'), load('synthetic')) == set()
   config = load('synthetic', _EASY_GROUP_MAX + ',assignment=soft,multi_label=True')
-  assert _changed(config, load('synthetic', _EASY_GROUP_MAX)) == {
-      'model.image.hard_assignment'}
+  assert _changed(config, load('synthetic', _EASY_GROUP_MAX)) == {'model.image.hard_assignment'}
   config = load('synthetic', 'assignment=soft,multi_label=False')
   assert not config.model.image.hard_assignment and not config.model.multi_label
 
 
-@pytest.mark.parametrize('arg,message', [
+@pytest.mark.parametrize(
+  'arg,message',
+  [
     ('sfot=True', "unknown config argument 'sfot'; valid keys"),
     ('group_max=True,scenes=easy,sfot=1', "unknown config argument 'sfot'"),
     ('multi_label=maybe', "multi_label='maybe' is not a bool"),
@@ -145,7 +168,8 @@ def test_synthetic_arguments_combine():
     ('arch=vit,assignment=soft', 'arch=vit has no grouping'),
     ('assignment=soft,multi_label=False,arch=vit', 'arch=vit has no grouping'),
     ('group_max=True,multi_label=False', 'group_max=True .* needs multi_label=True'),
-])
+  ],
+)
 def test_synthetic_bad_arguments(arg, message):
   with pytest.raises(ValueError, match=message):
     load('synthetic', arg)
@@ -157,8 +181,12 @@ def test_synthetic_easy_group_max_recipe():
   base, config = load('synthetic'), load('synthetic', 'group_max=True,scenes=easy')
   assert build_model_config(config) == build_model_config(base)
   synth = config.data.synthetic
-  assert (synth.object_polarity, synth.max_objects, synth.rotation,
-          synth.p_background_words) == ('lighter', 1, False, 1.0)
+  assert (synth.object_polarity, synth.max_objects, synth.rotation, synth.p_background_words) == (
+    'lighter',
+    1,
+    False,
+    1.0,
+  )
   assert config.loss.multi_label_pooling == 'max' and base.loss.multi_label_pooling == 'mean'
   assert config.eval.threshold == 0.95 and base.eval.threshold is None
   assert 'image_text_pooling' not in config.loss and 'mosaic' not in config.loss
@@ -168,7 +196,7 @@ def test_synthetic_argument_on_the_command_line():
   """`--config=configs/synthetic.py:a=b,c=d` hands the whole text after ':' to get_config."""
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, 'recipe', flag_values=fv, lock_config=True)
-  fv(['prog', f"--config={REPO / 'configs' / 'synthetic.py'}:group_max=True,scenes=easy"])
+  fv(['prog', f'--config={REPO / "configs" / "synthetic.py"}:group_max=True,scenes=easy'])
   assert fv.config.to_dict() == load('synthetic', 'group_max=True,scenes=easy').to_dict()
   assert fv.config.loss.multi_label_pooling == 'max' and fv.config.eval.threshold == 0.95
 

@@ -16,15 +16,19 @@ torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
 from groupvit_jax import load_pretrained  # noqa: E402
-from groupvit_jax.convert import convert  # noqa: E402
 from groupvit_jax.checkpoints.keymaps import CheckpointMismatchError  # noqa: E402
+from groupvit_jax.convert import convert  # noqa: E402
 from references import hf_groupvit as hf_reference  # noqa: E402
 from tests.conftest import REPO, SHARED_DATA  # noqa: E402
 
 ATOL = 1e-4
 
-CAPTIONS = ['a dog runs on the beach', 'Two people riding bikes & a red bus &amp; more',
-            '', 'ÜBER café — naïve façade 東京 🚲 ' * 6]
+CAPTIONS = [
+  'a dog runs on the beach',
+  'Two people riding bikes & a red bus &amp; more',
+  '',
+  'ÜBER café — naïve façade 東京 🚲 ' * 6,
+]
 
 
 def _captions():
@@ -35,8 +39,9 @@ def _captions():
 
 
 def _images(n=3):
-  return hf_reference.real_images(SHARED_DATA if SHARED_DATA.is_dir() else None, n) or \
-      hf_reference.synthetic_images(n)
+  return hf_reference.real_images(
+    SHARED_DATA if SHARED_DATA.is_dir() else None, n
+  ) or hf_reference.synthetic_images(n)
 
 
 def _hf_image(model, pixels_nhwc, interpolate=False):
@@ -71,8 +76,14 @@ def _compare(model_dir, hf, sizes=((224, 224),)):
   ours = load_pretrained(str(model_dir))
   images = _images()
   for size in sizes:
-    pixels = np.stack([ours.preprocess([im])[0] if size == (ours.config.image.image_size,) * 2
-                       else _resize_norm(im, size) for im in images])
+    pixels = np.stack(
+      [
+        ours.preprocess([im])[0]
+        if size == (ours.config.image.image_size,) * 2
+        else _resize_norm(im, size)
+        for im in images
+      ]
+    )
     interpolate = size != (ours.config.image.image_size,) * 2
     ref_emb, ref_maps = _hf_image(hf, pixels, interpolate)
     np.testing.assert_allclose(ours.encode_pixels(pixels), ref_emb, atol=ATOL)
@@ -87,14 +98,17 @@ def _compare(model_dir, hf, sizes=((224, 224),)):
   np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-5)
   np.testing.assert_allclose(emb, _hf_image(hf, ours.preprocess(images))[0], atol=ATOL)
   captions = _captions()
-  np.testing.assert_allclose(ours.encode_text(captions), _hf_text(hf, ours.tokenize(captions)),
-                             atol=ATOL)
+  np.testing.assert_allclose(
+    ours.encode_text(captions), _hf_text(hf, ours.tokenize(captions)), atol=ATOL
+  )
   return ours
 
 
 def _resize_norm(image, size):
   from PIL import Image
+
   from groupvit_jax.preprocessing import normalize
+
   return normalize(np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR)))
 
 
@@ -103,9 +117,20 @@ def test_released_architecture_from_hf_directory_via_cli(tmp_path):
   hf = hf_reference.random_hf_model(seed=1)
   hf.save_pretrained(tmp_path / 'hf')
   out = tmp_path / 'converted'
-  proc = subprocess.run([sys.executable, '-m', 'groupvit_jax.convert', '--source',
-                         str(tmp_path / 'hf'), '--output', str(out)],
-                        capture_output=True, text=True, cwd=REPO)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'groupvit_jax.convert',
+      '--source',
+      str(tmp_path / 'hf'),
+      '--output',
+      str(out),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+  )
   assert proc.returncode == 0, proc.stderr
   assert '55,726,609 parameters' in proc.stdout  # HF has no multi-label scale
   # 224 (training size) and 448 x 320 (evaluation: bicubic-resized position embedding)
@@ -116,25 +141,50 @@ def test_released_architecture_from_hf_directory_via_cli(tmp_path):
 def test_three_stage_nvlabs_pth_with_embedded_config(tmp_path):
   omegaconf = pytest.importorskip('omegaconf')
   hf = hf_reference.random_hf_model(
-      seed=2,
-      vision=dict(hidden_size=96, intermediate_size=192, num_attention_heads=3,
-                  depths=[2, 1, 1, 1], num_group_tokens=[16, 8, 4, 0],
-                  num_output_groups=[16, 8, 4, 4], image_size=64, patch_size=8),
-      # NVlabs text towers always have width / 64 heads
-      text=dict(hidden_size=64, intermediate_size=128, num_attention_heads=1,
-                num_hidden_layers=2),
-      projection_dim=48, projection_intermediate_dim=96)
+    seed=2,
+    vision=dict(
+      hidden_size=96,
+      intermediate_size=192,
+      num_attention_heads=3,
+      depths=[2, 1, 1, 1],
+      num_group_tokens=[16, 8, 4, 0],
+      num_output_groups=[16, 8, 4, 4],
+      image_size=64,
+      patch_size=8,
+    ),
+    # NVlabs text towers always have width / 64 heads
+    text=dict(hidden_size=64, intermediate_size=128, num_attention_heads=1, num_hidden_layers=2),
+    projection_dim=48,
+    projection_intermediate_dim=96,
+  )
   sd = hf_reference.hf_state_to_nvlabs(hf.state_dict())
   sd['multi_label_logit_scale'] = torch.tensor(2.0)
   # image heads (3) cannot be read from shapes: they must come from the config
-  cfg = omegaconf.OmegaConf.create({'model': {
-      'type': 'MultiLabelContrastive',
-      'img_encoder': {'type': 'GroupViT', 'embed_dim': 96, 'num_heads': [3, 3, 3, 3],
-                      'depths': [2, 1, 1, 1], 'num_group_tokens': [16, 8, 4, 0],
-                      'num_output_groups': [16, 8, 4], 'drop_path_rate': 0.1,
-                      'patch_size': 8, 'img_size': 64},
-      'text_encoder': {'type': 'TextTransformer', 'context_length': 77, 'width': 64,
-                       'layers': 2, 'vocab_size': 49408}}})
+  cfg = omegaconf.OmegaConf.create(
+    {
+      'model': {
+        'type': 'MultiLabelContrastive',
+        'img_encoder': {
+          'type': 'GroupViT',
+          'embed_dim': 96,
+          'num_heads': [3, 3, 3, 3],
+          'depths': [2, 1, 1, 1],
+          'num_group_tokens': [16, 8, 4, 0],
+          'num_output_groups': [16, 8, 4],
+          'drop_path_rate': 0.1,
+          'patch_size': 8,
+          'img_size': 64,
+        },
+        'text_encoder': {
+          'type': 'TextTransformer',
+          'context_length': 77,
+          'width': 64,
+          'layers': 2,
+          'vocab_size': 49408,
+        },
+      }
+    }
+  )
   torch.save({'model': sd, 'config': cfg, 'epoch': 29}, tmp_path / 'ckpt.pth')
   config = convert(str(tmp_path / 'ckpt.pth'), str(tmp_path / 'converted'))
   assert config.image.num_heads == 3 and config.multi_label
@@ -146,21 +196,28 @@ def test_three_stage_nvlabs_pth_with_embedded_config(tmp_path):
   convert(str(tmp_path / 'bare.pth'), str(tmp_path / 'guessed'))
   with pytest.raises(AssertionError):
     _compare(tmp_path / 'guessed', hf)
-  convert(str(tmp_path / 'bare.pth'), str(tmp_path / 'set'),
-          overrides=['image.num_heads=3'])
+  convert(str(tmp_path / 'bare.pth'), str(tmp_path / 'set'), overrides=['image.num_heads=3'])
   _compare(tmp_path / 'set', hf)
 
 
 @pytest.mark.slow
 def test_one_stage_bare_state_dict_inferred_from_shapes(tmp_path):
   hf = hf_reference.random_hf_model(
-      seed=3,
-      vision=dict(hidden_size=128, intermediate_size=256, num_attention_heads=2,
-                  depths=[2, 2], num_group_tokens=[16, 0], num_output_groups=[4, 4],
-                  image_size=32, patch_size=8),
-      text=dict(hidden_size=64, intermediate_size=256, num_attention_heads=1,
-                num_hidden_layers=1),
-      projection_dim=32, projection_intermediate_dim=64)
+    seed=3,
+    vision=dict(
+      hidden_size=128,
+      intermediate_size=256,
+      num_attention_heads=2,
+      depths=[2, 2],
+      num_group_tokens=[16, 0],
+      num_output_groups=[4, 4],
+      image_size=32,
+      patch_size=8,
+    ),
+    text=dict(hidden_size=64, intermediate_size=256, num_attention_heads=1, num_hidden_layers=1),
+    projection_dim=32,
+    projection_intermediate_dim=64,
+  )
   torch.save(hf.state_dict(), tmp_path / 'hf_bare.bin')  # HF names, no config
   config = convert(str(tmp_path / 'hf_bare.bin'), str(tmp_path / 'a'))
   assert config.image.depths == (2, 2) and config.image.num_output_groups == (4,)
@@ -173,11 +230,21 @@ def test_one_stage_bare_state_dict_inferred_from_shapes(tmp_path):
 
 def test_mismatched_checkpoints_are_errors_naming_the_keys(tmp_path):
   hf = hf_reference.random_hf_model(
-      seed=4, vision=dict(hidden_size=64, intermediate_size=128, num_attention_heads=1,
-                          depths=[1, 1], num_group_tokens=[4, 0], num_output_groups=[2, 2],
-                          image_size=16, patch_size=8),
-      text=dict(hidden_size=64, intermediate_size=64, num_attention_heads=1, num_hidden_layers=1),
-      projection_dim=16, projection_intermediate_dim=32)
+    seed=4,
+    vision=dict(
+      hidden_size=64,
+      intermediate_size=128,
+      num_attention_heads=1,
+      depths=[1, 1],
+      num_group_tokens=[4, 0],
+      num_output_groups=[2, 2],
+      image_size=16,
+      patch_size=8,
+    ),
+    text=dict(hidden_size=64, intermediate_size=64, num_attention_heads=1, num_hidden_layers=1),
+    projection_dim=16,
+    projection_intermediate_dim=32,
+  )
   sd = hf_reference.hf_state_to_nvlabs(hf.state_dict())
   extra = dict(sd, **{'img_encoder.unexpected.weight': torch.zeros(3)})
   torch.save({'model': extra}, tmp_path / 'extra.pth')
@@ -192,7 +259,18 @@ def test_mismatched_checkpoints_are_errors_naming_the_keys(tmp_path):
   torch.save({'model': bad}, tmp_path / 'shape.pth')
   with pytest.raises(CheckpointMismatchError, match='shape mismatch.*attn.proj.weight'):
     convert(str(tmp_path / 'shape.pth'), str(tmp_path / 'o3'))
-  proc = subprocess.run([sys.executable, '-m', 'groupvit_jax.convert', '--source',
-                         str(tmp_path / 'nope.pth'), '--output', str(tmp_path / 'o4')],
-                        capture_output=True, text=True, cwd=REPO)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'groupvit_jax.convert',
+      '--source',
+      str(tmp_path / 'nope.pth'),
+      '--output',
+      str(tmp_path / 'o4'),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+  )
   assert proc.returncode == 2 and 'does not exist' in proc.stderr

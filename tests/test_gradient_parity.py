@@ -42,13 +42,17 @@ def _inputs(rng):
 
 def _hf_grads(hf, images, tokens):
   hf.zero_grad()
-  out = hf(input_ids=torch.from_numpy(tokens),
-           pixel_values=torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
-           return_loss=True)
+  out = hf(
+    input_ids=torch.from_numpy(tokens),
+    pixel_values=torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+    return_loss=True,
+  )
   out.loss.backward()
   state = hf.state_dict()
-  grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
-           for name, p in hf.named_parameters()}
+  grads = {
+    name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
+    for name, p in hf.named_parameters()
+  }
   # Buffers (BatchNorm statistics) have no gradient; the key mapping wants a complete state dict.
   grads.update({k: v for k, v in state.items() if k not in grads})
   return float(out.loss.detach()), grads
@@ -58,34 +62,57 @@ def _hf_grads(hf, images, tokens):
 @pytest.mark.parametrize('hard', [True, False], ids=['hard', 'soft'])
 def test_image_text_loss_gradients_match_hugging_face(tmp_path, hard):
   hf = hf_reference.random_hf_model(
-      seed=3,
-      vision=dict(hidden_size=96, intermediate_size=192, num_attention_heads=3, depths=[2, 2, 1],
-                  num_group_tokens=[16, 4, 0], num_output_groups=[16, 4, 4], image_size=64,
-                  patch_size=8),
-      text=dict(hidden_size=64, intermediate_size=128, num_attention_heads=1, num_hidden_layers=2,
-                max_position_embeddings=L),
-      projection_dim=48, projection_intermediate_dim=96)
+    seed=3,
+    vision=dict(
+      hidden_size=96,
+      intermediate_size=192,
+      num_attention_heads=3,
+      depths=[2, 2, 1],
+      num_group_tokens=[16, 4, 0],
+      num_output_groups=[16, 4, 4],
+      image_size=64,
+      patch_size=8,
+    ),
+    text=dict(
+      hidden_size=64,
+      intermediate_size=128,
+      num_attention_heads=1,
+      num_hidden_layers=2,
+      max_position_embeddings=L,
+    ),
+    projection_dim=48,
+    projection_intermediate_dim=96,
+  )
   if not hard:  # HF hard-codes hard assignment; the NVlabs release has the switch
     for stage in hf.vision_model.encoder.stages:
       if stage.downsample is not None:
         assign = stage.downsample.assign
-        assign.get_attn = lambda attn, gumbel=True, hard=True, _f=assign.get_attn: _f(attn, gumbel,
-                                                                                      False)
+        assign.get_attn = lambda attn, gumbel=True, hard=True, _f=assign.get_attn: _f(
+          attn, gumbel, False
+        )
   hf.save_pretrained(tmp_path / 'hf')
-  convert(str(tmp_path / 'hf'), str(tmp_path / 'converted'),
-          overrides=[] if hard else ['image.hard_assignment=False'])
+  convert(
+    str(tmp_path / 'hf'),
+    str(tmp_path / 'converted'),
+    overrides=[] if hard else ['image.hard_assignment=False'],
+  )
   ours = load_pretrained(str(tmp_path / 'converted'))
   assert ours.config.image.hard_assignment == hard
 
   images, tokens = _inputs(np.random.default_rng(0))
   ref_loss, ref_grads = _hf_grads(hf, images, tokens)
   ref = keymaps.nvlabs_to_variables(
-      {k: v.numpy() for k, v in hf_reference.hf_state_to_nvlabs(ref_grads).items()},
-      store.abstract_variables(ours.config))['params']
+    {k: v.numpy() for k, v in hf_reference.hf_state_to_nvlabs(ref_grads).items()},
+    store.abstract_variables(ours.config),
+  )['params']
 
   def loss_fn(params):
-    out = ours.model.apply({**ours.variables, 'params': params}, jnp.asarray(images),
-                           jnp.asarray(tokens, jnp.int32), train=False)
+    out = ours.model.apply(
+      {**ours.variables, 'params': params},
+      jnp.asarray(images),
+      jnp.asarray(tokens, jnp.int32),
+      train=False,
+    )
     return contrastive_losses(out['image_embed'], out['text_embed'], out['logit_scale'])['loss']
 
   loss, grads = jax.jit(jax.value_and_grad(loss_fn))(ours.variables['params'])
@@ -99,8 +126,9 @@ def test_image_text_loss_gradients_match_hugging_face(tmp_path, hard):
       assert float(jnp.abs(g).max()) == 0.0
       continue
     r = np.asarray(ref_flat[path])
-    np.testing.assert_allclose(np.asarray(g), r, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(r).max()),
-                               err_msg=name)
+    np.testing.assert_allclose(
+      np.asarray(g), r, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(r).max()), err_msg=name
+    )
     compared += 1
   assert compared > 100  # every weight of both towers and both heads
   # the gradient reaches the first layer and the first grouping stage's tokens

@@ -7,11 +7,11 @@ as in tests/test_losses.py: float32 values of O(1-10) summed in different orders
 """
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from groupvit_jax import losses
 from groupvit_jax import train_step as train_lib
@@ -62,11 +62,11 @@ def test_matches_the_reference_and_ignores_groups_without_patches():
   img, txt, prm, groups, mask, s, s_ml = _inputs()
   out = _loss(img, txt, prm, groups, mask, s, s_ml)
   assert float(out['loss/multi_label']) == pytest.approx(
-      _reference_multi_label(prm, groups, mask, s_ml), abs=TOL)
+    _reference_multi_label(prm, groups, mask, s_ml), abs=TOL
+  )
   # The image-text loss still uses the pooled embedding, as released.
   released = losses.contrastive_losses(img, txt, s, prm, s_ml)
-  assert float(out['loss/image_text']) == pytest.approx(float(released['loss/image_text']),
-                                                        abs=TOL)
+  assert float(out['loss/image_text']) == pytest.approx(float(released['loss/image_text']), abs=TOL)
   # An empty group that matches a prompt perfectly changes nothing; once it owns patches it does.
   i, g = np.argwhere(~mask)[0]
   moved = groups.copy()
@@ -141,20 +141,38 @@ def test_train_step_scores_prompts_with_the_groups_of_the_forward():
     config.loss.multi_label_pooling = 'max'
   run = first_step(config)
   batch, metrics = run['batch'], run['metrics']
-  out = run['model'].apply(run['variables'], batch['image'], batch['text'], batch['prompts'],
-                           train=True, with_groups=True, rngs=run['rngs'],
-                           mutable=['batch_stats'])[0]
+  out = run['model'].apply(
+    run['variables'],
+    batch['image'],
+    batch['text'],
+    batch['prompts'],
+    train=True,
+    with_groups=True,
+    rngs=run['rngs'],
+    mutable=['batch_stats'],
+  )[0]
   num_groups = config.model.image.num_output_groups[-1]
   assert out['group_embeds'].shape == (g, num_groups, config.model.projection_dim)
   hard = compose_group_maps(out['assignments'], use_soft=False)[-1]
   np.testing.assert_array_equal(out['group_mask'], np.asarray(hard).sum(1) > 0)
   assert np.all(np.asarray(out['group_mask']).any(-1))
-  expected = losses.contrastive_losses(out['image_embed'], out['text_embed'], out['logit_scale'],
-                                       out['prompt_embed'], out['multi_label_logit_scale'],
-                                       out['group_embeds'], out['group_mask'])
+  expected = losses.contrastive_losses(
+    out['image_embed'],
+    out['text_embed'],
+    out['logit_scale'],
+    out['prompt_embed'],
+    out['multi_label_logit_scale'],
+    out['group_embeds'],
+    out['group_mask'],
+  )
   np.testing.assert_allclose(metrics['loss'], expected['loss'], rtol=1e-5)
-  released = losses.contrastive_losses(out['image_embed'], out['text_embed'], out['logit_scale'],
-                                       out['prompt_embed'], out['multi_label_logit_scale'])
+  released = losses.contrastive_losses(
+    out['image_embed'],
+    out['text_embed'],
+    out['logit_scale'],
+    out['prompt_embed'],
+    out['multi_label_logit_scale'],
+  )
   # The image-text loss is the pooled embedding's, as released; only the multi-label one moves.
   assert float(released['loss/image_text']) == float(expected['loss/image_text'])
   assert abs(float(released['loss/multi_label']) - float(expected['loss/multi_label'])) > 1e-4

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from evaluation import inspect_groups, token_baselines
-from groupvit_jax import prompts
 from evaluation.synthetic import SyntheticSegmentationDataset
+from groupvit_jax import prompts
 from groupvit_jax.checkpoints import store
 from groupvit_jax.config_lib import model_config
 from groupvit_jax.models.config import GroupViTConfig
@@ -25,12 +25,25 @@ NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / 'notebooks' / 'inspect_
 
 
 def _model(**image):
-  base = dict(image_size=64, patch_size=16, width=64, num_heads=2, depths=(1, 1, 1),
-              num_group_tokens=(8, 4, 0), num_output_groups=(8, 4), drop_path_rate=0.0)
+  base = dict(
+    image_size=64,
+    patch_size=16,
+    width=64,
+    num_heads=2,
+    depths=(1, 1, 1),
+    num_group_tokens=(8, 4, 0),
+    num_output_groups=(8, 4),
+    drop_path_rate=0.0,
+  )
   base.update(image)
-  cfg = GroupViTConfig.from_dict(model_config(
-      image=base, text=dict(width=32, num_layers=1, num_heads=2, context_length=16),
-      projection_dim=32, projection_hidden_dim=64))
+  cfg = GroupViTConfig.from_dict(
+    model_config(
+      image=base,
+      text=dict(width=32, num_layers=1, num_heads=2, context_length=16),
+      projection_dim=32,
+      projection_hidden_dim=64,
+    )
+  )
   return Pretrained(cfg, init_variables(GroupViT(cfg), jax.random.PRNGKey(0)))
 
 
@@ -71,10 +84,15 @@ def test_notebook_runs_top_to_bottom(groupvit, tmp_path, monkeypatch):
 
 def test_stage_group_ids_follow_the_model_maps(groupvit):
   from groupvit_jax.segmenter import resize_uint8  # pylint: disable=g-import-not-at-top
+
   model = load_pretrained(groupvit)
   data = SyntheticSegmentationDataset(SyntheticConfig(image_size=64), seed=3, num_examples=2)
-  ids = inspect_groups.stage_group_ids(model, [s.image for s in data] + [np.zeros((40, 90, 3), np.uint8)])
-  assert [[g.shape for g in per_stage] for per_stage in ids] == [[(64, 64)] * 2] * 2 + [[(40, 90)] * 2]
+  ids = inspect_groups.stage_group_ids(
+    model, [s.image for s in data] + [np.zeros((40, 90, 3), np.uint8)]
+  )
+  assert [[g.shape for g in per_stage] for per_stage in ids] == [[(64, 64)] * 2] * 2 + [
+    [(40, 90)] * 2
+  ]
   assert all(per_stage[0].max() < 8 and per_stage[1].max() < 4 for per_stage in ids)
   # Images as small as the 4x4 patch grid: the model sees them resized to 64 px, and the maps come
   # back at 4x4 unresampled, so each pixel's group is exactly its patch's argmax.
@@ -88,6 +106,7 @@ def test_stage_group_ids_follow_the_model_maps(groupvit):
 
 def _norm(images):
   from groupvit_jax.preprocessing import normalize  # pylint: disable=g-import-not-at-top
+
   return normalize(np.stack(images))
 
 
@@ -125,17 +144,29 @@ def test_pixel_baseline_classifies_each_patch_token(vit):
   # softmax(l) * softmax(l) = argmax of l).
   class_embed = prompts.class_embeddings(vit.config, vit.variables, vit.tokenize, names, 'simple')
   pix = _norm([s.image for s in data])
-  out = GroupViT(vit.config).apply(vit.variables, pix, with_groups=True, method=GroupViT.encode_image)
+  out = GroupViT(vit.config).apply(
+    vit.variables, pix, with_groups=True, method=GroupViT.encode_image
+  )
   tok = np.asarray(l2_normalize(out['group_embeds']))  # [B, 16, D]
   expected = np.argmax(tok @ np.asarray(class_embed).T, axis=-1).reshape(-1, 4, 4)
   pred, _ = token_baselines._segment_batch(  # pylint: disable=protected-access
-      vit.variables, jax.numpy.asarray(pix), class_embed, jax.numpy.float32(0), config=vit.config,
-      method='pixel', num_clusters=4, top_k=5, with_background=False, out_hw=(64, 64))
+    vit.variables,
+    jax.numpy.asarray(pix),
+    class_embed,
+    jax.numpy.float32(0),
+    config=vit.config,
+    method='pixel',
+    num_clusters=4,
+    top_k=5,
+    with_background=False,
+    out_hw=(64, 64),
+  )
   pred = np.asarray(pred)
   assert np.array_equal(pred[:, 8::16, 8::16], expected)
   for method in token_baselines.METHODS:
     result = token_baselines.evaluate_token_baseline(
-        vit, data, data.spec, threshold=0.5, method=method, num_clusters=4, batch_size=3)
+      vit, data, data.spec, threshold=0.5, method=method, num_clusters=4, batch_size=3
+    )
     assert result['num_images'] == 4 and 0 <= result['mIoU'] <= 100
     assert (result['oracle'] is None) == (method == 'pixel')
 
@@ -151,6 +182,7 @@ def test_token_baseline_rejects_grouping_models(groupvit):
 def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
   from evaluation import hooks  # pylint: disable=g-import-not-at-top
   from groupvit_jax.main import base_config  # pylint: disable=g-import-not-at-top
+
   config = base_config()
   config.eval.datasets = ('synthetic',)
   config.eval.max_images = 4
@@ -159,38 +191,52 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
   model = load_pretrained(groupvit)
   (run,) = hooks.build_evaluators(config.eval, model.config, str(tmp_path), data_config=config.data)
   metrics = run(model.variables, 7)
-  assert set(metrics) == {'eval/synthetic/mIoU', 'eval/synthetic/pixel_accuracy',
-                          'eval/synthetic/images_per_s', 'eval/synthetic/oracle_mIoU',
-                          'eval/synthetic/naming_mAP', 'eval/synthetic/naming_chance_mAP',
-                          'eval/synthetic/group_naming_mAP', 'eval/synthetic/group_naming_chance_mAP',
-                          'eval/synthetic/background_leak', 'eval/synthetic/within_image_auc',
-                          'eval/synthetic/background_word_auc'}
+  assert set(metrics) == {
+    'eval/synthetic/mIoU',
+    'eval/synthetic/pixel_accuracy',
+    'eval/synthetic/images_per_s',
+    'eval/synthetic/oracle_mIoU',
+    'eval/synthetic/naming_mAP',
+    'eval/synthetic/naming_chance_mAP',
+    'eval/synthetic/group_naming_mAP',
+    'eval/synthetic/group_naming_chance_mAP',
+    'eval/synthetic/background_leak',
+    'eval/synthetic/within_image_auc',
+    'eval/synthetic/background_word_auc',
+  }
   result = json.loads((tmp_path / 'eval_synthetic.json').read_text())
   # Scored with the captions' background words of the configured background types.
   assert result['naming']['groups']['background_word_auc'] == pytest.approx(
-      metrics['eval/synthetic/background_word_auc'], nan_ok=True)
+    metrics['eval/synthetic/background_word_auc'], nan_ok=True
+  )
   assert result['step'] == 7 and result['num_images'] == 4
   assert result['naming']['mAP'] == pytest.approx(metrics['eval/synthetic/naming_mAP'])
   assert result['naming']['num_images'] == 4
   assert result['naming']['groups']['mAP'] == pytest.approx(
-      metrics['eval/synthetic/group_naming_mAP'], nan_ok=True)
+    metrics['eval/synthetic/group_naming_mAP'], nan_ok=True
+  )
   assert result['config']['crop_size'] == 64 and result['config']['img_scale'] == [64, 64]
   assert result['mIoU'] == pytest.approx(metrics['eval/synthetic/mIoU'])
   grid = Image.open(tmp_path / 'eval_synthetic.png')
   assert grid.height >= 3 * 64
-  (run,) = hooks.build_evaluators(config.eval, vit.config, str(tmp_path / 'vit'),
-                                  data_config=config.data)
+  (run,) = hooks.build_evaluators(
+    config.eval, vit.config, str(tmp_path / 'vit'), data_config=config.data
+  )
   os.makedirs(tmp_path / 'vit')
   metrics = run(vit.variables, 1)
-  assert set(metrics) == {f'eval/synthetic/{m}_{k}' for m in ('pixel', 'kmeans')
-                          for k in ('mIoU', 'accuracy')} | {
-                              'eval/synthetic/kmeans_oracle_mIoU', 'eval/synthetic/naming_mAP',
-                              'eval/synthetic/naming_chance_mAP'}
+  assert set(metrics) == {
+    f'eval/synthetic/{m}_{k}' for m in ('pixel', 'kmeans') for k in ('mIoU', 'accuracy')
+  } | {
+    'eval/synthetic/kmeans_oracle_mIoU',
+    'eval/synthetic/naming_mAP',
+    'eval/synthetic/naming_chance_mAP',
+  }
 
 
 def _run_dir(tmp_path):
   """The config.json a training run leaves in its workdir (the model comes from a fixture)."""
   from groupvit_jax.main import base_config  # pylint: disable=g-import-not-at-top
+
   config = base_config()
   config.eval.datasets = ('synthetic',)
   config.eval.max_images = 3
@@ -206,12 +252,33 @@ def test_run_cli_rescores_a_synthetic_run(groupvit, vit, tmp_path, capsys):
   """`python -m evaluation.run --dataset synthetic` is the trainer's hook with the run's knobs,
   overridden by the flags (another val stream, knobs, threshold, resolution)."""
   from evaluation import hooks, run  # pylint: disable=g-import-not-at-top
+
   config = _run_dir(tmp_path)
   out = tmp_path / 'rescored.json'
-  rc = run.main(['--checkpoint', groupvit, '--dataset', 'synthetic', '--data_dir', str(tmp_path),
-                 '--synthetic_seed', '9', '--synthetic', 'max_objects=3', '--synthetic',
-                 'size_range=(0.15,0.3)', '--threshold', '0.9', '--visualize', '2',
-                 '--synthetic_scale', '2', '--output', str(out)])
+  rc = run.main(
+    [
+      '--checkpoint',
+      groupvit,
+      '--dataset',
+      'synthetic',
+      '--data_dir',
+      str(tmp_path),
+      '--synthetic_seed',
+      '9',
+      '--synthetic',
+      'max_objects=3',
+      '--synthetic',
+      'size_range=(0.15,0.3)',
+      '--threshold',
+      '0.9',
+      '--visualize',
+      '2',
+      '--synthetic_scale',
+      '2',
+      '--output',
+      str(out),
+    ]
+  )
   assert rc == 0
   result = json.loads(out.read_text())
   assert result['num_images'] == 3 and 'step' not in result
@@ -225,15 +292,29 @@ def test_run_cli_rescores_a_synthetic_run(groupvit, vit, tmp_path, capsys):
   # The same numbers as the hook called with those settings.
   config.eval.synthetic_seed, config.eval.threshold, config.eval.synthetic_scale = 9, 0.9, 2.0
   config.data.synthetic.max_objects, config.data.synthetic.size_range = 3, (0.15, 0.3)
-  (hook,) = hooks.build_evaluators(config.eval, load_pretrained(groupvit).config, '',
-                                   data_config=config.data)
+  (hook,) = hooks.build_evaluators(
+    config.eval, load_pretrained(groupvit).config, '', data_config=config.data
+  )
   assert hook(load_pretrained(groupvit).variables, 0)['eval/synthetic/mIoU'] == pytest.approx(
-      result['mIoU'], abs=1e-9)
+    result['mIoU'], abs=1e-9
+  )
 
   vit_dir = tmp_path / 'vit_model'
   store.save_model(str(vit_dir), vit.config, vit.variables)
-  rc = run.main(['--checkpoint', str(vit_dir), '--dataset', 'synthetic', '--data_dir', str(tmp_path),
-                 '--synthetic_scale', '1.5', '--output', str(tmp_path / 'vit.json')])
+  rc = run.main(
+    [
+      '--checkpoint',
+      str(vit_dir),
+      '--dataset',
+      'synthetic',
+      '--data_dir',
+      str(tmp_path),
+      '--synthetic_scale',
+      '1.5',
+      '--output',
+      str(tmp_path / 'vit.json'),
+    ]
+  )
   assert rc == 0
   result = json.loads((tmp_path / 'vit.json').read_text())
   assert set(result) >= {'pixel', 'kmeans'} and result['num_images'] == 3
@@ -241,12 +322,25 @@ def test_run_cli_rescores_a_synthetic_run(groupvit, vit, tmp_path, capsys):
   assert result['dataset']['seed'] == 4  # the run's own val stream
 
   capsys.readouterr()
-  for bad, message in ((['--synthetic', 'max_object=3'], "unknown SyntheticConfig key(s): 'max_object'"),
-                       (['--synthetic', 'max_objects'], 'expects KEY=VALUE'),
-                       (['--data_dir', str(tmp_path / 'nowhere')], 'config.json not found'),
-                       (['--synthetic_scale', '1.1'], 'input size 70 must be a positive multiple of the patch size 16')):
-    args = ['--checkpoint', groupvit, '--dataset', 'synthetic', '--data_dir', str(tmp_path),
-            '--output', str(tmp_path / 'bad.json')] + bad
+  for bad, message in (
+    (['--synthetic', 'max_object=3'], "unknown SyntheticConfig key(s): 'max_object'"),
+    (['--synthetic', 'max_objects'], 'expects KEY=VALUE'),
+    (['--data_dir', str(tmp_path / 'nowhere')], 'config.json not found'),
+    (
+      ['--synthetic_scale', '1.1'],
+      'input size 70 must be a positive multiple of the patch size 16',
+    ),
+  ):
+    args = [
+      '--checkpoint',
+      groupvit,
+      '--dataset',
+      'synthetic',
+      '--data_dir',
+      str(tmp_path),
+      '--output',
+      str(tmp_path / 'bad.json'),
+    ] + bad
     assert run.main(args) == 2
     assert message in capsys.readouterr().err
   assert not (tmp_path / 'bad.json').exists()

@@ -32,7 +32,9 @@ def test_layer_norm_matches_torch_forward_and_grad():
   # float32 reductions in a different order: a few ulps of values of magnitude ~10.
   np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-5, atol=2e-5)
   np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=2e-5)
-  np.testing.assert_allclose(dparams['params']['scale'], ref.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    dparams['params']['scale'], ref.weight.grad.numpy(), rtol=1e-4, atol=1e-4
+  )
   np.testing.assert_allclose(dparams['params']['bias'], ref.bias.grad.numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -47,7 +49,7 @@ def _residual_stack(x, barrier):
   for i in range(4):
     x = x + jnp.tanh(x * (i + 1.0))
     x = layers.cotangent_barrier(x) if barrier else x
-  return jnp.sum(x ** 2)
+  return jnp.sum(x**2)
 
 
 def test_cotangent_barrier_is_an_identity_for_values_and_gradients():

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from groupvit_jax import losses
 from groupvit_jax.sharding import make_mesh
@@ -30,10 +31,15 @@ def _reference(img, txt, prm, s, s_ml):
   """Straight from the reference text, in float64 numpy."""
   n = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
   img, txt, prm = n(img.astype(np.float64)), n(txt.astype(np.float64)), n(prm.astype(np.float64))
+
   def ce(logits, targets):  # soft-target cross entropy, mean over rows
-    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
-        - logits.max(1, keepdims=True)
+    logp = (
+      logits
+      - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+      - logits.max(1, keepdims=True)
+    )
     return float(np.mean(-(targets * logp).sum(1)))
+
   eye = np.eye(N)
   it = 0.5 * (ce(s * img @ txt.T, eye) + ce(s * txt @ img.T, eye))
   flat = prm.reshape(N * K, D)
@@ -46,8 +52,9 @@ def _reference(img, txt, prm, s, s_ml):
 
 def test_global_losses_match_the_reference_formulas():
   args = _inputs()
-  out = losses.contrastive_losses(*map(jnp.asarray, args[:2]), jnp.asarray(args[3]),
-                                  jnp.asarray(args[2]), jnp.asarray(args[4]))
+  out = losses.contrastive_losses(
+    *map(jnp.asarray, args[:2]), jnp.asarray(args[3]), jnp.asarray(args[2]), jnp.asarray(args[4])
+  )
   it, ml = _reference(*args)
   assert float(out['loss/image_text']) == pytest.approx(it, abs=TOL)
   assert float(out['loss/multi_label']) == pytest.approx(ml, abs=TOL)
@@ -65,8 +72,9 @@ def test_sharded_losses_and_gradients_equal_single_device(mesh_axes, formulation
   def loss(img, txt, prm, s, s_ml, fn):
     return fn(img, txt, s, prm, s_ml)['loss']
 
-  single = jax.value_and_grad(lambda *a: loss(*a, losses.contrastive_losses),
-                              argnums=(0, 1, 2, 3, 4))
+  single = jax.value_and_grad(
+    lambda *a: loss(*a, losses.contrastive_losses), argnums=(0, 1, 2, 3, 4)
+  )
   ref_val, ref_grads = jax.jit(single)(img, txt, prm, s, s_ml)  # unsharded: one device
 
   if formulation == 'global':
@@ -88,6 +96,7 @@ def test_shard_map_metrics_equal_global_metrics():
   put = lambda x: jax.device_put(x, NamedSharding(mesh, P(('data',))))
   a = losses.contrastive_losses(img, txt, s, prm, s_ml)
   b = jax.jit(lambda *x: losses.sharded_contrastive_losses(mesh, ('data',), *x))(
-      put(img), put(txt), s, put(prm), s_ml)
+    put(img), put(txt), s, put(prm), s_ml
+  )
   for key in a:
     assert float(b[key]) == pytest.approx(float(a[key]), abs=TOL), key

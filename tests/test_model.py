@@ -49,8 +49,15 @@ def _setup(cfg: GroupViTConfig = CFG):
 
 def _forward(model, variables, images, text, prompts, train, seed=0):
   rngs = {'gumbel': jax.random.key(seed), 'droppath': jax.random.key(seed + 1)}
-  return model.apply(variables, images, text, prompts, train=train, rngs=rngs,
-                     mutable=['batch_stats'] if train else False)
+  return model.apply(
+    variables,
+    images,
+    text,
+    prompts,
+    train=train,
+    rngs=rngs,
+    mutable=['batch_stats'] if train else False,
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,7 +73,7 @@ def test_output_shapes_and_assignments():
   assert out['image_embed'].shape == (B, d) and out['image_embed'].dtype == jnp.float32
   assert out['text_embed'].shape == (B, d)
   assert out['prompt_embed'].shape == (B, K, d)
-  n = CFG.image.grid_size ** 2
+  n = CFG.image.grid_size**2
   a0, a1 = out['assignments']
   assert a0.soft.shape == (B, 8, n) and a1.soft.shape == (B, 4, 8)
   # softmax over the group axis: each image token distributes 1 over the groups
@@ -121,8 +128,13 @@ def test_soft_assignment_variant_pools_with_soft_maps():
 
 
 def test_paper_one_stage_variant_without_pre_assignment_attention():
-  image = dataclasses.replace(CFG.image, depths=(1, 1), num_group_tokens=(8, 0),
-                              num_output_groups=(4,), pre_assign_attention=False)
+  image = dataclasses.replace(
+    CFG.image,
+    depths=(1, 1),
+    num_group_tokens=(8, 0),
+    num_output_groups=(4,),
+    pre_assign_attention=False,
+  )
   cfg = _tiny_config(image=image)
   model, variables, images, text, prompts = _setup(cfg)
   flat = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
@@ -169,6 +181,7 @@ def test_remat_gives_identical_values_and_gradients():
 
 def test_stochastic_depth_drops_whole_samples():
   from groupvit_jax.models.layers import DropPath
+
   x = jnp.ones((64, 3, 2))
   y = DropPath(0.5).apply({}, x, False, rngs={'droppath': jax.random.key(0)})
   per_sample = np.asarray(y)[:, 0, 0]
@@ -190,7 +203,8 @@ def test_non_square_and_larger_inputs_run_with_resized_position_embedding():
   model, variables, _, _, _ = _setup()
   x = jnp.zeros((1, 96, 80, 3))
   out = jax.jit(lambda v: model.apply(v, x, with_groups=True, method=GroupViT.encode_image))(
-      variables)
+    variables
+  )
   assert out['grid'] == (6, 5)
   assert out['assignments'][0].soft.shape == (1, 8, 30)
   assert out['group_embeds'].shape == (1, 4, CFG.projection_dim)
@@ -198,8 +212,9 @@ def test_non_square_and_larger_inputs_run_with_resized_position_embedding():
     model.apply(variables, jnp.zeros((1, 70, 64, 3)), method=GroupViT.encode_image)
 
 
-@pytest.mark.parametrize('src,dst', [((14, 14), (28, 28)), ((14, 14), (28, 20)),
-                                     ((14, 14), (9, 11)), ((5, 7), (13, 3))])
+@pytest.mark.parametrize(
+  'src,dst', [((14, 14), (28, 28)), ((14, 14), (28, 20)), ((14, 14), (9, 11)), ((5, 7), (13, 3))]
+)
 def test_resize_matches_pytorch_interpolate(src, dst):
   torch = pytest.importorskip('torch')
   x = np.random.default_rng(0).standard_normal((2, *src, 5)).astype(np.float32)
@@ -220,10 +235,16 @@ def test_batchnorm_matches_pytorch_training_and_eval():
     bn_t.bias.normal_()
   bn = BatchNorm()
   variables = bn.init(jax.random.key(0), jnp.asarray(x), False)
-  params = {'scale': jnp.asarray(bn_t.weight.detach().numpy()),
-            'bias': jnp.asarray(bn_t.bias.detach().numpy())}
-  y, state = bn.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                      jnp.asarray(x), True, mutable=['batch_stats'])
+  params = {
+    'scale': jnp.asarray(bn_t.weight.detach().numpy()),
+    'bias': jnp.asarray(bn_t.bias.detach().numpy()),
+  }
+  y, state = bn.apply(
+    {'params': params, 'batch_stats': variables['batch_stats']},
+    jnp.asarray(x),
+    True,
+    mutable=['batch_stats'],
+  )
   ref = bn_t.train()(torch.from_numpy(x).permute(0, 2, 1)).permute(0, 2, 1)
   np.testing.assert_allclose(np.asarray(y), ref.detach().numpy(), atol=1e-5)
   np.testing.assert_allclose(state['batch_stats']['mean'], bn_t.running_mean.numpy(), atol=1e-6)
@@ -252,6 +273,7 @@ def test_config_errors_name_the_problem():
 
 def test_model_directories_with_a_retired_key_load_only_with_the_released_value(tmp_path):
   from groupvit_jax.checkpoints import store
+
   config = json.loads(CFG.to_json())
   config['image']['group_token_residual'] = True  # written by the trainer before its removal
   (tmp_path / store.CONFIG_FILE).write_text(json.dumps(config))

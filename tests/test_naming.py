@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from evaluation import inspect_groups, naming, pooled
-from groupvit_jax import prompts
 from evaluation.datasets import Sample
+from groupvit_jax import prompts
 from groupvit_jax.config_lib import model_config
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, init_variables
@@ -29,11 +29,23 @@ def test_average_precision():
 
 @pytest.mark.slow
 def test_image_naming_scores_the_pooled_embedding_against_label_presence():
-  cfg = GroupViTConfig.from_dict(model_config(
-      image=dict(image_size=32, patch_size=8, width=32, num_heads=2, depths=(1, 1),
-                 num_group_tokens=(4, 0), num_output_groups=(4,), drop_path_rate=0.0),
+  cfg = GroupViTConfig.from_dict(
+    model_config(
+      image=dict(
+        image_size=32,
+        patch_size=8,
+        width=32,
+        num_heads=2,
+        depths=(1, 1),
+        num_group_tokens=(4, 0),
+        num_output_groups=(4,),
+        drop_path_rate=0.0,
+      ),
       text=dict(width=32, num_layers=1, num_heads=2, context_length=16),
-      projection_dim=16, projection_hidden_dim=32))
+      projection_dim=16,
+      projection_hidden_dim=32,
+    )
+  )
   model = Pretrained(cfg, init_variables(GroupViT(cfg), jax.random.PRNGKey(0)))
   rng = np.random.default_rng(0)
   names = ('background', 'cat', 'dog', 'bird')
@@ -53,8 +65,10 @@ def test_image_naming_scores_the_pooled_embedding_against_label_presence():
   targets = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0]], np.float32)
   # The same scores through the public inference API (images already at the model's size, so
   # naming's whole-image resize is the identity), with the prompt naming uses.
-  scores = model.encode_pixels(normalize(np.stack([s.image for s in samples]))) @ model.encode_text(
-      [f'a photo of a {n}.' for n in names[1:]]).T
+  scores = (
+    model.encode_pixels(normalize(np.stack([s.image for s in samples])))
+    @ model.encode_text([f'a photo of a {n}.' for n in names[1:]]).T
+  )
   ap = naming.average_precision(scores, targets)
   assert result['mAP'] == pytest.approx(100 * np.mean(ap), abs=1e-4)
   assert result['chance_mAP'] == pytest.approx(100 * targets.mean(0).mean())
@@ -71,13 +85,17 @@ def test_image_naming_scores_the_pooled_embedding_against_label_presence():
 def _check_group_naming(model, samples, names, groups, words):
   """Group-level naming through other public paths: the pixel groups of `inspect_groups` and the
   group similarities of `pooled`, majority classes counted by hand."""
-  class_embed = prompts.class_embeddings(model.config, model.variables, model.tokenize,
-                                         list(names[1:]) + list(words), 'simple')
+  class_embed = prompts.class_embeddings(
+    model.config, model.variables, model.tokenize, list(names[1:]) + list(words), 'simple'
+  )
   pixels = normalize(np.stack([s.image for s in samples]))
-  sims = np.asarray(pooled.group_similarities(model.variables, pixels, class_embed,
-                                              config=model.config)['groups'])
-  sims, background_score = sims[..., :len(names) - 1], sims[..., len(names) - 1:].max(-1)
-  ids = [per_stage[-1] for per_stage in inspect_groups.stage_group_ids(model, [s.image for s in samples])]
+  sims = np.asarray(
+    pooled.group_similarities(model.variables, pixels, class_embed, config=model.config)['groups']
+  )
+  sims, background_score = sims[..., : len(names) - 1], sims[..., len(names) - 1 :].max(-1)
+  ids = [
+    per_stage[-1] for per_stage in inspect_groups.stage_group_ids(model, [s.image for s in samples])
+  ]
   scores, targets, background, leaks, pairs, won = [], [], 0, 0, 0, 0
   bg_pairs, bg_won = 0, 0
   for i, sample in enumerate(samples):
@@ -118,12 +136,19 @@ def test_group_items_rank_each_group_by_its_own_embedding():
   ids = np.array([0, 0, 1, 1])  # four pixels: two in group 0, two in group 1 (group 2 is empty)
   classes = np.array([0, 0, -1, -1])  # group 0 on the object, group 1 on the background
   present = [np.array([1.0, 0.0]), np.array([0.0, 1.0])]
+
   def score(sims_a, sims_b, background_a=None, background_b=None):
     items = naming._GroupItems(2)
     items.add(ids, classes, np.array(sims_a), present[0], background_a)
-    items.add(ids, 1 - 2 * (classes < 0), np.array(sims_b), present[1],  # class 1 instead of 0
-              background_b)
+    items.add(
+      ids,
+      1 - 2 * (classes < 0),
+      np.array(sims_b),
+      present[1],  # class 1 instead of 0
+      background_b,
+    )
     return items.result(['circle', 'square'])
+
   # The background groups outscore the object groups on the image's class: AP 1/2 per class.
   global_ = score([[0.9, 0.1], [0.95, 0.1], [0.0, 0.0]], [[0.1, 0.9], [0.1, 0.95], [0.0, 0.0]])
   assert global_['mAP'] == pytest.approx(50.0) and global_['chance_mAP'] == pytest.approx(25.0)
@@ -139,8 +164,12 @@ def test_group_items_rank_each_group_by_its_own_embedding():
   assert np.isnan(local['background_word_auc']) and local['num_background_pairs'] == 0
   # The background words on the background group of the first image, on the object's group of the
   # second (swapped); the empty group 2 takes part in no pair.
-  placed = score([[0.9, 0.1], [0.1, 0.3], [0.0, 0.0]], [[0.1, 0.9], [0.3, 0.1], [0.0, 0.0]],
-                 [0.2, 0.8, 1.0], [0.7, 0.4, 1.0])
+  placed = score(
+    [[0.9, 0.1], [0.1, 0.3], [0.0, 0.0]],
+    [[0.1, 0.9], [0.3, 0.1], [0.0, 0.0]],
+    [0.2, 0.8, 1.0],
+    [0.7, 0.4, 1.0],
+  )
   assert placed['num_background_pairs'] == 2 and placed['background_word_auc'] == 50.0
   nothing = naming._GroupItems(2).result(['circle', 'square'])  # every pixel ignored
   assert np.isnan(nothing['mAP']) and np.isnan(nothing['background_leak'])

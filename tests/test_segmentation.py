@@ -7,7 +7,6 @@ matmul-form vs gather-form resizes), so a pixel whose two best groups or classes
 flip. We require >= 99.9 % of the pixels of every image to agree (observed: 99.99-100 %).
 """
 
-
 import jax
 import numpy as np
 import pytest
@@ -57,8 +56,9 @@ def test_slide_mode_matches_reference(models, threshold):
   images = ref.synthetic_images(sizes)
   # without a threshold on two (fake CPU) devices: batches are sharded; with one on one device
   devices = jax.devices()[:1] if threshold is not None else jax.devices()[:2]
-  seg = segmenter.ZeroShotSegmenter(ours.config, ours.variables, ce, threshold,
-                                    segmenter.Protocol(window_batch=3), devices)
+  seg = segmenter.ZeroShotSegmenter(
+    ours.config, ours.variables, ce, threshold, segmenter.Protocol(window_batch=3), devices
+  )
   results = {r.key: r.pred for r in seg.run([(i, im, None) for i, im in enumerate(images)])}
   seen = set()
   for i, image in enumerate(images):
@@ -80,15 +80,16 @@ def test_host_protocol_pieces():
     starts = segmenter.window_starts(size, 448, 224)
     covered = np.zeros(size, int)
     for s in starts:
-      covered[s:s + 448] += 1
+      covered[s : s + 448] += 1
     assert covered.min() >= 1 and starts[-1] + min(448, size) == size
   # bilinear taps reproduce F.interpolate(align_corners=False)
   x = torch.randn(1, 1, 37, 1, dtype=torch.float64)
   for out in (10, 37, 100):
     idx, wt = segmenter._bilinear_taps(37, out)
-    ours = (x[0, 0, idx[:, 0], 0].numpy() * wt[:, 0] + x[0, 0, idx[:, 1], 0].numpy() * wt[:, 1])
-    theirs = torch.nn.functional.interpolate(x, size=(out, 1), mode='bilinear',
-                                             align_corners=False)[0, 0, :, 0].numpy()
+    ours = x[0, 0, idx[:, 0], 0].numpy() * wt[:, 0] + x[0, 0, idx[:, 1], 0].numpy() * wt[:, 1]
+    theirs = torch.nn.functional.interpolate(
+      x, size=(out, 1), mode='bilinear', align_corners=False
+    )[0, 0, :, 0].numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-12)
   with pytest.raises(ValueError, match='mode'):
     segmenter.Protocol(mode='tiles')

@@ -11,8 +11,10 @@ torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
 from evaluation import class_names, classification, run
-from groupvit_jax import prompts  # noqa: E402
-from groupvit_jax import preprocessing  # noqa: E402
+from groupvit_jax import (
+  preprocessing,  # noqa: E402
+  prompts,  # noqa: E402
+)
 from references import segmentation as ref  # noqa: E402
 
 CLASSES = ['golden_retriever', 'tabby_cat', 'sports_car']
@@ -23,7 +25,9 @@ def setup(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('cls')
   hf, ours, path = ref.tiny_models(str(tmp / 'm'), seed=9)
   root = tmp / 'val'
-  images = ref.synthetic_images([(240, 300), (300, 240), (256, 256), (230, 400), (400, 260)] * 2, seed=4)
+  images = ref.synthetic_images(
+    [(240, 300), (300, 240), (256, 256), (230, 400), (400, 260)] * 2, seed=4
+  )
   for i, image in enumerate(images):
     d = root / CLASSES[i % 3]
     d.mkdir(parents=True, exist_ok=True)
@@ -64,9 +68,27 @@ def test_classification_via_run_cli(setup, tmp_path):
   names_file = tmp_path / 'names.txt'
   names_file.write_text('dog\ncat\ncar\n')
   out = tmp_path / 'cls.json'
-  assert run.main(['--checkpoint', path, '--dataset', 'imagenet_folder', '--data_dir', str(root),
-                   '--output', str(out), '--class_names', str(names_file), '--batch_size', '3',
-                   '--max_images', '7']) == 0
+  assert (
+    run.main(
+      [
+        '--checkpoint',
+        path,
+        '--dataset',
+        'imagenet_folder',
+        '--data_dir',
+        str(root),
+        '--output',
+        str(out),
+        '--class_names',
+        str(names_file),
+        '--batch_size',
+        '3',
+        '--max_images',
+        '7',
+      ]
+    )
+    == 0
+  )
   result = json.loads(out.read_text())
   assert result['num_images'] == 7 and result['class_names'] == ['dog', 'cat', 'car']
   assert 0 <= result['top1'] <= result['top3'] <= 100 and result['templates'] == 'subset'
@@ -78,5 +100,8 @@ def test_imagenet_wnid_folders_get_clip_names(tmp_path):
     Image.new('RGB', (8, 8)).save(tmp_path / wnid / 'a.jpg')
   folder = classification.ImageFolder(tmp_path)
   assert folder.default_class_names() == ['n01440764', 'n01443537']  # not 1000 folders: names as is
-  assert len(class_names.IMAGENET_CLASSES) == 1000 and class_names.IMAGENET_CLASSES[:2] == ('tench', 'goldfish')
+  assert len(class_names.IMAGENET_CLASSES) == 1000 and class_names.IMAGENET_CLASSES[:2] == (
+    'tench',
+    'goldfish',
+  )
   assert len(prompts.TEMPLATE_SETS['subset']) == 7 and len(prompts.TEMPLATE_SETS['full']) == 80

@@ -7,7 +7,6 @@ matmul-form vs gather-form resizes), so a pixel whose two best groups or classes
 flip. We require >= 99.9 % of the pixels of every image to agree (observed: 99.99-100 %).
 """
 
-
 import numpy as np
 import pytest
 
@@ -36,8 +35,9 @@ def test_scales_and_flip_match_mmseg_aug_test(models):
   hf, ours, ce, ce_ref = models
   reference = ref.ReleasedSegmentation(hf, ce_ref, 0.3, mode='slide', ratios=(0.75, 1.0), flip=True)
   (image,) = ref.synthetic_images([(375, 500)], seed=2)
-  pred = segmenter.segment(ours, image, NAMES, 0.3, 'slide', scales=(0.75, 1.0), flip=True,
-                           class_embed=ce)
+  pred = segmenter.segment(
+    ours, image, NAMES, 0.3, 'slide', scales=(0.75, 1.0), flip=True, class_embed=ce
+  )
   assert _agree(pred, reference.predict(image)) >= MIN_AGREEMENT
 
 

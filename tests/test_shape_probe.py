@@ -18,8 +18,9 @@ def test_prior_cross_entropy():
   probe = _module()
   targets = np.array([[1, 0], [0, 1], [1, 0], [0, 0]], np.float32)
   # Class frequencies 0.5 and 0.25.
-  expected = np.mean([-(0.5 * math.log(0.5) + 0.5 * math.log(0.5)),
-                      -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))])
+  expected = np.mean(
+    [-(0.5 * math.log(0.5) + 0.5 * math.log(0.5)), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]
+  )
   assert probe.prior_cross_entropy(targets) == pytest.approx(expected)
 
 
@@ -49,8 +50,9 @@ def test_input_transforms():
 
 def test_overrides_reach_the_recipe_and_typos_are_errors():
   probe = _module()
-  config = probe.load_recipe('configs/synthetic.py:arch=vit',
-                             ['model.image.patch_size=4', 'data.synthetic.rotation=False'])
+  config = probe.load_recipe(
+    'configs/synthetic.py:arch=vit', ['model.image.patch_size=4', 'data.synthetic.rotation=False']
+  )
   assert config.model.image.patch_size == 4 and config.data.synthetic.rotation is False
   assert config.model.image.num_group_tokens == (0,)
   with pytest.raises(SystemExit, match='unknown config key'):
@@ -60,10 +62,28 @@ def test_overrides_reach_the_recipe_and_typos_are_errors():
 @pytest.mark.parametrize('model', ['cnn', 'tower'])
 def test_short_run_reports_every_evaluation(model, capsys):
   probe = _module()
-  rows = probe.main(['--config', 'configs/synthetic.py', '--model', model, '--steps', '2',
-                     '--batch', '4', '--train-images', '8', '--val-images', '8',
-                     '--eval-every', '1', '--set', 'data.synthetic.image_size=32',
-                     '--set', 'model.image.image_size=32'])
+  rows = probe.main(
+    [
+      '--config',
+      'configs/synthetic.py',
+      '--model',
+      model,
+      '--steps',
+      '2',
+      '--batch',
+      '4',
+      '--train-images',
+      '8',
+      '--val-images',
+      '8',
+      '--eval-every',
+      '1',
+      '--set',
+      'data.synthetic.image_size=32',
+      '--set',
+      'model.image.image_size=32',
+    ]
+  )
   assert [r['step'] for r in rows] == [1, 2]
   for r in rows:
     assert np.isfinite(r['val_cross_entropy']) and 0.0 <= r['val_mAP'] <= 1.0
@@ -81,12 +101,18 @@ def test_tower_trains_with_gumbel_noise_and_evaluates_without():
   params = model.init({'params': jax.random.key(0)}, x)
 
   def train_logits(seed):
-    return np.asarray(model.apply(params, x, train=True,
-                                  rngs={'gumbel': jax.random.key(seed),
-                                        'droppath': jax.random.key(seed)}))
+    return np.asarray(
+      model.apply(
+        params,
+        x,
+        train=True,
+        rngs={'gumbel': jax.random.key(seed), 'droppath': jax.random.key(seed)},
+      )
+    )
 
   assert not np.allclose(train_logits(1), train_logits(2))
   np.testing.assert_array_equal(train_logits(1), train_logits(1))
   # Evaluation is deterministic and needs no random streams.
-  np.testing.assert_array_equal(np.asarray(model.apply(params, x)),
-                                np.asarray(model.apply(params, x)))
+  np.testing.assert_array_equal(
+    np.asarray(model.apply(params, x)), np.asarray(model.apply(params, x))
+  )

@@ -11,18 +11,20 @@ torch = pytest.importorskip('torch')
 def test_tensors_of_every_layout_and_dtype(tmp_path):
   base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
   obj = {
-      'model': {
-          'transposed': base.t(),  # non-contiguous
-          'sliced': base[1:3, ::2],  # offset + strides
-          'param': torch.nn.Parameter(torch.randn(3)),
-          'half': torch.randn(5).half(),
-          'bf16': torch.randn(5).bfloat16(),
-          'long': torch.tensor([1, -2, 3]),
-          'bool': torch.tensor([True, False]),
-          'scalar': torch.tensor(2.5),
-          'shared_a': base, 'shared_b': base.view(-1),
-      },
-      'epoch': 7, 'names': ['a', 'b'],
+    'model': {
+      'transposed': base.t(),  # non-contiguous
+      'sliced': base[1:3, ::2],  # offset + strides
+      'param': torch.nn.Parameter(torch.randn(3)),
+      'half': torch.randn(5).half(),
+      'bf16': torch.randn(5).bfloat16(),
+      'long': torch.tensor([1, -2, 3]),
+      'bool': torch.tensor([True, False]),
+      'scalar': torch.tensor(2.5),
+      'shared_a': base,
+      'shared_b': base.view(-1),
+    },
+    'epoch': 7,
+    'names': ['a', 'b'],
   }
   path = tmp_path / 'x.pth'
   torch.save(obj, path)
@@ -30,8 +32,9 @@ def test_tensors_of_every_layout_and_dtype(tmp_path):
   ref = torch.load(path, weights_only=False)
   assert ours['epoch'] == 7 and ours['names'] == ['a', 'b']
   for key, value in ref['model'].items():
-    expected = value.detach().float().numpy() if value.dtype == torch.bfloat16 else \
-        value.detach().numpy()
+    expected = (
+      value.detach().float().numpy() if value.dtype == torch.bfloat16 else value.detach().numpy()
+    )
     got = ours['model'][key]
     got = got.astype(np.float32) if key == 'bf16' else got
     assert got.shape == expected.shape, key

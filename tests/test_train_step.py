@@ -51,8 +51,11 @@ def _batch(config, seed=0):
   text[:, 0], text[:, 1:5], text[:, 5] = 49406, rng.integers(1, 49000, (G, 4)), 49407
   prompts = np.repeat(text[:, None], config.data.text.num_prompts, 1).copy()
   prompts[:, :, 2] = rng.integers(1, 49000, prompts.shape[:2])
-  return {'image': rng.standard_normal((G, s, s, 3)).astype(np.float32), 'text': text,
-          'prompts': prompts}
+  return {
+    'image': rng.standard_normal((G, s, s, 3)).astype(np.float32),
+    'text': text,
+    'prompts': prompts,
+  }
 
 
 def one_device_step(config):
@@ -61,12 +64,16 @@ def one_device_step(config):
   mesh = sharding_lib.make_mesh(config.mesh, jax.devices()[:1])
   model = GroupViT(config_lib.build_model_config(config))
   optimizer, schedule = optim.make_optimizer(config.optimizer, config.global_batch_size, 100)
-  shardings = train_lib.state_shardings(train_lib.abstract_state(model, optimizer), mesh,
-                                        config.partition_rules)
+  shardings = train_lib.state_shardings(
+    train_lib.abstract_state(model, optimizer), mesh, config.partition_rules
+  )
   fresh_state = lambda: train_lib.create_state(model, optimizer, jax.random.key(0), shardings)
   step = train_lib.make_train_step(model, optimizer, schedule, config, mesh, shardings)
-  return model, lambda state, batch, rng: step(state, sharding_lib.global_batch(batch, mesh),
-                                               rng), fresh_state
+  return (
+    model,
+    lambda state, batch, rng: step(state, sharding_lib.global_batch(batch, mesh), rng),
+    fresh_state,
+  )
 
 
 def first_step(config):
@@ -80,9 +87,15 @@ def first_step(config):
   rng = jax.random.key(1)
   _, metrics = step(state, batch, rng)
   gumbel_rng, drop_rng = jax.random.split(jax.random.fold_in(rng, 0))
-  return dict(model=model, step=lambda state, batch: step(state, batch, rng),
-              fresh_state=fresh_state, variables=variables, batch=batch, metrics=metrics,
-              rngs={'gumbel': gumbel_rng, 'droppath': drop_rng})
+  return dict(
+    model=model,
+    step=lambda state, batch: step(state, batch, rng),
+    fresh_state=fresh_state,
+    variables=variables,
+    batch=batch,
+    metrics=metrics,
+    rngs={'gumbel': gumbel_rng, 'droppath': drop_rng},
+  )
 
 
 def _run(config, devices, steps=2):
@@ -106,11 +119,14 @@ def _single():
   return _run(_config(), jax.devices()[:1])[:2]
 
 
-@pytest.mark.parametrize('formulation,mesh', [
+@pytest.mark.parametrize(
+  'formulation,mesh',
+  [
     ('global', (('data', -1), ('fsdp', 1))),
     ('shard_map', (('data', -1), ('fsdp', 1))),
     ('global', (('data', 2), ('fsdp', 4))),
-])
+  ],
+)
 @pytest.mark.slow
 def test_sharded_step_equals_single_device(formulation, mesh):
   ref_state, ref_metrics = _single()
@@ -119,15 +135,21 @@ def test_sharded_step_equals_single_device(formulation, mesh):
     for key in ('loss', 'loss/image_text', 'loss/multi_label', 'acc/i2t', 'logit_scale'):
       assert float(m[key]) == pytest.approx(float(r[key]), rel=1e-5, abs=1e-6), key
     assert float(m['grad_norm']) == pytest.approx(float(r['grad_norm']), rel=1e-4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-               state.batch_stats, ref_state.batch_stats)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), state.params,
-               ref_state.params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+    state.batch_stats,
+    ref_state.batch_stats,
+  )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), state.params, ref_state.params
+  )
   if dict(mesh).get('fsdp', 1) > 1:  # FSDP really shards the large kernels
     kernel = live.params['text_encoder']['token_embedding']['embedding']
     assert len(kernel.sharding.device_set) == 8
-    assert kernel.addressable_shards[0].data.shape[0] * 4 == kernel.shape[0] or \
-        kernel.addressable_shards[0].data.shape[1] * 4 == kernel.shape[1]
+    assert (
+      kernel.addressable_shards[0].data.shape[0] * 4 == kernel.shape[0]
+      or kernel.addressable_shards[0].data.shape[1] * 4 == kernel.shape[1]
+    )
 
 
 @pytest.mark.slow
@@ -142,9 +164,14 @@ def test_gradient_accumulation_averages_micro_batch_gradients():
 
 
 def test_weight_decay_mask_follows_the_release():
-  params = {'logit_scale': jnp.zeros(()), 'img_encoder': {'pos_embed': jnp.zeros((1, 4, 2)),
-            'norm': {'scale': jnp.zeros(2), 'bias': jnp.zeros(2)},
-            'fc': {'kernel': jnp.zeros((2, 2)), 'bias': jnp.zeros(2)}}}
+  params = {
+    'logit_scale': jnp.zeros(()),
+    'img_encoder': {
+      'pos_embed': jnp.zeros((1, 4, 2)),
+      'norm': {'scale': jnp.zeros(2), 'bias': jnp.zeros(2)},
+      'fc': {'kernel': jnp.zeros((2, 2)), 'bias': jnp.zeros(2)},
+    },
+  }
   mask = optim.weight_decay_mask(params)
   assert mask['logit_scale'] and mask['img_encoder']['pos_embed']
   assert mask['img_encoder']['fc']['kernel']
@@ -158,6 +185,10 @@ def test_schedule_is_timm_cosine_on_the_unshifted_step():
   t = 40
   expected = 1e-6 + 0.5 * (1e-3 - 1e-6) * (1 + np.cos(np.pi * t / 100))
   assert float(sched(t)) == pytest.approx(expected, rel=1e-5)
-  peak, warm, final = optim.scaled_lrs(ml_collections.ConfigDict(dict(
-      base_lr=1.6e-3, warmup_lr=4e-6, min_lr=4e-5, scale_lr_by_batch=True)), 1024)
+  peak, warm, final = optim.scaled_lrs(
+    ml_collections.ConfigDict(
+      dict(base_lr=1.6e-3, warmup_lr=4e-6, min_lr=4e-5, scale_lr_by_batch=True)
+    ),
+    1024,
+  )
   assert (peak, warm, final) == pytest.approx((4e-4, 1e-6, 1e-5))

@@ -24,11 +24,16 @@ def test_wide_towers_compile_without_ynnpack_fusions_on_cpu_only():
   assert xla_cpu.compiler_options(WIDE, 'tpu', {}) is None
 
 
-@pytest.mark.parametrize('environ', [
-    {'XLA_FLAGS': '--xla_force_host_platform_device_count=8 --xla_cpu_experimental_ynn_fusion_type=dot'},
+@pytest.mark.parametrize(
+  'environ',
+  [
+    {
+      'XLA_FLAGS': '--xla_force_host_platform_device_count=8 --xla_cpu_experimental_ynn_fusion_type=dot'
+    },
     {'XLA_FLAGS': 'xla_cpu_experimental_ynn_fusion_type='},
     {xla_cpu.OPT_OUT_ENV: '1'},
-])
+  ],
+)
 def test_the_users_choice_wins(environ):
   assert xla_cpu.user_controls_flags(environ)
   assert xla_cpu.compiler_options(WIDE, 'cpu', environ) is None

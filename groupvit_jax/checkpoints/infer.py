@@ -17,8 +17,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from groupvit_jax.models.config import (ConfigError, GroupViTConfig, ImageEncoderConfig,
-                                        TextEncoderConfig)
+from groupvit_jax.models.config import (
+  ConfigError,
+  GroupViTConfig,
+  ImageEncoderConfig,
+  TextEncoderConfig,
+)
 
 
 def _indices(sd, pattern) -> list[int]:
@@ -61,21 +65,33 @@ def config_from_shapes(sd: Mapping[str, np.ndarray]) -> GroupViTConfig:
     channels_dim = shape('img_encoder.layers.0.downsample.mlp_channels.fc1.weight')[0]
     assign_ratio = (tokens_dim / width, channels_dim / width)
   image = ImageEncoderConfig(
-      image_size=grid * patch, patch_size=patch, in_channels=in_ch, width=width,
-      num_heads=max(width // 64, 1), mlp_ratio=mlp_hidden / width, depths=tuple(depths),
-      num_group_tokens=tuple(group_tokens), num_output_groups=tuple(output_groups),
-      assign_mlp_ratio=assign_ratio,
-      pre_assign_attention=any('.pre_assign_attn.' in k for k in sd),
-      pre_assign_mlp_ratio=pre_assign_ratio,
-      group_projector=any('.group_projector.' in k for k in sd))
+    image_size=grid * patch,
+    patch_size=patch,
+    in_channels=in_ch,
+    width=width,
+    num_heads=max(width // 64, 1),
+    mlp_ratio=mlp_hidden / width,
+    depths=tuple(depths),
+    num_group_tokens=tuple(group_tokens),
+    num_output_groups=tuple(output_groups),
+    assign_mlp_ratio=assign_ratio,
+    pre_assign_attention=any('.pre_assign_attn.' in k for k in sd),
+    pre_assign_mlp_ratio=pre_assign_ratio,
+    group_projector=any('.group_projector.' in k for k in sd),
+  )
 
   vocab, t_width = shape('text_encoder.token_embedding.weight')
   context = shape('text_encoder.positional_embedding')[0]
   t_layers = _indices(sd, r'^text_encoder\.transformer\.resblocks\.(\d+)\.')
   t_hidden = shape('text_encoder.transformer.resblocks.0.mlp.c_fc.weight')[0]
-  text = TextEncoderConfig(vocab_size=vocab, context_length=context, width=t_width,
-                           num_layers=len(t_layers), num_heads=max(t_width // 64, 1),
-                           mlp_ratio=t_hidden / t_width)
+  text = TextEncoderConfig(
+    vocab_size=vocab,
+    context_length=context,
+    width=t_width,
+    num_layers=len(t_layers),
+    num_heads=max(t_width // 64, 1),
+    mlp_ratio=t_hidden / t_width,
+  )
 
   hidden = _indices(sd, r'^img_projector\.linear_hidden\.(\d+)\.weight$')
   convs = [i for i in hidden if len(shape(f'img_projector.linear_hidden.{i}.weight')) > 1]
@@ -83,9 +99,14 @@ def config_from_shapes(sd: Mapping[str, np.ndarray]) -> GroupViTConfig:
   hidden_dim = shape('img_projector.linear_hidden.0.weight')[0] if convs else 4096
   out_dim = shape('img_projector.linear_out.weight')[0] if proj_layers else width
   _require_equal_text_head(sd, shape, convs, proj_layers)
-  cfg = GroupViTConfig(image=image, text=text, projection_dim=out_dim,
-                       projection_hidden_dim=hidden_dim, projection_layers=proj_layers,
-                       multi_label='multi_label_logit_scale' in sd)
+  cfg = GroupViTConfig(
+    image=image,
+    text=text,
+    projection_dim=out_dim,
+    projection_hidden_dim=hidden_dim,
+    projection_layers=proj_layers,
+    multi_label='multi_label_logit_scale' in sd,
+  )
   cfg.validate()
   return cfg
 
@@ -106,8 +127,10 @@ def _check(name, declared, inferred):
 def apply_hf_config(cfg: GroupViTConfig, hf: Mapping[str, Any]) -> GroupViTConfig:
   """Takes heads and epsilons from a Hugging Face GroupViTConfig dict; checks the rest."""
   v, t = hf.get('vision_config', {}) or {}, hf.get('text_config', {}) or {}
-  for name, act, want in (('vision', v.get('hidden_act', 'gelu'), 'gelu'),
-                          ('text', t.get('hidden_act', 'quick_gelu'), 'quick_gelu')):
+  for name, act, want in (
+    ('vision', v.get('hidden_act', 'gelu'), 'gelu'),
+    ('text', t.get('hidden_act', 'quick_gelu'), 'quick_gelu'),
+  ):
     if act != want:
       raise ConfigError(f'{name} hidden_act={act!r} is not supported (GroupViT uses {want!r})')
   _check('vision hidden_size', v.get('hidden_size'), cfg.image.width)
@@ -115,12 +138,16 @@ def apply_hf_config(cfg: GroupViTConfig, hf: Mapping[str, Any]) -> GroupViTConfi
   _check('text hidden_size', t.get('hidden_size'), cfg.text.width)
   _check('projection_dim', hf.get('projection_dim'), cfg.projection_dim)
   image = dataclasses.replace(
-      cfg.image, num_heads=v.get('num_attention_heads', cfg.image.num_heads),
-      layer_norm_eps=v.get('layer_norm_eps', cfg.image.layer_norm_eps),
-      assign_eps=v.get('assign_eps', cfg.image.assign_eps))
+    cfg.image,
+    num_heads=v.get('num_attention_heads', cfg.image.num_heads),
+    layer_norm_eps=v.get('layer_norm_eps', cfg.image.layer_norm_eps),
+    assign_eps=v.get('assign_eps', cfg.image.assign_eps),
+  )
   text = dataclasses.replace(
-      cfg.text, num_heads=t.get('num_attention_heads', cfg.text.num_heads),
-      layer_norm_eps=t.get('layer_norm_eps', cfg.text.layer_norm_eps))
+    cfg.text,
+    num_heads=t.get('num_attention_heads', cfg.text.num_heads),
+    layer_norm_eps=t.get('layer_norm_eps', cfg.text.layer_norm_eps),
+  )
   out = dataclasses.replace(cfg, image=image, text=text)
   out.validate()
   return out
@@ -137,8 +164,7 @@ def apply_nvlabs_config(cfg: GroupViTConfig, model_cfg: Mapping[str, Any]) -> Gr
       raise ConfigError(f'per-stage head counts {heads} are not supported (one count for all)')
     heads = heads[0]
   _check('img_encoder.embed_dim', img.get('embed_dim'), cfg.image.width)
-  _check('img_encoder.depths', tuple(img['depths']) if 'depths' in img else None,
-         cfg.image.depths)
+  _check('img_encoder.depths', tuple(img['depths']) if 'depths' in img else None, cfg.image.depths)
   _check('text_encoder.width', txt.get('width'), cfg.text.width)
   _check('text_encoder.layers', txt.get('layers'), cfg.text.num_layers)
   factors = img.get('embed_factors')
@@ -146,8 +172,12 @@ def apply_nvlabs_config(cfg: GroupViTConfig, model_cfg: Mapping[str, Any]) -> Gr
     raise ConfigError(f'embed_factors {list(factors)} != 1 are not supported')
   hard = bool(img.get('hard_assignment', cfg.image.hard_assignment))
   image = dataclasses.replace(
-      cfg.image, num_heads=heads or cfg.image.num_heads, hard_assignment=hard, gumbel=hard,
-      drop_path_rate=float(img.get('drop_path_rate', cfg.image.drop_path_rate)))
+    cfg.image,
+    num_heads=heads or cfg.image.num_heads,
+    hard_assignment=hard,
+    gumbel=hard,
+    drop_path_rate=float(img.get('drop_path_rate', cfg.image.drop_path_rate)),
+  )
   out = dataclasses.replace(cfg, image=image)
   out.validate()
   return out

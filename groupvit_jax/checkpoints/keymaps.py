@@ -15,8 +15,11 @@ import jax
 import numpy as np
 
 # Buffers that carry no information for the model (counters, constant index tables).
-IGNORED_SUFFIXES = ('num_batches_tracked', 'text_model.embeddings.position_ids',
-                    'vision_model.embeddings.position_ids')
+IGNORED_SUFFIXES = (
+  'num_batches_tracked',
+  'text_model.embeddings.position_ids',
+  'vision_model.embeddings.position_ids',
+)
 
 
 class CheckpointMismatchError(ValueError):
@@ -41,28 +44,36 @@ def _preview(items, n=12):
 
 # --- Hugging Face -> NVlabs ------------------------------------------------------------------
 _HF_RENAMES = [
-    (r'^vision_model\.embeddings\.patch_embeddings\.projection\.', 'img_encoder.patch_embed.proj.'),
-    (r'^vision_model\.embeddings\.layernorm\.', 'img_encoder.patch_embed.norm.'),
-    (r'^vision_model\.embeddings\.position_embeddings$', 'img_encoder.pos_embed'),
-    (r'^vision_model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.', r'img_encoder.layers.\1.blocks.\2.'),
-    (r'^vision_model\.encoder\.stages\.(\d+)\.', r'img_encoder.layers.\1.'),
-    (r'^vision_model\.layernorm\.', 'img_encoder.norm.'),
-    (r'^text_model\.embeddings\.token_embedding\.', 'text_encoder.token_embedding.'),
-    (r'^text_model\.embeddings\.position_embedding\.weight$', 'text_encoder.positional_embedding'),
-    (r'^text_model\.encoder\.layers\.(\d+)\.', r'text_encoder.transformer.resblocks.\1.'),
-    (r'^text_model\.final_layer_norm\.', 'text_encoder.ln_final.'),
-    (r'^visual_projection\.0\.', 'img_projector.linear_hidden.0.'),
-    (r'^visual_projection\.1\.', 'img_projector.linear_hidden.1.'),
-    (r'^visual_projection\.3\.', 'img_projector.linear_out.'),
-    (r'^text_projection\.0\.', 'text_projector.linear_hidden.0.'),
-    (r'^text_projection\.1\.', 'text_projector.linear_hidden.1.'),
-    (r'^text_projection\.3\.', 'text_projector.linear_out.'),
+  (r'^vision_model\.embeddings\.patch_embeddings\.projection\.', 'img_encoder.patch_embed.proj.'),
+  (r'^vision_model\.embeddings\.layernorm\.', 'img_encoder.patch_embed.norm.'),
+  (r'^vision_model\.embeddings\.position_embeddings$', 'img_encoder.pos_embed'),
+  (r'^vision_model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.', r'img_encoder.layers.\1.blocks.\2.'),
+  (r'^vision_model\.encoder\.stages\.(\d+)\.', r'img_encoder.layers.\1.'),
+  (r'^vision_model\.layernorm\.', 'img_encoder.norm.'),
+  (r'^text_model\.embeddings\.token_embedding\.', 'text_encoder.token_embedding.'),
+  (r'^text_model\.embeddings\.position_embedding\.weight$', 'text_encoder.positional_embedding'),
+  (r'^text_model\.encoder\.layers\.(\d+)\.', r'text_encoder.transformer.resblocks.\1.'),
+  (r'^text_model\.final_layer_norm\.', 'text_encoder.ln_final.'),
+  (r'^visual_projection\.0\.', 'img_projector.linear_hidden.0.'),
+  (r'^visual_projection\.1\.', 'img_projector.linear_hidden.1.'),
+  (r'^visual_projection\.3\.', 'img_projector.linear_out.'),
+  (r'^text_projection\.0\.', 'text_projector.linear_hidden.0.'),
+  (r'^text_projection\.1\.', 'text_projector.linear_hidden.1.'),
+  (r'^text_projection\.3\.', 'text_projector.linear_out.'),
 ]
 _HF_BLOCK_RENAMES = {  # inside image blocks / text resblocks
-    'img': [('layer_norm1.', 'norm1.'), ('layer_norm2.', 'norm2.'),
-            ('self_attn.out_proj.', 'attn.proj.')],
-    'text': [('layer_norm1.', 'ln_1.'), ('layer_norm2.', 'ln_2.'), ('mlp.fc1.', 'mlp.c_fc.'),
-             ('mlp.fc2.', 'mlp.c_proj.'), ('self_attn.out_proj.', 'attn.out_proj.')],
+  'img': [
+    ('layer_norm1.', 'norm1.'),
+    ('layer_norm2.', 'norm2.'),
+    ('self_attn.out_proj.', 'attn.proj.'),
+  ],
+  'text': [
+    ('layer_norm1.', 'ln_1.'),
+    ('layer_norm2.', 'ln_2.'),
+    ('mlp.fc1.', 'mlp.c_fc.'),
+    ('mlp.fc2.', 'mlp.c_proj.'),
+    ('self_attn.out_proj.', 'attn.out_proj.'),
+  ],
 }
 
 
@@ -83,8 +94,11 @@ def hf_to_nvlabs(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
       new, n = re.subn(pattern, repl, new)
       if n:
         break
-    m = re.match(r'^(img_encoder\.layers\.\d+\.blocks\.\d+\.|text_encoder\.transformer\.'
-                 r'resblocks\.\d+\.)(.*)$', new)
+    m = re.match(
+      r'^(img_encoder\.layers\.\d+\.blocks\.\d+\.|text_encoder\.transformer\.'
+      r'resblocks\.\d+\.)(.*)$',
+      new,
+    )
     if m:
       prefix, rest = m.groups()
       kind = 'img' if prefix.startswith('img') else 'text'
@@ -94,7 +108,7 @@ def hf_to_nvlabs(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         continue
       for a, b in _HF_BLOCK_RENAMES[kind]:
         if rest.startswith(a):
-          rest = b + rest[len(a):]
+          rest = b + rest[len(a) :]
       new = prefix + rest
     new = new.replace('.pre_assign_attn.attn.out_proj.', '.pre_assign_attn.attn.proj.')
     out[new] = value
@@ -113,20 +127,20 @@ def hf_to_nvlabs(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 # --- NVlabs -> our variables -----------------------------------------------------------------
 _PATH_RULES = [
-    (r'^img_encoder/patch_embed/', 'img_encoder/patch_embed/proj/'),
-    (r'^img_encoder/patch_norm/', 'img_encoder/patch_embed/norm/'),
-    (r'/group_projector_norm/', '/group_projector/0/'),
-    (r'/group_projector/mlp/', '/group_projector/1/'),
-    (r'/mlp_inter/mlp/', '/mlp_inter/'),
-    (r'^text_encoder/resblocks_(\d+)/', r'text_encoder/transformer/resblocks/\1/'),
-    (r'^text_encoder/token_embedding/embedding$', 'text_encoder/token_embedding/weight'),
-    (r'/attn/in_proj/kernel$', '/attn/in_proj_weight'),
-    (r'/attn/in_proj/bias$', '/attn/in_proj_bias'),
-    (r'_projector/linear_hidden_(\d+)/', lambda m: f'_projector/linear_hidden/{3 * int(m[1])}/'),
-    (r'_projector/bn_(\d+)/', lambda m: f'_projector/linear_hidden/{3 * int(m[1]) + 1}/'),
-    (r'(layers|blocks)_(\d+)/', r'\1/\2/'),
-    (r'/kernel$', '/weight'),
-    (r'/scale$', '/weight'),
+  (r'^img_encoder/patch_embed/', 'img_encoder/patch_embed/proj/'),
+  (r'^img_encoder/patch_norm/', 'img_encoder/patch_embed/norm/'),
+  (r'/group_projector_norm/', '/group_projector/0/'),
+  (r'/group_projector/mlp/', '/group_projector/1/'),
+  (r'/mlp_inter/mlp/', '/mlp_inter/'),
+  (r'^text_encoder/resblocks_(\d+)/', r'text_encoder/transformer/resblocks/\1/'),
+  (r'^text_encoder/token_embedding/embedding$', 'text_encoder/token_embedding/weight'),
+  (r'/attn/in_proj/kernel$', '/attn/in_proj_weight'),
+  (r'/attn/in_proj/bias$', '/attn/in_proj_bias'),
+  (r'_projector/linear_hidden_(\d+)/', lambda m: f'_projector/linear_hidden/{3 * int(m[1])}/'),
+  (r'_projector/bn_(\d+)/', lambda m: f'_projector/linear_hidden/{3 * int(m[1]) + 1}/'),
+  (r'(layers|blocks)_(\d+)/', r'\1/\2/'),
+  (r'/kernel$', '/weight'),
+  (r'/scale$', '/weight'),
 ]
 
 
@@ -157,8 +171,9 @@ def _to_leaf(path: tuple[str, ...], value: np.ndarray, shape: tuple[int, ...]) -
   return value
 
 
-def nvlabs_to_variables(sd: Mapping[str, np.ndarray], abstract: Mapping[str, Any]
-                        ) -> dict[str, Any]:
+def nvlabs_to_variables(
+  sd: Mapping[str, np.ndarray], abstract: Mapping[str, Any]
+) -> dict[str, Any]:
   """Fills the variable tree `abstract` (e.g. from `jax.eval_shape` of init) from an NVlabs
   state dict. Raises CheckpointMismatchError listing every missing/unused/misshapen entry."""
   used, missing, shapes = set(), [], []
@@ -173,8 +188,10 @@ def nvlabs_to_variables(sd: Mapping[str, np.ndarray], abstract: Mapping[str, Any
     used.add(key)
     value = _to_leaf(path, sd[key], leaf.shape)
     if tuple(value.shape) != tuple(leaf.shape):
-      shapes.append(f'{key}: checkpoint {tuple(np.shape(sd[key]))} -> {tuple(value.shape)}, '
-                    f'model {tuple(leaf.shape)}')
+      shapes.append(
+        f'{key}: checkpoint {tuple(np.shape(sd[key]))} -> {tuple(value.shape)}, '
+        f'model {tuple(leaf.shape)}'
+      )
       return None
     return value
 

@@ -31,6 +31,7 @@ class LoadedSource:
 def _read_tensor_file(path: str) -> dict[str, Any]:
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file
+
     return dict(load_file(path))
   return load_torch_archive(path)
 
@@ -49,14 +50,17 @@ def _read_hf_weights(directory: str) -> dict[str, np.ndarray]:
     path = os.path.join(directory, name)
     if os.path.exists(path):
       return _read_tensor_file(path)
-  raise FileNotFoundError(f'{directory} has config.json but no model.safetensors or '
-                          'pytorch_model.bin (nor a sharded index)')
+  raise FileNotFoundError(
+    f'{directory} has config.json but no model.safetensors or '
+    'pytorch_model.bin (nor a sharded index)'
+  )
 
 
 def _plain(obj: Any) -> Any:
   """OmegaConf / mappings -> plain dicts and lists."""
   try:
     from omegaconf import DictConfig, ListConfig, OmegaConf
+
     if isinstance(obj, (DictConfig, ListConfig)):
       return OmegaConf.to_container(obj, resolve=True)
   except ImportError:  # omegaconf is a dependency, but a bare dict needs nothing of it
@@ -68,13 +72,16 @@ def _plain(obj: Any) -> Any:
 
 def _as_state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
   if not isinstance(obj, Mapping):
-    raise ValueError(f'{path}: expected a state dict (a mapping of names to tensors), '
-                     f'got {type(obj).__name__}')
+    raise ValueError(
+      f'{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}'
+    )
   sd = {}
   for k, v in obj.items():
     if not isinstance(v, np.ndarray):
-      raise ValueError(f'{path}: entry {k!r} is a {type(v).__name__}, not a tensor; is this a '
-                       "training checkpoint whose weights are under another key?")
+      raise ValueError(
+        f'{path}: entry {k!r} is a {type(v).__name__}, not a tensor; is this a '
+        'training checkpoint whose weights are under another key?'
+      )
     sd[k.removeprefix('module.')] = v
   return sd
 
@@ -87,13 +94,16 @@ def load_source(path: str) -> LoadedSource:
   if os.path.isdir(path):
     cfg_path = os.path.join(path, 'config.json')
     if not os.path.exists(cfg_path):
-      raise FileNotFoundError(f'{path} is a directory without config.json; expected a Hugging '
-                              'Face GroupViTModel directory')
+      raise FileNotFoundError(
+        f'{path} is a directory without config.json; expected a Hugging '
+        'Face GroupViTModel directory'
+      )
     with open(cfg_path) as f:
       declared_hf = json.load(f)
     if declared_hf.get('model_type') not in (None, 'groupvit'):
-      raise ValueError(f"{cfg_path}: model_type {declared_hf.get('model_type')!r} is not "
-                       "'groupvit'")
+      raise ValueError(
+        f"{cfg_path}: model_type {declared_hf.get('model_type')!r} is not 'groupvit'"
+      )
     raw = _read_hf_weights(path)
     kind = 'huggingface'
   else:
@@ -104,8 +114,9 @@ def load_source(path: str) -> LoadedSource:
       if obj.get('config') is not None:
         declared_nv = _plain(obj['config'])
       obj = obj['model']
-    elif isinstance(obj, Mapping) and 'state_dict' in obj and isinstance(obj['state_dict'],
-                                                                         Mapping):
+    elif (
+      isinstance(obj, Mapping) and 'state_dict' in obj and isinstance(obj['state_dict'], Mapping)
+    ):
       obj = obj['state_dict']
     raw = _as_state_dict(obj, path)
 
@@ -121,7 +132,11 @@ def load_source(path: str) -> LoadedSource:
     cfg = infer.apply_nvlabs_config(cfg, declared_nv['model'])
     origin = 'NVlabs embedded config'
   else:
-    logging.warning('No declared config in %s: heads assumed width/64 (%d image, %d text); '
-                    'pass --set image.num_heads=N to override.', path, cfg.image.num_heads,
-                    cfg.text.num_heads)
+    logging.warning(
+      'No declared config in %s: heads assumed width/64 (%d image, %d text); '
+      'pass --set image.num_heads=N to override.',
+      path,
+      cfg.image.num_heads,
+      cfg.text.num_heads,
+    )
   return LoadedSource(sd, cfg, kind, origin)

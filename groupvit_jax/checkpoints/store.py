@@ -1,8 +1,8 @@
 """The on-disk layout of a converted / exported model: an orbax checkpoint plus its config.
 
-    DIR/model_config.json   GroupViTConfig.to_json()
-    DIR/variables/          orbax StandardCheckpointer tree {'params', 'batch_stats'}
-    DIR/source.json         where it came from (optional)
+DIR/model_config.json   GroupViTConfig.to_json()
+DIR/variables/          orbax StandardCheckpointer tree {'params', 'batch_stats'}
+DIR/source.json         where it came from (optional)
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from groupvit_jax.models.config import GroupViTConfig
@@ -26,8 +25,13 @@ VARIABLES_DIR = 'variables'
 RETIRED_MODEL_KEYS = {('image', 'group_token_residual'): (True, 'ae3acf4')}
 
 
-def save_model(directory: str, config: GroupViTConfig, variables: dict[str, Any],
-               source_info: dict[str, Any] | None = None, overwrite: bool = False) -> str:
+def save_model(
+  directory: str,
+  config: GroupViTConfig,
+  variables: dict[str, Any],
+  source_info: dict[str, Any] | None = None,
+  overwrite: bool = False,
+) -> str:
   """Writes `variables` ({'params', 'batch_stats'}) and `config` to `directory`."""
   directory = os.path.abspath(directory)
   target = os.path.join(directory, VARIABLES_DIR)
@@ -48,8 +52,10 @@ def save_model(directory: str, config: GroupViTConfig, variables: dict[str, Any]
 def load_config(directory: str) -> GroupViTConfig:
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: {directory} is not a model directory written by '
-                            'groupvit_jax.convert or the trainer')
+    raise FileNotFoundError(
+      f'{path} not found: {directory} is not a model directory written by '
+      'groupvit_jax.convert or the trainer'
+    )
   with open(path) as f:
     return GroupViTConfig.from_dict(_without_retired_keys(json.load(f), path))
 
@@ -61,9 +67,11 @@ def _without_retired_keys(config: dict[str, Any], path: str) -> dict[str, Any]:
     if key not in part:
       continue
     if part[key] != released:
-      raise ValueError(f'{path}: model.{section}.{key}={part[key]!r} is a retired option (the '
-                       f'library now always uses {released!r}); load this model with the commit '
-                       f'that had it: git checkout {commit}')
+      raise ValueError(
+        f'{path}: model.{section}.{key}={part[key]!r} is a retired option (the '
+        f'library now always uses {released!r}); load this model with the commit '
+        f'that had it: git checkout {commit}'
+      )
     del part[key]
   return config
 

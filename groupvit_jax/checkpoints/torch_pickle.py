@@ -18,10 +18,16 @@ import ml_dtypes
 import numpy as np
 
 _STORAGE_DTYPES = {
-    'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
-    'BFloat16Storage': ml_dtypes.bfloat16, 'LongStorage': np.int64, 'IntStorage': np.int32,
-    'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
-    'BoolStorage': np.bool_,
+  'FloatStorage': np.float32,
+  'DoubleStorage': np.float64,
+  'HalfStorage': np.float16,
+  'BFloat16Storage': ml_dtypes.bfloat16,
+  'LongStorage': np.int64,
+  'IntStorage': np.int32,
+  'ShortStorage': np.int16,
+  'CharStorage': np.int8,
+  'ByteStorage': np.uint8,
+  'BoolStorage': np.bool_,
 }
 
 
@@ -30,7 +36,6 @@ class TorchArchiveError(ValueError):
 
 
 class _StorageType:
-
   def __init__(self, name: str):
     if name not in _STORAGE_DTYPES:
       raise TorchArchiveError(f'unsupported tensor storage type torch.{name}')
@@ -42,7 +47,8 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
   if not size:
     return np.array(storage[offset], copy=True)
   view = np.lib.stride_tricks.as_strided(
-      storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride))
+    storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+  )
   return np.array(view, copy=True)
 
 
@@ -51,7 +57,6 @@ def _rebuild_parameter(data, *unused):
 
 
 class _Unpickler(pickle.Unpickler):
-
   def __init__(self, fileobj, archive: zipfile.ZipFile, root: str):
     super().__init__(fileobj)
     self._archive = archive
@@ -88,13 +93,14 @@ def load_torch_archive(path: str | os.PathLike) -> Any:
   path = os.fspath(path)
   if not zipfile.is_zipfile(path):
     raise TorchArchiveError(
-        f'{path} is not a torch zip archive (saved by torch < 1.6 or not a checkpoint); '
-        're-save it with a recent torch: torch.save(torch.load(p), p)')
+      f'{path} is not a torch zip archive (saved by torch < 1.6 or not a checkpoint); '
+      're-save it with a recent torch: torch.save(torch.load(p), p)'
+    )
   with zipfile.ZipFile(path) as archive:
     pkl = [n for n in archive.namelist() if n.endswith('/data.pkl') or n == 'data.pkl']
     if len(pkl) != 1:
       raise TorchArchiveError(f'{path}: expected one data.pkl in the archive, found {pkl}')
-    root = pkl[0][:-len('data.pkl')]  # '' or 'name/'
+    root = pkl[0][: -len('data.pkl')]  # '' or 'name/'
     byteorder = f'{root}byteorder'
     if byteorder in archive.namelist() and archive.read(byteorder).strip() != b'little':
       raise TorchArchiveError(f'{path}: big-endian archives are not supported')

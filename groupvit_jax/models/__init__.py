@@ -1,7 +1,11 @@
 """Flax modules of the released GroupViT and reusable ViT / grouping / CLIP-text blocks."""
 
-from groupvit_jax.models.config import (ConfigError, GroupViTConfig, ImageEncoderConfig,
-                                        TextEncoderConfig)
+from groupvit_jax.models.config import (
+  ConfigError,
+  GroupViTConfig,
+  ImageEncoderConfig,
+  TextEncoderConfig,
+)
 from groupvit_jax.models.grouping import Assignment, GroupingBlock
 from groupvit_jax.models.groupvit import GroupViT, compose_group_maps, init_variables, l2_normalize
 from groupvit_jax.models.image_encoder import ImageEncoder

@@ -50,21 +50,25 @@ class ImageEncoderConfig:
   def validate(self) -> None:
     stages = len(self.depths)
     if len(self.num_group_tokens) != stages:
-      raise ConfigError(f'num_group_tokens {self.num_group_tokens} needs one entry per stage '
-                        f'(depths {self.depths})')
+      raise ConfigError(
+        f'num_group_tokens {self.num_group_tokens} needs one entry per stage (depths {self.depths})'
+      )
     if self.num_group_tokens[-1] != 0:
       raise ConfigError('the last stage has no group tokens (num_group_tokens[-1] must be 0)')
     grouping = [n for n in self.num_group_tokens if n > 0]
-    if list(self.num_group_tokens[:len(grouping)]) != grouping:
+    if list(self.num_group_tokens[: len(grouping)]) != grouping:
       raise ConfigError(f'group tokens must come in leading stages only: {self.num_group_tokens}')
     if len(self.num_output_groups) < len(grouping):
-      raise ConfigError(f'num_output_groups {self.num_output_groups} needs an entry for each of '
-                        f'the {len(grouping)} grouping stages')
+      raise ConfigError(
+        f'num_output_groups {self.num_output_groups} needs an entry for each of '
+        f'the {len(grouping)} grouping stages'
+      )
     if self.width % self.num_heads:
       raise ConfigError(f'width {self.width} is not divisible by num_heads {self.num_heads}')
     if self.image_size % self.patch_size:
-      raise ConfigError(f'image_size {self.image_size} is not a multiple of patch_size '
-                        f'{self.patch_size}')
+      raise ConfigError(
+        f'image_size {self.image_size} is not a multiple of patch_size {self.patch_size}'
+      )
 
   @property
   def num_grouping_stages(self) -> int:
@@ -164,8 +168,10 @@ def _check_type(value: Any, field: dataclasses.Field, where: str) -> Any:
   else:
     ok = isinstance(value, type(default))
   if not ok:
-    raise ConfigError(f'{name} must be {type(default).__name__} (like its default {default!r}); '
-                      f'got {value!r} of type {type(value).__name__}')
+    raise ConfigError(
+      f'{name} must be {type(default).__name__} (like its default {default!r}); '
+      f'got {value!r} of type {type(value).__name__}'
+    )
   return value
 
 

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from groupvit_jax.models.layers import CrossAttention, Mlp, MixerMlp, dense_init, layer_norm
+from groupvit_jax.models.layers import CrossAttention, MixerMlp, Mlp, dense_init, layer_norm
 
 Dtype = Any
 
@@ -35,8 +35,9 @@ def straight_through(probs: jnp.ndarray, axis: int) -> jnp.ndarray:
   return hard + probs - jax.lax.stop_gradient(probs)
 
 
-def assign_probs(logits: jnp.ndarray, *, axis: int, hard: bool, gumbel_key: jax.Array | None,
-                 tau: float = 1.0) -> jnp.ndarray:
+def assign_probs(
+  logits: jnp.ndarray, *, axis: int, hard: bool, gumbel_key: jax.Array | None, tau: float = 1.0
+) -> jnp.ndarray:
   """Assignment weights from logits along `axis` (float32).
 
   With `gumbel_key`, adds Gumbel(0, 1) noise and divides by `tau` before the softmax (training).
@@ -62,15 +63,16 @@ class AssignAttention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, groups: jnp.ndarray, x: jnp.ndarray,
-               deterministic: bool = True) -> tuple[jnp.ndarray, Assignment]:
+  def __call__(
+    self, groups: jnp.ndarray, x: jnp.ndarray, deterministic: bool = True
+  ) -> tuple[jnp.ndarray, Assignment]:
     """groups: [B, S, C], x: [B, N, C] -> ([B, S, C], Assignment with maps [B, S, N])."""
     c = groups.shape[-1]
     dense = lambda name: nn.Dense(c, dtype=self.dtype, kernel_init=dense_init, name=name)
     q = dense('q_proj')(groups)
     k = dense('k_proj')(x)
     v = dense('v_proj')(x)
-    logits = jnp.einsum('bsc,bnc->bsn', q, k, preferred_element_type=jnp.float32) * c ** -0.5
+    logits = jnp.einsum('bsc,bnc->bsn', q, k, preferred_element_type=jnp.float32) * c**-0.5
     use_noise = self.gumbel and not deterministic
     key = self.make_rng('gumbel') if use_noise else None
     attn = assign_probs(logits, axis=1, hard=self.hard, gumbel_key=key, tau=self.gumbel_tau)
@@ -115,23 +117,34 @@ class GroupingBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, group_tokens: jnp.ndarray,
-               deterministic: bool = True) -> tuple[jnp.ndarray, Assignment]:
+  def __call__(
+    self, x: jnp.ndarray, group_tokens: jnp.ndarray, deterministic: bool = True
+  ) -> tuple[jnp.ndarray, Assignment]:
     """x: [B, N, C], group_tokens: [B, S_in, C] -> (segments [B, S_out, C], Assignment)."""
     c = x.shape[-1]
     tokens_dim, channels_dim = (int(r * c) for r in self.assign_mlp_ratio)
     group_tokens = layer_norm(self.eps, 'norm_tokens')(group_tokens)
     x = layer_norm(self.eps, 'norm_x')(x)
-    groups = MixerMlp(tokens_dim, self.num_output_groups, dtype=self.dtype,
-                      name='mlp_inter')(group_tokens)
+    groups = MixerMlp(tokens_dim, self.num_output_groups, dtype=self.dtype, name='mlp_inter')(
+      group_tokens
+    )
     groups = layer_norm(self.eps, 'norm_post_tokens')(groups)
     if self.pre_assign_attention:
-      groups = CrossAttnBlock(self.num_heads, self.pre_assign_mlp_ratio, eps=self.eps,
-                              dtype=self.dtype,
-                              name='pre_assign_attn')(groups, x)
+      groups = CrossAttnBlock(
+        self.num_heads,
+        self.pre_assign_mlp_ratio,
+        eps=self.eps,
+        dtype=self.dtype,
+        name='pre_assign_attn',
+      )(groups, x)
     new, assignment = AssignAttention(
-        hard=self.hard, gumbel=self.gumbel, gumbel_tau=self.gumbel_tau,
-        assign_eps=self.assign_eps, dtype=self.dtype, name='assign')(groups, x, deterministic)
+      hard=self.hard,
+      gumbel=self.gumbel,
+      gumbel_tau=self.gumbel_tau,
+      assign_eps=self.assign_eps,
+      dtype=self.dtype,
+      name='assign',
+    )(groups, x, deterministic)
     new = new + groups
     y = layer_norm(self.eps, 'norm_new_x')(new)
     new = new + Mlp(channels_dim, dtype=self.dtype, name='mlp_channels')(y)

@@ -37,9 +37,15 @@ class GroupViT(nn.Module):
     dtype = _DTYPES[cfg.dtype]
     self.img_encoder = ImageEncoder(cfg.image, dtype=dtype, remat=cfg.remat)
     self.text_encoder = TextEncoder(cfg.text, dtype=dtype, remat=cfg.remat)
-    head = lambda: ProjectionHead(cfg.projection_hidden_dim, cfg.projection_dim,
-                                  cfg.projection_layers, cfg.bn_momentum, cfg.bn_eps,
-                                  cfg.bn_axis_name, dtype=dtype)
+    head = lambda: ProjectionHead(
+      cfg.projection_hidden_dim,
+      cfg.projection_dim,
+      cfg.projection_layers,
+      cfg.bn_momentum,
+      cfg.bn_eps,
+      cfg.bn_axis_name,
+      dtype=dtype,
+    )
     self.img_projector = head()
     self.text_projector = head()
     init = nn.initializers.constant(cfg.logit_scale_init)
@@ -57,8 +63,9 @@ class GroupViT(nn.Module):
     return out
 
   # --- towers ------------------------------------------------------------------------------
-  def encode_image(self, images: jnp.ndarray, train: bool = False,
-                   with_groups: bool = False) -> dict[str, Any]:
+  def encode_image(
+    self, images: jnp.ndarray, train: bool = False, with_groups: bool = False
+  ) -> dict[str, Any]:
     """images [B, H, W, 3] normalised -> dict.
 
     Keys: 'image_embed' [B, D] (projected pooled feature, not normalised), 'assignments' (one
@@ -81,8 +88,14 @@ class GroupViT(nn.Module):
     """text int [N, L] -> [N, D] projected end-of-text features (not normalised)."""
     return self.text_projector(self.text_encoder(text), train)
 
-  def __call__(self, images: jnp.ndarray, text: jnp.ndarray, prompts: jnp.ndarray | None = None,
-               train: bool = False, with_groups: bool = False) -> dict[str, Any]:
+  def __call__(
+    self,
+    images: jnp.ndarray,
+    text: jnp.ndarray,
+    prompts: jnp.ndarray | None = None,
+    train: bool = False,
+    with_groups: bool = False,
+  ) -> dict[str, Any]:
     """The training forward pass.
 
     Args:
@@ -99,8 +112,9 @@ class GroupViT(nn.Module):
     """
     if with_groups:
       image = self.encode_image(images, train, with_groups=True)
-      image['group_mask'] = _groups_owning_patches(image['assignments'],
-                                                   image['group_embeds'].shape[:2])
+      image['group_mask'] = _groups_owning_patches(
+        image['assignments'], image['group_embeds'].shape[:2]
+      )
     else:
       image = self.encode_image(images, train)
     b = text.shape[0]
@@ -113,8 +127,11 @@ class GroupViT(nn.Module):
       text_embed, prompt_embed = embeds[:, 0], embeds[:, 1:]
     else:
       text_embed, prompt_embed = self.encode_text(text, train), None
-    out = {'image_embed': image['image_embed'], 'text_embed': text_embed,
-           'assignments': image['assignments']}
+    out = {
+      'image_embed': image['image_embed'],
+      'text_embed': text_embed,
+      'assignments': image['assignments'],
+    }
     if prompt_embed is not None:
       out['prompt_embed'] = prompt_embed
     if with_groups:
@@ -123,8 +140,9 @@ class GroupViT(nn.Module):
     return out
 
 
-def _groups_owning_patches(assignments: tuple[Assignment, ...], shape: tuple[int, int]
-                           ) -> jnp.ndarray:
+def _groups_owning_patches(
+  assignments: tuple[Assignment, ...], shape: tuple[int, int]
+) -> jnp.ndarray:
   """bool [B, S]: final groups that own at least one patch under the hard assignment (all True
   for a model without grouping, whose tokens are the patches themselves)."""
   if not assignments:
@@ -132,8 +150,9 @@ def _groups_owning_patches(assignments: tuple[Assignment, ...], shape: tuple[int
   return jnp.sum(compose_group_maps(assignments, use_soft=False)[-1], axis=1) >= 0.5
 
 
-def compose_group_maps(assignments: tuple[Assignment, ...], use_soft: bool = True
-                       ) -> list[jnp.ndarray]:
+def compose_group_maps(
+  assignments: tuple[Assignment, ...], use_soft: bool = True
+) -> list[jnp.ndarray]:
   """Per-stage maps from image patches to groups, composed across stages.
 
   Args:
@@ -156,8 +175,14 @@ def init_variables(model: GroupViT, rng: jax.Array, batch_size: int = 2) -> dict
   s = cfg.image.image_size
   images = jnp.zeros((batch_size, s, s, cfg.image.in_channels), jnp.float32)
   text = jnp.zeros((batch_size, cfg.text.context_length), jnp.int32)
-  prompts = jnp.zeros((batch_size, 1, cfg.text.context_length), jnp.int32) if cfg.multi_label \
-      else None
+  prompts = (
+    jnp.zeros((batch_size, 1, cfg.text.context_length), jnp.int32) if cfg.multi_label else None
+  )
   params_rng, gumbel_rng, drop_rng = jax.random.split(rng, 3)
-  return model.init({'params': params_rng, 'gumbel': gumbel_rng, 'droppath': drop_rng},
-                    images, text, prompts, train=False)
+  return model.init(
+    {'params': params_rng, 'gumbel': gumbel_rng, 'droppath': drop_rng},
+    images,
+    text,
+    prompts,
+    train=False,
+  )

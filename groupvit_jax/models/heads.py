@@ -71,8 +71,9 @@ class ProjectionHead(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     for i in range(self.num_layers - 1):
-      x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=dense_init,
-                   name=f'linear_hidden_{i}')(x)
+      x = nn.Dense(
+        self.hidden_dim, dtype=self.dtype, kernel_init=dense_init, name=f'linear_hidden_{i}'
+      )(x)
       x = BatchNorm(self.bn_momentum, self.bn_eps, self.bn_axis_name, name=f'bn_{i}')(x, train)
       x = nn.relu(x)
     if self.num_layers > 0:

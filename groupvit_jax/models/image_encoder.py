@@ -69,18 +69,32 @@ class GroupingStage(nn.Module):
       tokens = x
     block_cls = nn.remat(ViTBlock, static_argnums=(2,)) if self.remat else ViTBlock
     for i in range(cfg.depths[self.stage]):
-      tokens = block_cls(cfg.num_heads, cfg.mlp_ratio, self.drop_path[i], cfg.layer_norm_eps,
-                         dtype=self.dtype, name=f'blocks_{i}')(tokens, deterministic)
+      tokens = block_cls(
+        cfg.num_heads,
+        cfg.mlp_ratio,
+        self.drop_path[i],
+        cfg.layer_norm_eps,
+        dtype=self.dtype,
+        name=f'blocks_{i}',
+      )(tokens, deterministic)
       tokens = cotangent_barrier(tokens)
     if num_groups == 0:
       return tokens, None, None
     x, groups = tokens[:, :n], tokens[:, n:]
     block = GroupingBlock(
-        cfg.num_heads, cfg.num_output_groups[self.stage], tuple(cfg.assign_mlp_ratio),
-        hard=cfg.hard_assignment, gumbel=cfg.gumbel, gumbel_tau=cfg.gumbel_tau,
-        assign_eps=cfg.assign_eps, pre_assign_attention=cfg.pre_assign_attention,
-        pre_assign_mlp_ratio=cfg.pre_assign_mlp_ratio,
-        eps=cfg.layer_norm_eps, dtype=self.dtype, name='downsample')
+      cfg.num_heads,
+      cfg.num_output_groups[self.stage],
+      tuple(cfg.assign_mlp_ratio),
+      hard=cfg.hard_assignment,
+      gumbel=cfg.gumbel,
+      gumbel_tau=cfg.gumbel_tau,
+      assign_eps=cfg.assign_eps,
+      pre_assign_attention=cfg.pre_assign_attention,
+      pre_assign_mlp_ratio=cfg.pre_assign_mlp_ratio,
+      eps=cfg.layer_norm_eps,
+      dtype=self.dtype,
+      name='downsample',
+    )
     x, assignment = block(x, groups, deterministic)
     return x, groups, assignment
 
@@ -101,25 +115,42 @@ class ImageEncoder(nn.Module):
     cfg = self.cfg
     p = cfg.patch_size
     if images.ndim != 4 or images.shape[1] % p or images.shape[2] % p:
-      raise ValueError(f'images must be [B, H, W, {cfg.in_channels}] with H, W multiples of '
-                       f'{p}; got {images.shape}')
-    x = nn.Conv(cfg.width, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                kernel_init=dense_init, name='patch_embed')(images.astype(self.dtype))
+      raise ValueError(
+        f'images must be [B, H, W, {cfg.in_channels}] with H, W multiples of '
+        f'{p}; got {images.shape}'
+      )
+    x = nn.Conv(
+      cfg.width,
+      (p, p),
+      strides=(p, p),
+      padding='VALID',
+      dtype=self.dtype,
+      kernel_init=dense_init,
+      name='patch_embed',
+    )(images.astype(self.dtype))
     b, h, w, c = x.shape
     x = layer_norm(cfg.layer_norm_eps, 'patch_norm')(x.reshape(b, h * w, c))
-    pos = self.param('pos_embed', nn.initializers.truncated_normal(0.02),
-                     (1, cfg.grid_size ** 2, c), jnp.float32)
+    pos = self.param(
+      'pos_embed', nn.initializers.truncated_normal(0.02), (1, cfg.grid_size**2, c), jnp.float32
+    )
     x = x + resize_pos_embed(pos, (h, w))
 
     rates = np.linspace(0.0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
     offsets = np.cumsum((0,) + tuple(cfg.depths)).tolist()
     groups, assignments = None, []
     for s in range(len(cfg.depths)):
-      stage = GroupingStage(cfg, s, tuple(rates[offsets[s]:offsets[s + 1]]), dtype=self.dtype,
-                            remat=self.remat, name=f'layers_{s}')
+      stage = GroupingStage(
+        cfg,
+        s,
+        tuple(rates[offsets[s] : offsets[s + 1]]),
+        dtype=self.dtype,
+        remat=self.remat,
+        name=f'layers_{s}',
+      )
       x, groups, assignment = stage(x, groups, deterministic)
       if assignment is not None:
         assignments.append(assignment)
     x = layer_norm(cfg.layer_norm_eps, 'norm')(x)
-    return ImageEncoderOutput(pooled=jnp.mean(x, axis=1), tokens=x,
-                              assignments=tuple(assignments), grid=(h, w))
+    return ImageEncoderOutput(
+      pooled=jnp.mean(x, axis=1), tokens=x, assignments=tuple(assignments), grid=(h, w)
+    )

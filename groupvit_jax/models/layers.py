@@ -53,7 +53,7 @@ def gelu(x: jnp.ndarray) -> jnp.ndarray:
   jax.nn.gelu(approximate=False) uses erfc, which XLA:CPU evaluates through exp and selects at
   about twice the cost of its erf polynomial; the two agree to float32 rounding.
   """
-  return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(2 ** -0.5)).astype(x.dtype))
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(2**-0.5)).astype(x.dtype))
 
 
 def quick_gelu(x: jnp.ndarray) -> jnp.ndarray:
@@ -113,8 +113,9 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     out_dim = self.out_dim or x.shape[-1]
-    x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=self.kernel_init,
-                 name=self.fc1_name)(x)
+    x = nn.Dense(
+      self.hidden_dim, dtype=self.dtype, kernel_init=self.kernel_init, name=self.fc1_name
+    )(x)
     x = get_activation(self.activation)(x)
     return nn.Dense(out_dim, dtype=self.dtype, kernel_init=self.kernel_init, name=self.fc2_name)(x)
 
@@ -133,8 +134,9 @@ class MixerMlp(nn.Module):
     return jnp.swapaxes(x, 1, 2)
 
 
-def dot_product_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
-                          mask: jnp.ndarray | None = None) -> jnp.ndarray:
+def dot_product_attention(
+  q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None = None
+) -> jnp.ndarray:
   """Scaled dot-product attention with a float32 softmax.
 
   Args:
@@ -171,8 +173,9 @@ class SelfAttention(nn.Module):
     qkv = nn.Dense(3 * c, dtype=self.dtype, kernel_init=self.qkv_init, name=self.qkv_name)(x)
     qkv = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads)
     out = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask)
-    return nn.Dense(c, dtype=self.dtype, kernel_init=self.out_init,
-                    name=self.out_name)(out.reshape(b, n, c))
+    return nn.Dense(c, dtype=self.dtype, kernel_init=self.out_init, name=self.out_name)(
+      out.reshape(b, n, c)
+    )
 
 
 class CrossAttention(nn.Module):
@@ -204,7 +207,9 @@ class DropPath(nn.Module):
     if deterministic or self.rate == 0.0:
       return x
     keep = 1.0 - self.rate
-    mask = jax.random.bernoulli(self.make_rng('droppath'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    mask = jax.random.bernoulli(
+      self.make_rng('droppath'), keep, (x.shape[0],) + (1,) * (x.ndim - 1)
+    )
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 

@@ -26,16 +26,30 @@ class ResidualAttentionBlock(nn.Module):
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
     c = x.shape[-1]
     # CLIP's initialisation: residual projections scaled down with depth.
-    attn_std = c ** -0.5
+    attn_std = c**-0.5
     proj_std = attn_std * (2 * self.num_layers) ** -0.5
     fc_std = (2 * c) ** -0.5
     normal = nn.initializers.normal
     y = layer_norm(self.eps, 'ln_1')(x)
-    x = x + SelfAttention(self.num_heads, dtype=self.dtype, qkv_name='in_proj', out_name='out_proj',
-                          qkv_init=normal(attn_std), out_init=normal(proj_std), name='attn')(y, mask)
+    x = x + SelfAttention(
+      self.num_heads,
+      dtype=self.dtype,
+      qkv_name='in_proj',
+      out_name='out_proj',
+      qkv_init=normal(attn_std),
+      out_init=normal(proj_std),
+      name='attn',
+    )(y, mask)
     y = layer_norm(self.eps, 'ln_2')(x)
-    return x + Mlp(int(c * self.mlp_ratio), activation='quick_gelu', dtype=self.dtype,
-                   fc1_name='c_fc', fc2_name='c_proj', kernel_init=normal(fc_std), name='mlp')(y)
+    return x + Mlp(
+      int(c * self.mlp_ratio),
+      activation='quick_gelu',
+      dtype=self.dtype,
+      fc1_name='c_fc',
+      fc2_name='c_proj',
+      kernel_init=normal(fc_std),
+      name='mlp',
+    )(y)
 
 
 class TextEncoder(nn.Module):
@@ -54,16 +68,27 @@ class TextEncoder(nn.Module):
     b, length = text.shape
     if length > cfg.context_length:
       raise ValueError(f'text has {length} tokens, more than context_length {cfg.context_length}')
-    x = nn.Embed(cfg.vocab_size, cfg.width, embedding_init=nn.initializers.normal(0.02),
-                 name='token_embedding')(text)
-    pos = self.param('positional_embedding', nn.initializers.normal(0.01),
-                     (cfg.context_length, cfg.width), jnp.float32)
+    x = nn.Embed(
+      cfg.vocab_size, cfg.width, embedding_init=nn.initializers.normal(0.02), name='token_embedding'
+    )(text)
+    pos = self.param(
+      'positional_embedding',
+      nn.initializers.normal(0.01),
+      (cfg.context_length, cfg.width),
+      jnp.float32,
+    )
     x = x + pos[:length]
     causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
     block_cls = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
     for i in range(cfg.num_layers):
-      x = block_cls(cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.layer_norm_eps,
-                    dtype=self.dtype, name=f'resblocks_{i}')(x, causal)
+      x = block_cls(
+        cfg.num_heads,
+        cfg.num_layers,
+        cfg.mlp_ratio,
+        cfg.layer_norm_eps,
+        dtype=self.dtype,
+        name=f'resblocks_{i}',
+      )(x, causal)
       x = cotangent_barrier(x)
     # LayerNorm is per token, so normalising only the gathered end-of-text token is the same.
     eot = jnp.argmax(text, axis=-1)

@@ -64,8 +64,9 @@ def resize_matrix(in_size: int, out_size: int, method: str) -> np.ndarray:
   return m
 
 
-def resize_2d(x: jnp.ndarray, out_hw: tuple[int, int], method: str,
-              axes: tuple[int, int] = (-3, -2)) -> jnp.ndarray:
+def resize_2d(
+  x: jnp.ndarray, out_hw: tuple[int, int], method: str, axes: tuple[int, int] = (-3, -2)
+) -> jnp.ndarray:
   """Resizes two spatial axes of `x` (default: [..., H, W, C]) like PyTorch's F.interpolate.
 
   Args:
