@@ -250,7 +250,8 @@ def main(argv=None) -> None:
       if result is not None:
         results.setdefault(name, {})[seed] = scores(result)
   print(
-    f'\ncommand: python benchmarks/emergence.py {" ".join(argv if argv is not None else sys.argv[1:])}'
+    '\ncommand: python benchmarks/emergence.py '
+    f'{" ".join(argv if argv is not None else sys.argv[1:])}'
   )
   print(
     f'runs under {root}, {total} steps each'

@@ -1,4 +1,5 @@
-"""Zero-shot segmentation throughput: groupvit_jax.segmenter vs the release's protocol in eager PyTorch.
+"""Zero-shot segmentation throughput: groupvit_jax.segmenter vs the release's protocol in eager
+PyTorch.
 
 Usage (from the repository root):
 
@@ -7,8 +8,9 @@ Usage (from the repository root):
 
 Model: the released GroupViT-S architecture (transformers' default ``GroupViTConfig``) with random
 weights, converted to ours. Images: the JPEGs of ``../shared/data/voc_sample/VOC2012`` when present
-(VOC sizes, about 500x375), else synthetic 500x375 / 375x500 / 500x333 images. Vocabulary: the 20 VOC
-classes, threshold 0.95, slide mode (448 windows, stride 224), exactly the VOC benchmark protocol.
+(VOC sizes, about 500x375), else synthetic 500x375 / 375x500 / 500x333 images. Vocabulary: the 20
+VOC classes, threshold 0.95, slide mode (448 windows, stride 224), exactly the VOC benchmark
+protocol.
 
 * ``ours``: ``ZeroShotSegmenter.run`` over the images (host resize in a background thread, windows
   batched across images, stage-2 assembly and argmax on the device), wall time until every label map
@@ -167,7 +169,8 @@ def main(argv=None) -> int:
   else:
     print(
       f'images: {source}, {len(images)} images, {windows} windows; {meta["machine"]}; '
-      f'jax {meta["jax"]} ({meta["backend"]}), torch {meta["torch"]} ({meta["torch_threads"]} threads)'
+      f'jax {meta["jax"]} ({meta["backend"]}), torch {meta["torch"]} ({meta["torch_threads"]} '
+      'threads)'
     )
     print(
       f'warm-up (compile) {warm_s:.1f} s, of which compiling {compile_s:.1f} s; '
@@ -177,7 +180,8 @@ def main(argv=None) -> int:
     for r in rows:
       extra = f'  {speedup:.2f}x' if r['impl'] == 'ours' else ''
       print(
-        f'{r["impl"]:<10} {r["images_per_s"]:>9.3f} {r["s_per_image"]:>8.2f}  {r["rounds_s"]}{extra}'
+        f'{r["impl"]:<10} {r["images_per_s"]:>9.3f} {r["s_per_image"]:>8.2f}  '
+        f'{r["rounds_s"]}{extra}'
       )
   return 0
 

@@ -1,19 +1,21 @@
-"""Input pipeline throughput: this project's tf.data pipeline vs the reference (PyTorch-style) design.
+"""Input pipeline throughput: this project's tf.data pipeline vs the reference (PyTorch-style)
+design.
 
 Measures, on real JPEG webdataset shards (default: ``../shared/data/webdataset_coco/00000.tar``,
 80 COCO image-caption pairs, exposed as ``--copies`` shards so the pipeline sees a multi-shard
 source):
 
-* ``pipeline/ours``            -- the whole training pipeline (tar parsing, decode + RandomResizedCrop,
-  flip, RandAugment rand-m9-mstd0.5-inc1, normalise, random erasing, words from the noun cache,
-  K=3 prompts, CLIP tokenisation), batches of ``--batch``;
+* ``pipeline/ours``            -- the whole training pipeline (tar parsing, decode +
+  RandomResizedCrop, flip, RandAugment rand-m9-mstd0.5-inc1, normalise, random erasing, words from
+  the noun cache, K=3 prompts, CLIP tokenisation), batches of ``--batch``;
 * ``pipeline/ours_online``     -- the same with online spaCy tagging (no cache, no LRU);
-* ``pipeline/reference``       -- GroupViT's design in one Python process: ``tarfile`` reading grouped
-  webdataset-style, PIL decode, PIL equivalents of torchvision ``RandomResizedCrop`` / flip and of
-  timm's RandAugment / ``RandomErasing`` (numpy), ImageNet normalisation, the reference CLIP
+* ``pipeline/reference``       -- GroupViT's design in one Python process: ``tarfile`` reading
+  grouped webdataset-style, PIL decode, PIL equivalents of torchvision ``RandomResizedCrop`` / flip
+  and of timm's RandAugment / ``RandomErasing`` (numpy), ImageNet normalisation, the reference CLIP
   tokenizer (``openai-clip``'s ``simple_tokenizer.py``) and online POS tagging of each caption;
 * ``tokenize/*``  captions/s of our tokenizer vs the reference tokenizer (warm caches);
-* ``nouns/*``     captions/s of noun tagging online (spaCy, batched / per caption) vs from the cache;
+* ``nouns/*``     captions/s of noun tagging online (spaCy, batched / per caption) vs from the
+  cache;
 * ``text/host_stage_cached`` samples/s of our whole host-side text stage (cache lookup + prompts +
   tokenising 1 + K texts), the part of the pipeline that runs in Python.
 
@@ -26,7 +28,8 @@ longer side and re-encoded as JPEG quality 95 (what img2dataset's ``--resize_mod
 --image_size 512`` writes, and the size GroupViT's training shards keep); both pipelines then read
 that shard.
 
-Usage: ``python benchmarks/input_pipeline.py [--seconds 20] [--batch 64] [--threads 2] [--max-side 512] [--json]``
+Usage: ``python benchmarks/input_pipeline.py [--seconds 20] [--batch 64] [--threads 2] [--max-side
+  512] [--json]``
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from references import clip_tokenizer as clip_reference  # noqa: E402  (openai-clip's tokenizer, dev extra)
+from references import clip_tokenizer as clip_reference  # noqa: E402
 
 DEFAULT_SHARD = os.path.join(REPO, '..', 'shared', 'data', 'webdataset_coco', '00000.tar')
 DEFAULT_CAPTIONS = os.path.join(

@@ -1,15 +1,18 @@
-"""Per-device memory and communication of the global-negative contrastive losses vs the global batch.
+"""Per-device memory and communication of the global-negative contrastive losses vs the global
+batch.
 
 Usage (from the repository root; fakes the devices itself unless XLA_FLAGS already sets a count):
 
     .venv/bin/python benchmarks/loss_scaling.py
-    .venv/bin/python benchmarks/loss_scaling.py --devices 8 --batch 256 1024 4096 16384 --prompts 0 3
+    .venv/bin/python benchmarks/loss_scaling.py --devices 8 --batch 256 1024 4096 16384 --prompts 0
+    3
 
 For each loss formulation of ``groupvit_jax.losses`` (``global``: written on global arrays, the
 compiler partitions it; ``shard_map``: local rows against all-gathered keys), with and without the
 multi-label loss (K prompts per image), and each global batch N, this compiles the loss's value and
-gradient with respect to the embeddings ``[N, D]`` (and prompts ``[N, K, D]``), sharded over the batch
-on a ``--devices``-device mesh, and reads from the compiled SPMD program (one device's program):
+gradient with respect to the embeddings ``[N, D]`` (and prompts ``[N, K, D]``), sharded over the
+batch on a ``--devices``-device mesh, and reads from the compiled SPMD program (one device's
+program):
 
 * ``temp MiB``: XLA's ``memory_analysis().temp_size_in_bytes`` (scratch: logits, softmaxes, their
   gradients), per device;
@@ -152,11 +155,13 @@ def main(argv=None) -> int:
     + '`'
   )
   print(
-    f'{time.strftime("%Y-%m-%d")}; jax {jax.__version__}; {args.devices} {devices[0].platform} devices; '
+    f'{time.strftime("%Y-%m-%d")}; jax {jax.__version__}; {args.devices} {devices[0].platform} '
+    'devices; '
     f'D = {args.dim}; value and gradient of the loss w.r.t. the embeddings; per device\n'
   )
   print(
-    '| formulation | K | global batch | rows/device | temp MiB | comm MiB | collectives | compile s |\n'
+    '| formulation | K | global batch | rows/device | temp MiB | comm MiB | collectives '
+    '| compile s |\n'
     '|---|---:|---:|---:|---:|---:|---|---:|'
   )
   for formulation in args.formulation:

@@ -3,17 +3,22 @@
 Usage (from the repository root):
 
     .venv/bin/python benchmarks/profile_step.py --model groupvit_s --batch 16 --dtype float32
-    .venv/bin/python benchmarks/profile_step.py --model tiny --batch 8 --top 15 --trace-dir /tmp/trace
+    .venv/bin/python benchmarks/profile_step.py --model tiny --batch 8 --top 15 --trace-dir
+    /tmp/trace
 
-Builds the same step as ``benchmarks/train_step.py`` (the trainer's ``make_train_step`` on one device,
-compiled ahead of time), runs one warm-up step, then ``--steps`` steps under
-``jax.profiler.trace(create_perfetto_trace=True)``. The trace (TensorBoard / Perfetto readable) stays in
+Builds the same step as ``benchmarks/train_step.py`` (the trainer's ``make_train_step`` on one
+device, compiled ahead of time), runs one warm-up step, then ``--steps`` steps under
+``jax.profiler.trace(create_perfetto_trace=True)``. The trace (TensorBoard / Perfetto readable)
+stays in
 ``--trace-dir``. XLA:CPU records one event per executed kernel (a fusion, a matmul, a copy); each is
 attributed to the model code that produced it through the ``op_name`` metadata of the compiled HLO
-(layer indices folded, forward vs backward from JAX's ``transpose(jvp(...))`` prefix), and printed as:
+(layer indices folded, forward vs backward from JAX's ``transpose(jvp(...))`` prefix), and printed
+as:
 
-* kernel kinds: total time per kind (``ynn_fusion`` = matmuls with their fused elementwise producers,
-  ``copy_*`` / ``transpose_*`` = layout changes, ``wrapped_broadcast`` = materialised broadcasts, ...);
+* kernel kinds: total time per kind (``ynn_fusion`` = matmuls with their fused elementwise
+  producers,
+  ``copy_*`` / ``transpose_*`` = layout changes, ``wrapped_broadcast`` = materialised broadcasts,
+  ...);
 * top entries: total time per (forward/backward, kind, model op), summed over layers.
 
 Times are kernel times per step summed over the threads that launch kernels; a matmul kernel also
@@ -128,7 +133,8 @@ def main(argv=None) -> int:
   )
   print(f'command: `{command}`')
   print(
-    f'{time.strftime("%Y-%m-%d")}; jax {jax.__version__}; {args.model}, batch {args.batch}, {args.dtype}; '
+    f'{time.strftime("%Y-%m-%d")}; jax {jax.__version__}; {args.model}, batch {args.batch}, '
+    f'{args.dtype}; '
     f'step wall time {wall * 1e3:.0f} ms (unprofiled), kernel time {total:.0f} ms/step; '
     f'trace: {trace_dir}'
   )

@@ -18,8 +18,9 @@ Examples::
     python benchmarks/shape_probe.py --steps 600                              # the recipe's tower
     python benchmarks/shape_probe.py --steps 600 --set model.image.patch_size=4  # finer patches
     python benchmarks/shape_probe.py --steps 600 --model cnn                  # a 4-layer CNN
-    python benchmarks/shape_probe.py --config configs/synthetic.py:arch=vit --set data.synthetic.rotation=False
-    python benchmarks/shape_probe.py --model cnn --input silhouette           # colour removed
+    python benchmarks/shape_probe.py --config configs/synthetic.py:arch=vit --set
+    data.synthetic.rotation=False python benchmarks/shape_probe.py --model cnn --input silhouette
+    # colour removed
 
 ``--input`` says what the model sees: ``pixels`` (the recipe's normalisation, as in training),
 ``per_image`` (each image standardised by its own per-channel mean and std) or ``silhouette`` (the

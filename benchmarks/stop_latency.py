@@ -59,7 +59,7 @@ def measure(config: str, after_step: int, wait: float, overrides: list[str]) -> 
     exit_s = time.time() - t0
     saved = re.findall(r'saved step (\d+)', rest)
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-      rates = [json.loads(l).get('images_per_s') for l in f]
+      rates = [json.loads(line).get('images_per_s') for line in f]
     rates = [r for r in rates if r is not None]
   return {
     'exit_s': round(exit_s, 1),
@@ -85,7 +85,8 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   result = measure(args.config, args.after_step, args.wait, args.set)
   print(
-    f'command: python benchmarks/stop_latency.py {" ".join(argv if argv is not None else sys.argv[1:])}'
+    'command: python benchmarks/stop_latency.py '
+    f'{" ".join(argv if argv is not None else sys.argv[1:])}'
   )
   print(
     f'SIGTERM {args.wait:.0f} s after the step-{args.after_step} log line: exited '

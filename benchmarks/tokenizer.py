@@ -48,7 +48,7 @@ from groupvit_jax.tokenizer import (  # noqa: E402
   SOT_TOKEN,
   ClipTokenizer,
 )
-from references import clip_tokenizer as clip_reference  # noqa: E402  (openai-clip's tokenizer, dev extra)
+from references import clip_tokenizer as clip_reference  # noqa: E402
 
 DEFAULT_CAPTIONS = (
   REPO_ROOT / '..' / 'shared' / 'data' / 'captions' / 'cc3m_validation_first1000.txt'
@@ -56,7 +56,8 @@ DEFAULT_CAPTIONS = (
 
 
 def load_reference():
-  """CLIP's SimpleTokenizer class, or None without openai-clip (see references/clip_tokenizer.py)."""
+  """CLIP's SimpleTokenizer class, or None without openai-clip (see
+  references/clip_tokenizer.py)."""
   return clip_reference.simple_tokenizer_class()
 
 

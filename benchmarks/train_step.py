@@ -1,58 +1,66 @@
-"""Training-step throughput: groupvit_jax's jitted train step vs Hugging Face GroupViTModel in PyTorch.
+"""Training-step throughput: groupvit_jax's jitted train step vs Hugging Face GroupViTModel in
+PyTorch.
 
 Usage (from the repository root):
 
-    .venv/bin/python benchmarks/train_step.py --model groupvit_s --batch 16 --dtype float32 --rounds 3 --json
-    .venv/bin/python benchmarks/train_step.py --model groupvit_s --batch 8 16 32 64 --dtype float32 bfloat16
-    .venv/bin/python benchmarks/train_step.py --model tiny --batch 8 --dtype float32 --rounds 3 --threads 1
+    .venv/bin/python benchmarks/train_step.py --model groupvit_s --batch 16 --dtype float32 --rounds
+    3 --json .venv/bin/python benchmarks/train_step.py --model groupvit_s --batch 8 16 32 64 --dtype
+    float32 bfloat16 .venv/bin/python benchmarks/train_step.py --model tiny --batch 8 --dtype
+    float32 --rounds 3 --threads 1
 
-One row per (model, dtype, batch). A row times one full training step on each side, on the same random
-batch, with the same architecture and the same thread count:
+One row per (model, dtype, batch). A row times one full training step on each side, on the same
+random batch, with the same architecture and the same thread count:
 
-* ``jax``: ``groupvit_jax.train_step.make_train_step`` (forward, image-text contrastive loss, plus the
-  multi-label loss with ``--multi-label``, backward, global-norm clipping and AdamW with the released
-  weight-decay mask), built exactly as ``groupvit_jax/main.py`` builds it, on a one-device mesh
-  (``jax.devices()[:1]``, so it also runs under the tests' 8 fake CPU devices). It is compiled ahead of
-  time with ``.lower(...).compile()``; ``compile_s`` is that compilation and ``step_gflops`` the FLOPs
-  XLA's ``cost_analysis()`` counts for the whole step (every op, not only the matmuls).
-* ``torch``: ``transformers.GroupViTModel`` with the same architecture (random weights; parameter counts
-  are printed and checked) in train mode: ``model(input_ids, pixel_values, return_loss=True).loss``,
+* ``jax``: ``groupvit_jax.train_step.make_train_step`` (forward, image-text contrastive loss, plus
+  the multi-label loss with ``--multi-label``, backward, global-norm clipping and AdamW with the
+  released weight-decay mask), built exactly as ``groupvit_jax/main.py`` builds it, on a one-device
+  mesh (``jax.devices()[:1]``, so it also runs under the tests' 8 fake CPU devices). It is compiled
+  ahead of time with ``.lower(...).compile()``; ``compile_s`` is that compilation and
+  ``step_gflops`` the FLOPs XLA's ``cost_analysis()`` counts for the whole step (every op, not only
+  the matmuls).
+* ``torch``: ``transformers.GroupViTModel`` with the same architecture (random weights; parameter
+  counts are printed and checked) in train mode: ``model(input_ids, pixel_values,
+  return_loss=True).loss``,
   ``backward``, ``clip_grad_norm_`` (the released recipe clips at 5, as the JAX step does),
-  ``torch.optim.AdamW.step`` (same hyper-parameters and decay mask), ``zero_grad``. bfloat16 runs under
+  ``torch.optim.AdamW.step`` (same hyper-parameters and decay mask), ``zero_grad``. bfloat16 runs
+  under
   ``torch.autocast('cpu', dtype=torch.bfloat16)``; on the JAX side it is the model config's
   ``dtype='bfloat16'`` (bf16 matmuls, float32 parameters, norms and softmaxes on both sides).
   Hugging Face has no multi-label loss: with ``--multi-label`` this script adds it on the torch side
-  with the formula of ``groupvit_jax/losses.py`` (captions and prompts through one text-tower call, as
-  ours does, and a separate ``multi_label_logit_scale`` parameter), so both sides still do the same work.
-  Without ``--multi-label`` (the default, like for like with ``return_loss=True``) the JAX model is built
-  with ``multi_label=False``.
+  with the formula of ``groupvit_jax/losses.py`` (captions and prompts through one text-tower call,
+  as ours does, and a separate ``multi_label_logit_scale`` parameter), so both sides still do the
+  same work. Without ``--multi-label`` (the default, like for like with ``return_loss=True``) the
+  JAX model is built with ``multi_label=False``.
 
-Each side lives in its own process (``multiprocessing`` spawn), so neither framework's thread pool or
-allocator state slows the other (in one process, JAX steps right after torch steps were measured
-10-25 % slower). Both do one untimed warm-up step, then ``--rounds`` rounds alternate (jax round, torch
-round, jax round, ...), each round ``--steps-per-round`` steps; the reported images/s are the medians
-over rounds, ``ratio`` = jax / torch of those medians. Other load on the machine moves single rounds;
-alternating spreads it over both sides.
+Each side lives in its own process (``multiprocessing`` spawn), so neither framework's thread pool
+or allocator state slows the other (in one process, JAX steps right after torch steps were measured
+10-25 % slower). Both do one untimed warm-up step, then ``--rounds`` rounds alternate (jax round,
+torch round, jax round, ...), each round ``--steps-per-round`` steps; the reported images/s are the
+medians over rounds, ``ratio`` = jax / torch of those medians. Other load on the machine moves
+single rounds; alternating spreads it over both sides.
 
 Models: ``groupvit_s`` is the released GroupViT-S (``groupvit_jax.models.config.GroupViTConfig()``:
-224 px, patch 16, width 384, depths (6, 3, 3), group tokens (64, 8, 0)); ``tiny`` and ``synthetic`` are
-the models of ``configs/tiny.py`` and ``configs/synthetic.py`` (the README's main job). The JAX step is
-compiled as the trainer compiles it, with ``groupvit_jax.xla_cpu.compiler_options`` for the model; each
-row records those options and the ``XLA_FLAGS`` of its JAX process. The released config has stochastic
-depth 0.1, which Hugging Face's model lacks (no parameters, a per-sample mask multiply per block:
-negligible in time).
+224 px, patch 16, width 384, depths (6, 3, 3), group tokens (64, 8, 0)); ``tiny`` and ``synthetic``
+are the models of ``configs/tiny.py`` and ``configs/synthetic.py`` (the README's main job). The JAX
+step is compiled as the trainer compiles it, with ``groupvit_jax.xla_cpu.compiler_options`` for the
+model; each row records those options and the ``XLA_FLAGS`` of its JAX process. The released config
+has stochastic depth 0.1, which Hugging Face's model lacks (no parameters, a per-sample mask
+multiply per block: negligible in time).
 
-``--threads N`` (default: every CPU this process may run on): ``torch.set_num_threads(N)``, and for JAX,
-whose XLA:CPU backend sizes its own intra-op thread pool from the CPUs the process may run on when the
-backend starts (there is no run-time knob), each side's process is restricted (``sched_setaffinity``) to the
-first N of its allowed CPUs before JAX starts. So both sides get N threads on the same N cores; use
+``--threads N`` (default: every CPU this process may run on): ``torch.set_num_threads(N)``, and for
+JAX, whose XLA:CPU backend sizes its own intra-op thread pool from the CPUs the process may run on
+when the backend starts (there is no run-time knob), each side's process is restricted
+(``sched_setaffinity``) to the first N of its allowed CPUs before JAX starts. So both sides get N
+threads on the same N cores; use
 ``taskset -c LIST`` to choose which cores.
 
 Columns (JSON keys): ``jax_images_per_s`` / ``torch_images_per_s`` (median over rounds), ``ratio``,
-``mfu`` = step_gflops * jax steps/s / ``matmul_peak_gflops`` (``torch_mfu`` likewise with the same FLOP
-count), where the peak is the best of a few jitted JAX ``--peak-size`` square matmuls of the row's dtype
-on this machine and thread count; ``compile_s``; ``step_gflops``; ``peak_rss_mib`` / ``torch_peak_rss_mib`` =
-``getrusage(RUSAGE_SELF).ru_maxrss`` of each side's own process, so per configuration and per framework;
+``mfu`` = step_gflops * jax steps/s / ``matmul_peak_gflops`` (``torch_mfu`` likewise with the same
+FLOP count), where the peak is the best of a few jitted JAX ``--peak-size`` square matmuls of the
+row's dtype on this machine and thread count; ``compile_s``; ``step_gflops``; ``peak_rss_mib`` /
+``torch_peak_rss_mib`` =
+``getrusage(RUSAGE_SELF).ru_maxrss`` of each side's own process, so per configuration and per
+framework;
 ``jax_params`` / ``torch_params``; per-round values and the final losses as a sanity check.
 """
 
@@ -144,7 +152,8 @@ def check_threads(threads: int) -> list[int]:
 
 
 def restrict_threads(threads: int) -> None:
-  """Limits this process to `threads` of its CPUs, before XLA:CPU sizes its thread pool from them."""
+  """Limits this process to `threads` of its CPUs, before XLA:CPU sizes its thread pool from
+  them."""
   cpus = check_threads(threads)
   if threads == len(cpus):
     return
@@ -159,7 +168,8 @@ def restrict_threads(threads: int) -> None:
   os.sched_setaffinity(0, cpus[:threads])
 
 
-# --- configs ---------------------------------------------------------------------------------------
+# --- configs
+# ---------------------------------------------------------------------------------------
 def recipe(model_name: str, batch: int, dtype: str, multi_label: bool):
   """The trainer's ConfigDict for one row: the model, batch, dtype, one device, one micro-batch."""
   from groupvit_jax import config_lib
@@ -187,7 +197,8 @@ def recipe(model_name: str, batch: int, dtype: str, multi_label: bool):
 
 
 def hf_model(cfg, seed: int):
-  """A random-weight transformers.GroupViTModel with the architecture of our GroupViTConfig `cfg`."""
+  """A random-weight transformers.GroupViTModel with the architecture of our GroupViTConfig
+  `cfg`."""
   from references import hf_groupvit as hf_reference
 
   im, tx = cfg.image, cfg.text
@@ -241,7 +252,8 @@ def hf_model(cfg, seed: int):
   ).train()
 
 
-# --- data ------------------------------------------------------------------------------------------
+# --- data
+# ------------------------------------------------------------------------------------------
 def host_batch(
   batch: int, image_size: int, context_length: int, num_prompts: int, multi_label: bool, seed: int
 ) -> dict[str, np.ndarray]:
@@ -272,7 +284,8 @@ def host_batch(
   return out
 
 
-# --- measurements ----------------------------------------------------------------------------------
+# --- measurements
+# ----------------------------------------------------------------------------------
 def matmul_peak_gflops(dtype: str, n: int, budget_s: float = 2.0, min_reps: int = 3) -> float:
   """Best-of-several GFLOP/s of a jitted [n, n] @ [n, n] JAX matmul in `dtype` on device 0."""
   import jax
@@ -448,8 +461,8 @@ def _side_worker(
   dtype); later rows reuse that value, so every row of a dtype shares one MFU denominator.
 
   Each framework gets its own process so that neither runs in the other's leftovers: measured here,
-  a JAX step in the same process right after torch steps ran 10-25 % slower than before them (torch's
-  OpenMP pool and allocator state), which would bias every alternating comparison.
+  a JAX step in the same process right after torch steps ran 10-25 % slower than before them
+  (torch's OpenMP pool and allocator state), which would bias every alternating comparison.
   """
   restrict_threads(args.threads)  # before JAX's backend / torch's pool starts in this process
   from groupvit_jax import config_lib
@@ -529,7 +542,8 @@ class _Worker:
 
 
 def bench_row(model_name: str, batch_size: int, dtype: str, args, peaks: dict[str, float]) -> dict:
-  """Starts one process per side for one configuration and times alternating rounds. Returns the row.
+  """Starts one process per side for one configuration and times alternating rounds. Returns the
+  row.
 
   `peaks` maps dtype -> measured matmul peak; the first row of a dtype measures and records it.
   """
@@ -607,7 +621,8 @@ def bench_row(model_name: str, batch_size: int, dtype: str, args, peaks: dict[st
 
 HEADER = (
   '| model | batch | dtype | multi-label | JAX images/s | torch images/s | JAX / torch | MFU JAX | '
-  'MFU torch | compile s | GFLOP/step | peak RSS MiB JAX | peak RSS MiB torch | matmul peak GFLOP/s |\n'
+  'MFU torch | compile s | GFLOP/step | peak RSS MiB JAX | peak RSS MiB torch '
+  '| matmul peak GFLOP/s |\n'
   '|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|'
 )
 
@@ -616,7 +631,8 @@ def markdown_row(r: dict) -> str:
   fmt = lambda v, spec, scale=1, unit='': '--' if v is None else format(v * scale, spec) + unit
   return (
     f'| {r["model"]} | {r["batch"]} | {r["dtype"]} | {"yes" if r["multi_label"] else "no"} | '
-    f'{r["jax_images_per_s"]:.2f} | {fmt(r["torch_images_per_s"], ".2f")} | {fmt(r["ratio"], ".2f", 1, "x")} | '
+    f'{r["jax_images_per_s"]:.2f} | {fmt(r["torch_images_per_s"], ".2f")} | '
+    f'{fmt(r["ratio"], ".2f", 1, "x")} | '
     f'{100 * r["mfu"]:.1f}% | {fmt(r["torch_mfu"], ".1f", 100, "%")} | '
     f'{r["compile_s"]:.1f} | {r["step_gflops"]:.2f} | {r["peak_rss_mib"]:.0f} | '
     f'{fmt(r["torch_peak_rss_mib"], ".0f")} | '
@@ -649,7 +665,8 @@ def main(argv=None) -> int:
     print(
       f'{meta["date"]}; {meta["machine"]}; jax {meta["jax"]}'
       + (
-        f', torch {meta["torch"]} ({meta["torch_threads"]} threads), transformers {meta["transformers"]}'
+        f', torch {meta["torch"]} ({meta["torch_threads"]} threads), '
+        f'transformers {meta["transformers"]}'
         if not args.no_torch
         else ''
       )

@@ -2,13 +2,14 @@
 
 Index ``i`` of ``class_names`` is label value ``i`` in the ground-truth maps read by
 :mod:`evaluation.datasets`; ``prompt_names[i]`` is the word put into the text prompts for that class
-(GroupViT renames a few PASCAL names that are not natural English, e.g. ``pottedplant`` -> ``plant``).
-Index 0 is always ``background``: GroupViT never embeds a prompt for it; a pixel becomes background when
-its best foreground similarity is below ``background_threshold``.
+(GroupViT renames a few PASCAL names that are not natural English, e.g. ``pottedplant`` ->
+``plant``). Index 0 is always ``background``: GroupViT never embeds a prompt for it; a pixel becomes
+background when its best foreground similarity is below ``background_threshold``.
 
 Two thresholds are kept per dataset: ``background_threshold`` is the value in the released GroupViT
-evaluation configs (what reproduces the released checkpoints' numbers); ``paper_background_threshold`` is
-the value quoted in the paper, where it differs or is given (``None`` when the paper quotes none).
+evaluation configs (what reproduces the released checkpoints' numbers);
+``paper_background_threshold`` is the value quoted in the paper, where it differs or is given
+(``None`` when the paper quotes none).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ __all__ = [
   'IMAGENET_CLASSES',
 ]
 
-# PASCAL VOC 2012: background + 20 classes, in the order of the palette indices of SegmentationClass.
+# PASCAL VOC 2012: background + 20 classes, in the order of the palette indices of
+# SegmentationClass.
 VOC_CLASSES: tuple[str, ...] = (
   'background',
   'aeroplane',
@@ -58,9 +60,9 @@ VOC_CLASSES: tuple[str, ...] = (
 _VOC_RENAMES = {'diningtable': 'table', 'pottedplant': 'plant', 'tvmonitor': 'monitor'}
 VOC_PROMPT_NAMES: tuple[str, ...] = tuple(_VOC_RENAMES.get(n, n) for n in VOC_CLASSES)
 
-# PASCAL Context, 60-class setting (background + the 59 most frequent classes), in the alphabetical order
-# of mmsegmentation's PascalContextDataset, which is also the label order written by its converter
-# (0 = background, 1..59 = classes; reduce_zero_label is off for this 60-class variant).
+# PASCAL Context, 60-class setting (background + the 59 most frequent classes), in the alphabetical
+# order of mmsegmentation's PascalContextDataset, which is also the label order written by its
+# converter (0 = background, 1..59 = classes; reduce_zero_label is off for this 60-class variant).
 CONTEXT_CLASSES: tuple[str, ...] = (
   'background',
   'aeroplane',
@@ -128,8 +130,8 @@ CONTEXT_CLASSES: tuple[str, ...] = (
 _CONTEXT_RENAMES = {'aeroplane': 'airplane', 'pottedplant': 'plant', 'tvmonitor': 'monitor'}
 CONTEXT_PROMPT_NAMES: tuple[str, ...] = tuple(_CONTEXT_RENAMES.get(n, n) for n in CONTEXT_CLASSES)
 
-# COCO-Object: background + the 80 COCO thing classes in ascending COCO category-id order (the order of
-# mmseg-style COCOObjectDataset). Stuff classes and unlabeled pixels are background.
+# COCO-Object: background + the 80 COCO thing classes in ascending COCO category-id order (the order
+# of mmseg-style COCOObjectDataset). Stuff classes and unlabeled pixels are background.
 COCO_OBJECT_CLASSES: tuple[str, ...] = (
   'background',
   'person',
@@ -247,7 +249,8 @@ class DatasetSpec:
   def __post_init__(self):
     if len(self.class_names) != len(self.prompt_names):
       raise ValueError(
-        f'{self.name}: {len(self.class_names)} class names but {len(self.prompt_names)} prompt names'
+        f'{self.name}: {len(self.class_names)} class names but {len(self.prompt_names)} prompt '
+        'names'
       )
 
   @property

@@ -5,9 +5,10 @@ names come from a text file (one per line, in the sorted-folder order), else, fo
 WordNet-id folders (``n01440764`` ...), from CLIP's curated ImageNet names
 (:data:`evaluation.class_names.IMAGENET_CLASSES`), else from the folder names (``_`` -> space).
 
-Protocol of the release: the eval transform (short side to 256/224 of the model size with PIL bilinear,
-centre crop, ImageNet normalisation), the 7 ``subset`` templates, class embedding = mean of the
-*unnormalised* template features then L2-normalised, cosine similarity, top-1 / top-5 in percent.
+Protocol of the release: the eval transform (short side to 256/224 of the model size with PIL
+bilinear, centre crop, ImageNet normalisation), the 7 ``subset`` templates, class embedding = mean
+of the *unnormalised* template features then L2-normalised, cosine similarity, top-1 / top-5 in
+percent.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ _WNID = re.compile(r'^n\d{8}$')
 
 
 class ImageFolder:
-  """``root/<class>/<image>`` files: ``paths`` [N], ``targets`` [N] (class index), ``class_dirs`` [C]."""
+  """``root/<class>/<image>`` files: ``paths`` [N], ``targets`` [N] (class index), ``class_dirs``
+  [C]."""
 
   def __init__(self, root: str | os.PathLike):
     root = Path(root)

@@ -7,14 +7,15 @@ Usage::
 
 produces ``coco_object/annotations/val2017/<stem>_instanceTrainIds.png`` (8-bit grey PNGs) and, by
 default, symlinks every image into ``coco_object/images/val2017/`` so that
-:class:`evaluation.datasets.COCOObjectDataset` can read ``coco_object`` directly. Every image listed in
-the JSON gets a label map, including images without annotations (all background).
+:class:`evaluation.datasets.COCOObjectDataset` can read ``coco_object`` directly. Every image listed
+in the JSON gets a label map, including images without annotations (all background).
 
 Label values
 ------------
 0 = background (everything that is not a thing instance: stuff and unannotated pixels), 1..K = the
 JSON's categories sorted by category id (for COCO 2017 the 80 thing classes in the order of
-``evaluation.class_names.COCO_OBJECT_CLASSES``), 255 = ignore (only produced with ``--crowd ignore``).
+``evaluation.class_names.COCO_OBJECT_CLASSES``), 255 = ignore (only produced with ``--crowd
+ignore``).
 
 Overlaps (``--overlap``)
 ------------------------
@@ -28,8 +29,8 @@ Crowd regions (``--crowd``)
 ``background`` (default) leaves ``iscrowd=1`` regions as background, as label maps built with the
 COCO-Stuff tools' default (crowd annotations excluded, the pixels unlabeled) and then mapped by
 GroupViT's conversion (unlabeled -> background) do; ``ignore`` writes 255 there (excluded from the
-metrics); ``label`` gives them their category. Crowd regions are painted before all non-crowd instances,
-so a non-crowd instance always wins an overlap with a crowd region.
+metrics); ``label`` gives them their category. Crowd regions are painted before all non-crowd
+instances, so a non-crowd instance always wins an overlap with a crowd region.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ IMAGE_MODES = ('symlink', 'copy', 'none')
 
 
 def annotation_mask(segmentation, height: int, width: int) -> np.ndarray:
-  """Decodes one COCO ``segmentation`` (polygons, uncompressed or compressed RLE) to bool ``[H, W]``."""
+  """Decodes one COCO ``segmentation`` (polygons, uncompressed or compressed RLE) to bool ``[H,
+  W]``."""
   from pycocotools import mask as mask_utils
 
   if isinstance(segmentation, list):

@@ -1,8 +1,8 @@
 """Readers of the zero-shot segmentation benchmarks, without mmsegmentation.
 
 Each reader is a sequence of :class:`Sample` (``len()``, indexing, iteration) with
-``image``: uint8 ``[H, W, 3]`` RGB and ``label``: integer ``[H, W]`` class ids (uint8, or int32 for 16-bit
-label PNGs), ``ignore_index`` (255) marking pixels excluded from the metrics.
+``image``: uint8 ``[H, W, 3]`` RGB and ``label``: integer ``[H, W]`` class ids (uint8, or int32 for
+16-bit label PNGs), ``ignore_index`` (255) marking pixels excluded from the metrics.
 
 Layouts
 -------
@@ -10,8 +10,8 @@ Layouts
   ``VOCdevkit``) with ``JPEGImages/*.jpg``, ``SegmentationClass/*.png`` (palette PNGs: the palette
   *index* is the class id, 255 = boundary/ignore) and ``ImageSets/Segmentation/{split}.txt``.
 * PASCAL Context (:class:`PascalContextDataset`), mmsegmentation-converted: ``VOC2010/JPEGImages``,
-  ``VOC2010/SegmentationClassContext/*.png`` (0 = background, 1..59, 255 = ignore; the 60-class setting
-  has no zero-label reduction) and ``VOC2010/ImageSets/SegmentationContext/{split}.txt``.
+  ``VOC2010/SegmentationClassContext/*.png`` (0 = background, 1..59, 255 = ignore; the 60-class
+  setting has no zero-label reduction) and ``VOC2010/ImageSets/SegmentationContext/{split}.txt``.
 * COCO-Object (:class:`COCOObjectDataset`), mmsegmentation-style: ``images/{split}/*.jpg`` and
   ``annotations/{split}/<stem>_instanceTrainIds.png`` (0 = background, 1..80 = things); see
   :mod:`evaluation.convert_coco_object` to produce the labels from COCO instance JSON.
@@ -70,7 +70,8 @@ class Sample:
 
 
 def read_image(path: PathLike) -> np.ndarray:
-  """Decodes an image file to uint8 ``[H, W, 3]`` RGB (any Pillow mode is converted; no EXIF rotation)."""
+  """Decodes an image file to uint8 ``[H, W, 3]`` RGB (any Pillow mode is converted; no EXIF
+  rotation)."""
   with Image.open(path) as img:
     if img.mode != 'RGB':
       img = img.convert('RGB')
@@ -80,9 +81,9 @@ def read_image(path: PathLike) -> np.ndarray:
 def read_label(path: PathLike) -> np.ndarray:
   """Reads a label PNG as class ids ``[H, W]``.
 
-  Palette (``P``) PNGs give their palette *indices*, grey (``L``) PNGs their values, 16-bit PNGs int32
-  values. An RGB(A) label is accepted only when its channels are identical (a grey map saved as RGB);
-  a colour-coded map raises ``ValueError`` since colours are not class ids.
+  Palette (``P``) PNGs give their palette *indices*, grey (``L``) PNGs their values, 16-bit PNGs
+  int32 values. An RGB(A) label is accepted only when its channels are identical (a grey map saved
+  as RGB); a colour-coded map raises ``ValueError`` since colours are not class ids.
 
   Returns:
     uint8 ``[H, W]`` (int32 for 16-bit/32-bit inputs).
@@ -100,8 +101,8 @@ def read_label(path: PathLike) -> np.ndarray:
       if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
         return arr[..., 0].copy()
       raise ValueError(
-        f'label {path} is a colour {mode} image; expected a palette (P) or grey (L) PNG whose pixel '
-        'values/palette indices are class ids'
+        f'label {path} is a colour {mode} image; expected a palette (P) or grey (L) PNG whose '
+        'pixel values/palette indices are class ids'
       )
     raise ValueError(f'label {path} has unsupported PIL mode {mode!r}')
 
@@ -330,7 +331,8 @@ class COCOObjectDataset(SegmentationDataset):
 
 
 def read_class_names(path: PathLike) -> list[str]:
-  """Class names from a text file, one per line (blank lines skipped, surrounding spaces stripped)."""
+  """Class names from a text file, one per line (blank lines skipped, surrounding spaces
+  stripped)."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f'class-name file not found: {path}')
@@ -399,7 +401,8 @@ def build_dataset(
   """Reader by dataset name.
 
   Args:
-    name: ``voc``, ``context``, ``coco_object`` (aliases of :func:`evaluation.class_names.get_spec`) or
+    name: ``voc``, ``context``, ``coco_object`` (aliases of :func:`evaluation.class_names.get_spec`)
+      or
       ``folder``.
     root: dataset root as each reader documents.
     split: split name (defaults: ``val`` for VOC/Context, ``val2017`` for COCO-Object; ignored for a

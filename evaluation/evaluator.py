@@ -128,13 +128,15 @@ def evaluate_segmentation(
     max_images: evaluate only the first ``max_images`` images.
     save_predictions: folder for ``<name>.png`` palette predictions (VOC palette).
     visualize: number of panels (input | stage groups | prediction | ground truth) to write.
-    visualize_dir: folder of the panels (default ``<save_predictions>/../visualize`` or ``./visualize``).
+    visualize_dir: folder of the panels (default ``<save_predictions>/../visualize`` or
+      ``./visualize``).
     oracle: also the oracle mIoU: every group of the first view relabelled with its best-IoU ground
       truth class (paper Table C.3).
     boundary: also boundary IoU (host-side, per image).
     scales, flip: test-time augmentation.
     templates: prompt templates (``'simple'``).
-    tile_size, tile_batch, windows_per_step, prefetch: batching of the assembly stage and host prefetch.
+    tile_size, tile_batch, windows_per_step, prefetch: batching of the assembly stage and host
+    prefetch.
     log_every: print progress every N images (0: never).
     devices: this process's devices to spread each batch over (default: all local devices).
     crop_size, stride, short_side, long_side, top_k: the protocol's geometry (released: 448 windows
@@ -143,11 +145,13 @@ def evaluate_segmentation(
       training resolution).
 
   Returns:
-    dict: ``mIoU``, ``per_class_iou``, ``pixel_accuracy``, ``mean_accuracy``, ``per_class_accuracy``,
+    dict: ``mIoU``, ``per_class_iou``, ``pixel_accuracy``, ``mean_accuracy``,
+      ``per_class_accuracy``,
     ``fwIoU``, ``num_images``, ``num_pixels``, ``confusion_matrix`` ([C][C], rows = ground truth),
     ``boundary_iou`` (``{mBoundaryIoU, per_class_boundary_iou}`` or ``None``), ``oracle``
     (``{mIoU, per_class_iou, pixel_accuracy}`` or ``None``), ``config`` and ``timing``
-    (``seconds``, ``images_per_second``, ``compile_seconds``, ``backend_compiles``). Scores in percent.
+    (``seconds``, ``images_per_second``, ``compile_seconds``, ``backend_compiles``). Scores in
+    percent.
   """
   t_start = time.perf_counter()
   compile0 = segmenter.compile_stats()

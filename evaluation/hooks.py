@@ -2,22 +2,23 @@
 `python -m evaluation.run`, on small held-out sets named in `config.eval.datasets`.
 
 Dataset entries: 'synthetic' (the built-in shapes val split, rendered with the training data's
-`config.data.synthetic` knobs and the seed `config.eval.synthetic_seed`), or 'NAME:PATH' with NAME one
-of voc, context, coco_object, folder (PATH = the dataset root as for evaluation.run).
+`config.data.synthetic` knobs and the seed `config.eval.synthetic_seed`), or 'NAME:PATH' with NAME
+one of voc, context, coco_object, folder (PATH = the dataset root as for evaluation.run).
 
 Each evaluation writes `WORKDIR/eval_<name>.json` (the full result: per-class IoU, confusion matrix,
-protocol, timing, step) and, when `config.eval.num_visualize > 0`, `WORKDIR/eval_<name>.png`: one row
-per image with the input, the groups of every stage, the prediction and the ground truth.
+protocol, timing, step) and, when `config.eval.num_visualize > 0`, `WORKDIR/eval_<name>.png`: one
+row per image with the input, the groups of every stage, the prediction and the ground truth.
 A model without grouping stages (the plain-ViT baseline) is scored by pixel-wise classification and
 k-means on its tokens instead (`eval/<name>/pixel_mIoU`, `eval/<name>/kmeans_mIoU`). With
 `config.eval.oracle`, also the oracle mIoU (every group relabelled with its best-IoU ground-truth
 class: how well the groups follow objects, whatever their names). With `config.eval.naming`, also
-`eval/<name>/naming_mAP` and `naming_chance_mAP` (image level: how well the pooled embedding ranks the
-classes present, whatever the groups; evaluation/naming.py), stored under `naming` in the JSON; for a
-model with groups also `group_naming_mAP`, `group_naming_chance_mAP` (the same ranking with every final
-group's own embedding and majority class), `background_leak` (percent of background groups whose
-best class is in their image) and `within_image_auc` (how often a group on class c scores c above
-another group of its image that holds something else: 50 = group embeddings carry only the image).
+`eval/<name>/naming_mAP` and `naming_chance_mAP` (image level: how well the pooled embedding ranks
+the classes present, whatever the groups; evaluation/naming.py), stored under `naming` in the JSON;
+for a model with groups also `group_naming_mAP`, `group_naming_chance_mAP` (the same ranking with
+every final group's own embedding and majority class), `background_leak` (percent of background
+groups whose best class is in their image) and `within_image_auc` (how often a group on class c
+scores c above another group of its image that holds something else: 50 = group embeddings carry
+only the image).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def _dataset(
 ):
   """(name, dataset, spec, protocol geometry) of one `config.eval.datasets` entry."""
   if entry == 'synthetic':
-    from evaluation.synthetic import SyntheticSegmentationDataset  # pylint: disable=g-import-not-at-top
-    from input_pipeline.synthetic_shapes import SyntheticConfig  # pylint: disable=g-import-not-at-top
+    from evaluation.synthetic import SyntheticSegmentationDataset
+    from input_pipeline.synthetic_shapes import SyntheticConfig
 
     knobs = data_config.get('synthetic') if data_config is not None else None
     synth = SyntheticConfig.from_dict(knobs)
@@ -180,7 +181,7 @@ def _token_baseline_evaluator(
 ) -> Evaluator:
   """A model without grouping (plain ViT baseline) has no groups to segment with: score it by
   pixel-wise classification and by k-means on its patch tokens (evaluation/token_baselines.py)."""
-  from evaluation.token_baselines import evaluate_token_baseline  # pylint: disable=g-import-not-at-top
+  from evaluation.token_baselines import evaluate_token_baseline
 
   def run(variables, step):
     metrics, results = {}, {}

@@ -144,8 +144,8 @@ def group_concepts(
 ) -> tuple[Image.Image, dict[int, list[int]]]:
   """What individual group tokens capture across a set of images (the paper's Figure 7).
 
-  For each group token ``g`` of ``stage``, the ``per_group`` images in which ``g`` covers the largest
-  area are shown with everything outside ``g``'s region dimmed.
+  For each group token ``g`` of ``stage``, the ``per_group`` images in which ``g`` covers the
+  largest area are shown with everything outside ``g``'s region dimmed.
 
   Args:
     pretrained: a ``Pretrained`` model.
@@ -197,10 +197,12 @@ def segmentation_panel(
     class_names: the vocabulary (any words).
     background_threshold: ``None`` (every pixel gets a class) or a float (label 0 = background).
     height: row height in pixels.
-    **segment_kwargs: passed to ``Pretrained.segment`` (``mode``, ``crop_size``, ``short_side``, ...).
+    **segment_kwargs: passed to ``Pretrained.segment`` (``mode``, ``crop_size``, ``short_side``,
+    ...).
 
   Returns:
-    (grid image: input | prediction overlay, with the predicted names; list of int32 ``[H, W]`` labels).
+    (grid image: input | prediction overlay, with the predicted names; list of int32 ``[H, W]``
+    labels).
   """
   names = (['background'] if background_threshold is not None else []) + list(class_names)
   palette = voc_palette()

@@ -1,26 +1,28 @@
-"""Semantic-segmentation metrics: confusion matrix, mIoU family, boundary IoU and the oracle relabelling.
+"""Semantic-segmentation metrics: confusion matrix, mIoU family, boundary IoU and the oracle
+relabelling.
 
 Conventions
 -----------
 * Confusion matrix ``conf`` has shape ``[C, C]``; **rows are ground truth, columns are prediction**:
   ``conf[g, p]`` counts pixels of ground-truth class ``g`` predicted as ``p``.
-* A pixel is counted only if its ground truth is in ``[0, C)`` and not ``ignore_index``, its prediction
-  is in ``[0, C)``, and (when given) its ``valid`` flag is true. Out-of-range predictions are therefore
-  *dropped*, not counted as errors; callers that can produce them must check (the ``evaluation.score``
-  CLI refuses such prediction maps).
+* A pixel is counted only if its ground truth is in ``[0, C)`` and not ``ignore_index``, its
+  prediction is in ``[0, C)``, and (when given) its ``valid`` flag is true. Out-of-range predictions
+  are therefore *dropped*, not counted as errors; callers that can produce them must check (the
+  ``evaluation.score`` CLI refuses such prediction maps).
 * All reported scores are **percentages** (0-100), like the tables of the GroupViT paper.
-* Classes absent from both ground truth and prediction over the whole dataset get IoU ``NaN`` and are
-  left out of the means (mmsegmentation's ``nanmean`` behaviour).
+* Classes absent from both ground truth and prediction over the whole dataset get IoU ``NaN`` and
+  are left out of the means (mmsegmentation's ``nanmean`` behaviour).
 
 Overflow
 --------
 A single image batch has far fewer than 2**31 pixels, so the on-device per-batch counts of
-:func:`confusion_matrix_update` are safe in int32. A dataset is not: PASCAL Context val (5105 images of
-about 500x375) has ~1e9 pixels and COCO val2017 (5000 images of about 640x480) ~1.5e9, so a background
-cell, and certainly ``conf.sum()``, can come close to or pass int32's 2,147,483,647. Dataset-level
-accumulation should therefore be in int64: :class:`ConfusionMatrix` sums each batch's int32 counts into an
-int64 numpy array on the host (a ``C x C`` transfer per batch, negligible). :func:`confusion_matrix_update`
-adds into whatever dtype ``conf`` has, so an int64 ``conf`` also works when ``jax_enable_x64`` is on.
+:func:`confusion_matrix_update` are safe in int32. A dataset is not: PASCAL Context val (5105 images
+of about 500x375) has ~1e9 pixels and COCO val2017 (5000 images of about 640x480) ~1.5e9, so a
+background cell, and certainly ``conf.sum()``, can come close to or pass int32's 2,147,483,647.
+Dataset-level accumulation should therefore be in int64: :class:`ConfusionMatrix` sums each batch's
+int32 counts into an int64 numpy array on the host (a ``C x C`` transfer per batch, negligible).
+:func:`confusion_matrix_update` adds into whatever dtype ``conf`` has, so an int64 ``conf`` also
+works when ``jax_enable_x64`` is on.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ __all__ = [
 ]
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Confusion matrix
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def confusion_matrix_np(
@@ -98,7 +100,8 @@ def confusion_matrix_np(
 
 
 class ConfusionMatrix:
-  """Dataset-level confusion-matrix accumulator: per-batch counts in JAX, running sum in int64 on host.
+  """Dataset-level confusion-matrix accumulator: per-batch counts in JAX, running sum in int64 on
+  host.
 
   Example::
 
@@ -137,9 +140,9 @@ class ConfusionMatrix:
     return segmentation_metrics(self.matrix, class_names)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Scores from the confusion matrix
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def default_class_names(num_classes: int) -> list[str]:
@@ -214,10 +217,10 @@ def segmentation_metrics(conf: np.ndarray, class_names: Optional[Sequence[str]] 
   }
 
 
-# ----------------------------------------------------------------------------------------------------
-# Boundary IoU (Cheng et al., "Boundary IoU: Improving Object-Centric Image Segmentation Evaluation",
-# CVPR 2021), per class for semantic segmentation.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+# Boundary IoU (Cheng et al., "Boundary IoU: Improving Object-Centric Image Segmentation
+# Evaluation", CVPR 2021), per class for semantic segmentation.
+# --------------------------------------------------------------------------------------------------
 
 
 def boundary_dilation(height: int, width: int, dilation_ratio: float = 0.02) -> int:
@@ -229,8 +232,8 @@ def mask_to_boundary(mask: np.ndarray, dilation: int) -> np.ndarray:
   """Inner boundary band of a binary mask.
 
   A pixel is in the band if it is in ``mask`` and some pixel within Chebyshev distance ``dilation``
-  (a ``(2d+1) x (2d+1)`` square) is outside the mask; the area outside the image counts as outside the
-  mask, so a mask touching the image border has a band along it (as in Cheng et al.'s reference,
+  (a ``(2d+1) x (2d+1)`` square) is outside the mask; the area outside the image counts as outside
+  the mask, so a mask touching the image border has a band along it (as in Cheng et al.'s reference,
   which pads with zeros before eroding).
 
   Args:
@@ -277,10 +280,10 @@ def boundary_intersection_union(
   """Per-class boundary intersection and union pixel counts of one image (or a batch of images).
 
   Pixels the confusion matrix does not count (ground truth ``ignore_index`` or out of range, or
-  ``valid`` false) are first removed from *both* maps, i.e. belong to no class in either; then for each
-  class ``c`` the boundary bands (width :func:`boundary_dilation` of the image diagonal, see
-  :func:`mask_to_boundary`) of ``gt == c`` and ``pred == c`` are intersected and united. Hence what is
-  predicted on ignored pixels never matters, and a prediction equal to the ground truth on every
+  ``valid`` false) are first removed from *both* maps, i.e. belong to no class in either; then for
+  each class ``c`` the boundary bands (width :func:`boundary_dilation` of the image diagonal, see
+  :func:`mask_to_boundary`) of ``gt == c`` and ``pred == c`` are intersected and united. Hence what
+  is predicted on ignored pixels never matters, and a prediction equal to the ground truth on every
   counted pixel scores 100. (Removed pixels do border the class masks, so e.g. VOC's ignore ring
   around an object places the object's band just inside the ring, for both maps alike.) Summing the
   counts over a dataset and dividing gives the dataset-level boundary IoU of each class
@@ -340,8 +343,8 @@ def boundary_iou_metrics(
     class_names: ``C`` names (default ``class_0..``).
 
   Returns:
-    dict with ``mBoundaryIoU`` (mean over classes with a non-empty union) and ``per_class_boundary_iou``
-    (``{name: IoU}``, NaN where the union is empty).
+    dict with ``mBoundaryIoU`` (mean over classes with a non-empty union) and
+    ``per_class_boundary_iou`` (``{name: IoU}``, NaN where the union is empty).
   """
   intersection = np.asarray(intersection, np.int64)
   union = np.asarray(union, np.int64)
@@ -380,9 +383,9 @@ class BoundaryIoU:
     return boundary_iou_metrics(self.intersection, self.union, class_names)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Oracle relabelling of groups (GroupViT paper, Table C.3)
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def oracle_group_labels(
@@ -395,9 +398,10 @@ def oracle_group_labels(
 ) -> np.ndarray:
   """Ground-truth class that maximises each group's IoU with that class, for one image.
 
-  IoU of group ``g`` and class ``c`` is ``|g & c| / |g | c|`` counted over pixels whose ground truth is
-  in ``[0, C)`` and not ``ignore_index``. Ties go to the lower class index. A group with no counted
-  pixel (absent, or entirely on ignored pixels) gets ``empty_label``; it cannot change any metric.
+  IoU of group ``g`` and class ``c`` is ``|g & c| / |g | c|`` counted over pixels whose ground truth
+  is in ``[0, C)`` and not ``ignore_index``. Ties go to the lower class index. A group with no
+  counted pixel (absent, or entirely on ignored pixels) gets ``empty_label``; it cannot change any
+  metric.
 
   Args:
     group_ids: integer ``[H, W]`` group index per pixel, values in ``[0, G)``.
@@ -453,8 +457,8 @@ def oracle_relabel(
   Feed the result to the same confusion matrix as a normal prediction to get the oracle mIoU.
 
   Args:
-    group_ids: integer ``[H, W]`` group index per pixel (e.g. argmax of the final grouping attention,
-      resized to the ground truth's resolution).
+    group_ids: integer ``[H, W]`` group index per pixel (e.g. argmax of the final grouping
+      attention, resized to the ground truth's resolution).
     gt, num_classes, ignore_index, num_groups, empty_label: as in :func:`oracle_group_labels`.
 
   Returns:
@@ -464,9 +468,9 @@ def oracle_relabel(
   return labels[np.asarray(group_ids).astype(np.int64)]
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Printing
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _fmt(v: Optional[float]) -> str:

@@ -1,30 +1,31 @@
 """Image-level naming: does the pooled image embedding rank the classes that are in the picture?
 
-Zero-shot segmentation needs two things at once: groups that follow objects (the oracle mIoU measures
-that alone) and group embeddings that match the right class prompt. This module measures the second
-half without the first: each image's pooled embedding (the one both training losses see) is scored
-against the prompt embedding of every foreground class, and each class's images are ranked by that
-score. The ground truth of "class k is in image i" is read from the segmentation label map, so any
-segmentation dataset (VOC, the synthetic val split, ...) can be scored. A model that names the
-objects at the image level but not per group has a high ``naming_mAP`` and a low mIoU; a model with
-chance-level ``naming_mAP`` cannot segment zero-shot however good its groups are.
+Zero-shot segmentation needs two things at once: groups that follow objects (the oracle mIoU
+measures that alone) and group embeddings that match the right class prompt. This module measures
+the second half without the first: each image's pooled embedding (the one both training losses see)
+is scored against the prompt embedding of every foreground class, and each class's images are ranked
+by that score. The ground truth of "class k is in image i" is read from the segmentation label map,
+so any segmentation dataset (VOC, the synthetic val split, ...) can be scored. A model that names
+the objects at the image level but not per group has a high ``naming_mAP`` and a low mIoU; a model
+with chance-level ``naming_mAP`` cannot segment zero-shot however good its groups are.
 
 For a model with groups, the same pass also scores naming at the group level: every final group that
-covers at least one labelled pixel is an item, its class is the ground-truth class most of its pixels
-belong to, and each class's groups are ranked by their own embedding's similarity to the class prompt.
-A model whose group embeddings all carry the image's object name (whatever pixels they hold) names
-images perfectly, but its background groups rank as high as its object groups, and ``group mAP``
-falls towards that of a ranking that only knows the image; ``background_leak`` counts how often a
-background group's best class is one present in its image, and ``within_image_auc`` how often, in
-one image, a group on class c scores c higher than a group on anything else (50 when the groups
-carry only the image's names, 100 when each names its own pixels). Given the words the captions use
-for backgrounds, ``background_word_auc`` asks the converse: in one image, how often a group on the
-background scores them higher than a group on an object (100 = the background concept sits on the
-background; 0 = the model swapped the two, its object names on the background group).
+covers at least one labelled pixel is an item, its class is the ground-truth class most of its
+pixels belong to, and each class's groups are ranked by their own embedding's similarity to the
+class prompt. A model whose group embeddings all carry the image's object name (whatever pixels they
+hold) names images perfectly, but its background groups rank as high as its object groups, and
+``group mAP`` falls towards that of a ranking that only knows the image; ``background_leak`` counts
+how often a background group's best class is one present in its image, and ``within_image_auc`` how
+often, in one image, a group on class c scores c higher than a group on anything else (50 when the
+groups carry only the image's names, 100 when each names its own pixels). Given the words the
+captions use for backgrounds, ``background_word_auc`` asks the converse: in one image, how often a
+group on the background scores them higher than a group on an object (100 = the background concept
+sits on the background; 0 = the model swapped the two, its object names on the background group).
 
       result = image_naming(pretrained, dataset, spec, max_images=200)
       result['mAP'], result['chance_mAP'], result['per_class_ap']
-      result['groups']['mAP'], result['groups']['background_leak']   # None for a model without groups
+      result['groups']['mAP'], result['groups']['background_leak']   # None for a model without
+      groups
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def image_naming(
   input_size: Optional[int] = None,
   background_words: Optional[Sequence[str]] = None,
 ) -> dict:
-  """Image-level (and, for a model with groups, group-level) zero-shot naming of a dataset's classes.
+  """Image-level (and, for a model with groups, group-level) zero-shot naming of a dataset's
+  classes.
 
   Args:
     pretrained: ``Pretrained`` (``config``, ``variables``, ``tokenize``).
@@ -122,7 +124,8 @@ def image_naming(
     group of one image: how often the first has the higher background score; NaN without
     ``background_words`` or pairs).
   """
-  # The threshold plays no part here; resolve_classes only insists on one when there is a background.
+  # The threshold plays no part here; resolve_classes only insists on one when there is a
+  # background.
   names, fg_names, with_bg, ignore = resolve_classes(
     spec_or_class_names, 0.0 if _starts_with_background(spec_or_class_names) else None
   )
@@ -145,7 +148,8 @@ def image_naming(
     raise ValueError('no images to score')
   size = pooled.checked_input_size(config, input_size)
   offset = 1 if with_bg else 0
-  # Global (multi-host, sharded) training variables -> this process's first device, as the segmenter.
+  # Global (multi-host, sharded) training variables -> this process's first device, as the
+  # segmenter.
   variables = prompts.local_variables(pretrained.variables)
   with_groups = config.image.num_grouping_stages > 0
   grid = size // config.image.patch_size

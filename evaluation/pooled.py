@@ -1,10 +1,11 @@
-"""Whole-image scoring with the pooled image embedding: the pieces shared by the image-level evaluations.
+"""Whole-image scoring with the pooled image embedding: the pieces shared by the image-level
+evaluations.
 
 Zero-shot classification (:mod:`evaluation.classification`), image-level naming
-(:mod:`evaluation.naming`) and the token baselines (:mod:`evaluation.token_baselines`) all feed whole
-images at the model's input size and, for the first two, compare the pooled image embedding (the one
-the contrastive losses train) with class prompt embeddings; group-level naming also compares each
-final group's embedding (the one the segmentation uses).
+(:mod:`evaluation.naming`) and the token baselines (:mod:`evaluation.token_baselines`) all feed
+whole images at the model's input size and, for the first two, compare the pooled image embedding
+(the one the contrastive losses train) with class prompt embeddings; group-level naming also
+compares each final group's embedding (the one the segmentation uses).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def _cosine(embeds: jnp.ndarray, class_embed: jnp.ndarray) -> jnp.ndarray:
 def group_similarities(
   variables, pixels: jnp.ndarray, class_embed: jnp.ndarray, *, config: GroupViTConfig
 ) -> dict[str, jnp.ndarray]:
-  """Cosine similarities of the pooled embedding and of every final group with each class (traceable).
+  """Cosine similarities of the pooled embedding and of every final group with each class
+  (traceable).
 
   Args:
     variables: the variables of a model with at least one grouping stage.

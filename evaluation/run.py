@@ -1,7 +1,9 @@
-"""Zero-shot evaluation of a model directory: segmentation benchmarks or ImageNet-style classification.
+"""Zero-shot evaluation of a model directory: segmentation benchmarks or ImageNet-style
+classification.
 
     python -m evaluation.run --checkpoint DIR --dataset voc --data_dir VOCdevkit --output voc.json
-    python -m evaluation.run --checkpoint DIR --dataset context --data_dir VOCdevkit --paper_threshold \
+    python -m evaluation.run --checkpoint DIR --dataset context --data_dir VOCdevkit
+    --paper_threshold \
         --output ctx.json
     python -m evaluation.run --checkpoint DIR --dataset folder --data_dir MY_SET --threshold 0.9 \
         --save_predictions preds/ --visualize 8 --output my.json
@@ -10,11 +12,11 @@
 
 Segmentation (``voc``, ``context``, ``coco_object``, ``folder``): the released protocol of
 :mod:`groupvit_jax.segmenter`; the background threshold defaults to the released config's (VOC 0.95,
-Context 0.35, COCO-Object 0.95); ``--paper_threshold`` uses the paper's, ``--threshold X`` any value.
-A ``folder`` dataset (``images/``, ``labels/``, ``classes.txt``) with ``background`` as its first class
-needs ``--threshold``. The JSON holds every metric (``mIoU``, ``per_class_iou``, ``pixel_accuracy``,
-boundary IoU, oracle mIoU with ``--oracle``, image- and group-level naming with ``--naming``), the
-confusion matrix, the configuration and timing.
+Context 0.35, COCO-Object 0.95); ``--paper_threshold`` uses the paper's, ``--threshold X`` any
+value. A ``folder`` dataset (``images/``, ``labels/``, ``classes.txt``) with ``background`` as its
+first class needs ``--threshold``. The JSON holds every metric (``mIoU``, ``per_class_iou``,
+``pixel_accuracy``, boundary IoU, oracle mIoU with ``--oracle``, image- and group-level naming with
+``--naming``), the confusion matrix, the configuration and timing.
 
 Classification (``imagenet_folder``): :mod:`evaluation.classification` (top-1/top-5, 7 templates).
 
@@ -148,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _synthetic_configs(args) -> tuple[Any, Any]:
-  """(eval config, data config) for the hook: the run's saved ones (or the defaults) plus the flags."""
+  """(eval config, data config) for the hook: the run's saved ones (or the defaults) plus the
+  flags."""
   import ml_collections
 
   from evaluation import hooks

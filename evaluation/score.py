@@ -6,10 +6,12 @@ Usage::
       [--ignore_index 255] [--class_names FILE] [--output RESULT.json]
 
 Files are matched by stem (``<stem><suffix>``; suffixes default to ``.png``, use
-``--gt_suffix _instanceTrainIds.png`` for COCO-Object). Palette and grey PNGs are read as indices, never
-as colours. Every ground-truth file needs a prediction of the same size; predictions must lie in
-``[0, N)`` and ground truth in ``[0, N)`` or ``ignore_index``; violations are reported with the offending
-stems. Scores are percentages; in the JSON, NaN (class absent from both GT and prediction) is ``null``.
+``--gt_suffix _instanceTrainIds.png`` for COCO-Object). Palette and grey PNGs are read as indices,
+never as colours. Every ground-truth file needs a prediction of the same size; predictions must lie
+in
+``[0, N)`` and ground truth in ``[0, N)`` or ``ignore_index``; violations are reported with the
+offending stems. Scores are percentages; in the JSON, NaN (class absent from both GT and prediction)
+is ``null``.
 """
 
 from __future__ import annotations
@@ -114,12 +116,14 @@ def score_dirs(
   Returns:
     JSON-ready dict (NaN kept as float NaN here): ``mIoU``, ``pixel_accuracy``, ``mean_accuracy``,
     ``fwIoU``, ``per_class_iou``, ``per_class_accuracy``, ``num_images``, ``num_pixels``,
-    ``num_classes``, ``class_names``, ``ignore_index``, ``confusion_matrix`` (``[N][N]``, rows = GT),
+    ``num_classes``, ``class_names``, ``ignore_index``, ``confusion_matrix`` (``[N][N]``, rows =
+    GT),
     ``boundary_iou`` (``{mBoundaryIoU, per_class_boundary_iou, dilation_ratio}``, or ``None``),
     ``extra_predictions`` (stems without ground truth, ignored).
 
   Raises:
-    ScoreError: missing predictions, size mismatches, or out-of-range values (offending stems listed).
+    ScoreError: missing predictions, size mismatches, or out-of-range values (offending stems
+      listed).
   """
   names = list(class_names) if class_names is not None else default_class_names(num_classes)
   if len(names) != num_classes:

@@ -1,13 +1,16 @@
 """Zero-shot segmentation reader for the val split of the synthetic shapes dataset.
 
 :class:`SyntheticSegmentationDataset` has the interface of the readers in :mod:`evaluation.datasets`
-(``len()``, indexing, iteration over :class:`evaluation.datasets.Sample`, ``names``, ``class_names``,
+(``len()``, indexing, iteration over :class:`evaluation.datasets.Sample`, ``names``,
+``class_names``,
 ``ignore_index``, ``spec``) but renders its examples on the fly from
-:mod:`input_pipeline.synthetic_shapes` (about a millisecond each, deterministic), so nothing is stored
-on disk. Labels: 0 = background, ``1..K`` = the categories of :func:`input_pipeline.synthetic_shapes.
-category_names`; no pixel is ignored (``ignore_index`` = 255 never occurs).
+:mod:`input_pipeline.synthetic_shapes` (about a millisecond each, deterministic), so nothing is
+stored on disk. Labels: 0 = background, ``1..K`` = the categories of
+:func:`input_pipeline.synthetic_shapes. category_names`; no pixel is ignored (``ignore_index`` = 255
+never occurs).
 
-The val split uses a random stream disjoint from the train split's for the same seed, so evaluating on
+The val split uses a random stream disjoint from the train split's for the same seed, so evaluating
+on
 ``SyntheticSegmentationDataset(cfg, seed)`` after training on ``as_tf_dataset(cfg, seed, 'train')``
 never shows a training image.
 """
@@ -23,9 +26,9 @@ from input_pipeline import synthetic_shapes as ss
 __all__ = ['DEFAULT_BACKGROUND_THRESHOLD', 'SyntheticSegmentationDataset', 'synthetic_spec']
 
 # GroupViT's background rule: a pixel is background when its best foreground class probability (the
-# softmax over the prompts of the group-text similarities, as for the released VOC 0.95 / Context 0.35)
-# is below the threshold. With only 8-12 classes a moderately confident 0.5 is a sensible starting
-# point; it is a knob: tune it on a separate seed's val split, never on the reported one.
+# softmax over the prompts of the group-text similarities, as for the released VOC 0.95 / Context
+# 0.35) is below the threshold. With only 8-12 classes a moderately confident 0.5 is a sensible
+# starting point; it is a knob: tune it on a separate seed's val split, never on the reported one.
 DEFAULT_BACKGROUND_THRESHOLD = 0.5
 
 
@@ -41,8 +44,8 @@ def synthetic_spec(
       (default :data:`DEFAULT_BACKGROUND_THRESHOLD`).
 
   Returns:
-    spec named ``synthetic_shapes`` with ``class_names = prompt_names = ('background', *categories)``
-    (``C = K + 1``), no paper threshold, ``ignore_index`` 255.
+    spec named ``synthetic_shapes`` with ``class_names = prompt_names = ('background',
+    *categories)`` (``C = K + 1``), no paper threshold, ``ignore_index`` 255.
   """
   names = ('background',) + tuple(ss.category_names(config or ss.SyntheticConfig()))
   return DatasetSpec('synthetic_shapes', names, names, float(background_threshold), None)

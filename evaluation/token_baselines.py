@@ -91,7 +91,8 @@ def _segment_batch(
   with_background: bool,
   out_hw: tuple[int, int],
 ):
-  """Normalised pixels ``[B, S, S, 3]`` -> (int32 labels ``[B, H, W]``, int32 group ids ``[B, H, W]``)."""
+  """Normalised pixels ``[B, S, S, 3]`` -> (int32 labels ``[B, H, W]``, int32 group ids ``[B, H,
+  W]``)."""
   model = GroupViT(config)
   out = model.apply(variables, pixels, with_groups=True, method=GroupViT.encode_image)
   h, w = out['grid']
@@ -155,7 +156,8 @@ def evaluate_token_baseline(
       training ``image_size``; a multiple of the patch size).
 
   Returns:
-    dict: ``mIoU``, ``per_class_iou``, ``pixel_accuracy``, ``num_images``, ``method``, ``input_size``,
+    dict: ``mIoU``, ``per_class_iou``, ``pixel_accuracy``, ``num_images``, ``method``,
+      ``input_size``,
     ``oracle`` (``kmeans`` only: ``{mIoU, pixel_accuracy}`` with every cluster relabelled with its
     best-IoU ground-truth class, as GroupViT's oracle; else ``None``), ``timing`` (``seconds``,
     ``images_per_second``). Scores in percent.

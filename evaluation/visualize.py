@@ -1,7 +1,7 @@
 """Colouring label maps and group maps, and side-by-side evaluation panels (Pillow only).
 
-A panel is ``input | groups of stage 1 | ... | groups of stage S | prediction | ground truth``, each at
-the image's size (scaled down when taller than ``max_height``), with a caption strip naming the
+A panel is ``input | groups of stage 1 | ... | groups of stage S | prediction | ground truth``, each
+at the image's size (scaled down when taller than ``max_height``), with a caption strip naming the
 columns and the classes present in the prediction.
 """
 
@@ -24,8 +24,8 @@ __all__ = [
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
-  """The PASCAL VOC colour map: uint8 ``[n, 3]`` (class ``i``'s colour spreads the bits of ``i`` over
-  the high bits of R, G, B; 255 is (224, 224, 192))."""
+  """The PASCAL VOC colour map: uint8 ``[n, 3]`` (class ``i``'s colour spreads the bits of ``i``
+  over the high bits of R, G, B; 255 is (224, 224, 192))."""
   pal = np.zeros((n, 3), np.uint8)
   for i in range(n):
     c, r, g, b = i, 0, 0, 0
@@ -39,7 +39,8 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 
 def group_palette(n: int, seed: float = 0.13) -> np.ndarray:
-  """``n`` well-separated colours (golden-ratio hue steps, alternating lightness): uint8 ``[n, 3]``."""
+  """``n`` well-separated colours (golden-ratio hue steps, alternating lightness): uint8 ``[n,
+  3]``."""
   out = np.zeros((n, 3), np.uint8)
   for i in range(n):
     hue = (seed + i * 0.618033988749895) % 1.0

@@ -35,7 +35,8 @@ def build_model_config(config: ml_collections.ConfigDict) -> GroupViTConfig:
 
 def parse_override(item: str, flag: str) -> tuple[str, Any]:
   """``'KEY=VALUE'`` -> ``(KEY, VALUE)``, the value as a Python literal (``3``, ``True``,
-  ``(0.1, 0.3)``) or else the raw string. Raises ValueError naming ``flag`` without a ``=`` or a key.
+  ``(0.1, 0.3)``) or else the raw string. Raises ValueError naming ``flag`` without a ``=`` or a
+  key.
   """
   key, sep, raw = item.partition('=')
   key, raw = key.strip(), raw.strip()

@@ -8,8 +8,8 @@ Template sets, by the names the release's configs use:
 * ``identity``: the bare class name.
 
 A class embedding is built as the release's ``build_text_embedding`` does: encode every
-``template.format(name)``, take the projected text features **before** L2 normalisation, average them
-over the templates, then L2-normalise the mean.
+``template.format(name)``, take the projected text features **before** L2 normalisation, average
+them over the templates, then L2-normalise the mean.
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ def get_templates(templates: Templates) -> tuple[str, ...]:
 
 
 def build_prompts(class_names: Sequence[str], templates: Templates = 'simple') -> list[str]:
-  """``N`` class names x ``T`` templates -> ``N * T`` prompts, class-major (class 0's T prompts first)."""
+  """``N`` class names x ``T`` templates -> ``N * T`` prompts, class-major (class 0's T prompts
+  first)."""
   ts = get_templates(templates)
   return [t.format(name) for name in class_names for t in ts]
 

@@ -79,14 +79,15 @@ __all__ = [
 ]
 
 HIGHEST = jax.lax.Precision.HIGHEST
-# mmseg's img_norm_cfg: mean/std on the 0-255 scale; mmcv.imnormalize computes (x - mean) * (1 / std).
+# mmseg's img_norm_cfg: mean/std on the 0-255 scale; mmcv.imnormalize computes (x - mean) * (1 /
+# std).
 _MEAN255 = np.array([123.675, 116.28, 103.53], np.float32)
 _INV_STD255 = (1.0 / np.array([58.395, 57.12, 57.375], np.float64)).astype(np.float32)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Compilation accounting (jax.monitoring): used for timing reports and the no-recompilation test.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 _COMPILE_STATS = {'backend_compiles': 0, 'compile_seconds': 0.0}
 _COMPILE_LOCK = threading.Lock()
@@ -110,9 +111,9 @@ def compile_stats() -> dict:
     return dict(_COMPILE_STATS)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Host-side protocol pieces (numpy)
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,9 +269,9 @@ def _padded_resize_matrix(grid: int, size: int, padded: int) -> np.ndarray:
   return m
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Device functions
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def class_table(
@@ -443,9 +444,9 @@ def _zeros(shape):
   return jnp.zeros(shape, jnp.float32)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Host-side plan and scheduler
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(eq=False)
@@ -520,7 +521,8 @@ class ZeroShotSegmenter:
   Args:
     config: the model config.
     variables: ``{'params', 'batch_stats'}`` (any placement; copied to the local devices).
-    class_embed: float32 ``[K, D]`` L2-normalised class embeddings (:func:`prompts.class_embeddings`).
+    class_embed: float32 ``[K, D]`` L2-normalised class embeddings
+      (:func:`prompts.class_embeddings`).
     background_threshold: ``None``: no background channel, predictions are classes ``0..K-1``;
       a float: channel 0 is background and classes are ``1..K``.
     protocol: :class:`Protocol`.
@@ -983,9 +985,9 @@ def _prefetch_map(fn: Callable, iterable: Iterable, depth: int) -> Iterator:
       yield futures.popleft().result()
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # One-call API
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def segment(

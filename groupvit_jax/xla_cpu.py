@@ -1,12 +1,12 @@
 """XLA:CPU compiler options for this library's training and evaluation programs, chosen per model.
 
 XLA:CPU hands matmuls, elementwise chains and reductions to YNNPACK fusions by default. For
-GroupViT-S-sized towers (width 384, 196-848 tokens) XLA's own kernels are faster: without the fusions
-(`xla_cpu_experimental_ynn_fusion_type` empty) the training step at batch 16 runs about 6 % faster and
-the 448-window evaluation forward about 11 % faster (its batched attention matmuls and softmax are the
-difference). For narrow towers the fusions win: the synthetic recipe's width-128 step is about 8 %
-slower without them. So the option is set per compiled program, by the image tower's width
-(measurements and commands in benchmarks/README.md, "XLA:CPU compiler options").
+GroupViT-S-sized towers (width 384, 196-848 tokens) XLA's own kernels are faster: without the
+fusions (`xla_cpu_experimental_ynn_fusion_type` empty) the training step at batch 16 runs about 6 %
+faster and the 448-window evaluation forward about 11 % faster (its batched attention matmuls and
+softmax are the difference). For narrow towers the fusions win: the synthetic recipe's width-128
+step is about 8 % slower without them. So the option is set per compiled program, by the image
+tower's width (measurements and commands in benchmarks/README.md, "XLA:CPU compiler options").
 
 Never over the user's choice: when `XLA_FLAGS` names the flag, or `GROUPVIT_JAX_KEEP_XLA_FLAGS=1`,
 programs compile with XLA's settings. Other backends get no options.

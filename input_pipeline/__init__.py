@@ -8,8 +8,8 @@ do not pull in TensorFlow)::
     cfg.train = ("webdataset:/data/cc3m/{00000..00331}.tar@0.3", "webdataset:/data/cc12m/*.tar@0.7")
     it = create_train_dataset(cfg, global_batch_size=4096, process_index=jax.process_index(),
                               process_count=jax.process_count(), seed=0)
-    batch = next(it)       # {'image': f32 [B,224,224,3], 'text': i32 [B,77], 'prompts': i32 [B,3,77]}
-    state = it.get_state() # JSON-serialisable; it.set_state(state) resumes exactly
+    batch = next(it)       # {'image': f32 [B,224,224,3], 'text': i32 [B,77], 'prompts': i32
+    [B,3,77]} state = it.get_state() # JSON-serialisable; it.set_state(state) resumes exactly
     it.skip_counts()       # {'data/skipped/corrupt_image': 2, ...}
 
 See ``input_pipeline/pipeline.py`` for the design and ``input_pipeline/config.py`` for the knobs.

@@ -142,7 +142,8 @@ def _uniform(seed, shape=(), minval=0.0, maxval=1.0, dtype=tf.float32):
 
 
 def image_format(data: tf.Tensor) -> tf.Tensor:
-  """Format code from magic bytes: 1 JPEG, 2 PNG, 3 GIF, 4 BMP, 5 WebP, 0 unknown (int32, same shape).
+  """Format code from magic bytes: 1 JPEG, 2 PNG, 3 GIF, 4 BMP, 5 WebP, 0 unknown (int32, same
+  shape).
 
   Works elementwise on a string tensor of any shape.
   """
@@ -523,7 +524,8 @@ def randaugment(img: tf.Tensor, seed: tf.Tensor, cfg: RandAugmentConfig, fill) -
   return img
 
 
-# ----------------------------------------------------------------------------------- normalise + erase
+# ----------------------------------------------------------------------------------- normalise +
+# erase
 
 
 def normalize(img: tf.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tf.Tensor:

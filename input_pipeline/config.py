@@ -27,7 +27,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     tfrecord_image_key / tfrecord_caption_key: img2dataset TFRecord feature names (``jpg``/``txt``).
     tfds_data_dir: ``data_dir`` of locally prepared TFDS datasets (None: TFDS default).
     tfds_image_key / tfds_caption_key: feature paths (``/`` for nesting); when the caption feature
-      is a sequence (e.g. coco_captions ``captions/text``) one caption is picked at random per visit.
+      is a sequence (e.g. coco_captions ``captions/text``) one caption is picked at random per
+      visit.
     shards_per_group: shards loaded and shuffled together (the shuffle window; replaces a
       ``Dataset.shuffle`` buffer, whose contents could not be checkpointed cheaply).  Memory per
       file source ~ ``(2 + group_prefetch) * shards_per_group * shard_size``.

@@ -542,7 +542,8 @@ def map_with_errors(
   chunk: int = 16,
   num_parallel_calls: int = tf.data.AUTOTUNE,
 ) -> tf.data.Dataset:
-  """Maps ``fn`` over ``ds`` with errors contained per element: yields ``(el, fn(el) or fallback, ok)``.
+  """Maps ``fn`` over ``ds`` with errors contained per element: yields ``(el, fn(el) or fallback,
+  ok)``.
 
   Like ``try_call`` but one nested ``ignore_errors`` pipeline serves a chunk of ``chunk``
   consecutive elements, which amortises its set-up cost (order is preserved).  ``fallback`` has

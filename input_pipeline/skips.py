@@ -15,7 +15,8 @@ Reasons (what one count means):
 * ``not_an_image``    -- the image bytes are not JPEG, PNG, GIF, BMP or WebP (by magic number),
   e.g. an HTML error page saved as ``.jpg``.
 * ``corrupt_image``   -- the bytes look like an image but fail to decode (truncated or damaged).
-* ``corrupt_record``  -- a TFRecord/TFDS record whose payload is not a parsable ``tf.train.Example``.
+* ``corrupt_record``  -- a TFRecord/TFDS record whose payload is not a parsable
+  ``tf.train.Example``.
 * ``truncated_shard`` -- one per truncated shard read: a tar whose last member is cut off or which
   lacks its end-of-archive blocks, or a TFRecord file cut inside a record.  The samples before the
   cut are used; the sample being cut is dropped (it is part of this single count).

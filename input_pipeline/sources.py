@@ -5,8 +5,9 @@ A source is one string of ``config.data.train``::
     webdataset:/data/cc3m/{00000..00331}.tar        img2dataset webdataset tar shards
     webdataset:/data/cc12m/*.tar@0.7                 ... with a mixing weight of 0.7
     tfrecord:/data/yfcc/*.tfrecord                   img2dataset TFRecord shards
-    tfds:coco_captions:train                         a TFDS dataset prepared in config.data.tfds_data_dir
-    synthetic                                        built-in shapes (input_pipeline.synthetic_shapes)
+    tfds:coco_captions:train                         a TFDS dataset prepared in
+    config.data.tfds_data_dir synthetic                                        built-in shapes
+    (input_pipeline.synthetic_shapes)
 
 Syntax: ``KIND:SPEC[@WEIGHT]``.  ``WEIGHT`` is a non-negative float (default 1.0); weights are
 normalised over all sources, so ``a@3`` + ``b@1`` draws 75% of the samples from ``a``.  Only a
@@ -68,7 +69,8 @@ class SourceSpec:
 
 
 def parse_source(text: str) -> SourceSpec:
-  """Parses ``KIND:SPEC[@WEIGHT]`` (see the module docstring); raises ``ValueError`` if malformed."""
+  """Parses ``KIND:SPEC[@WEIGHT]`` (see the module docstring); raises ``ValueError`` if
+  malformed."""
   if not isinstance(text, str) or not text.strip():
     raise ValueError(f'Empty data source {text!r}.')
   raw = text.strip()

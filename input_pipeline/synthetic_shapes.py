@@ -1,24 +1,26 @@
 """A built-in synthetic image-caption dataset of shapes, for training GroupViT on a laptop.
 
-Each image shows 1..N plain-coloured (lightly shaded) shapes (circle, square, triangle, star, ...) on a
-textured random background; its caption is a noisy, web-like sentence that names (most of) the shapes.
-The shape *category* can only be told from the outline: every instance's colour is drawn independently
-of its category (and the background uses the same palette), so colour is no shortcut to the class. A
-val split adds the ground-truth segmentation (0 = background, ``1..K`` = category ids, visible pixels
-only) for zero-shot evaluation with the class names of :func:`category_names` (see
-:mod:`evaluation.synthetic`).
+Each image shows 1..N plain-coloured (lightly shaded) shapes (circle, square, triangle, star, ...)
+on a textured random background; its caption is a noisy, web-like sentence that names (most of) the
+shapes. The shape *category* can only be told from the outline: every instance's colour is drawn
+independently of its category (and the background uses the same palette), so colour is no shortcut
+to the class. A val split adds the ground-truth segmentation (0 = background, ``1..K`` = category
+ids, visible pixels only) for zero-shot evaluation with the class names of :func:`category_names`
+(see :mod:`evaluation.synthetic`).
 
-Everything is deterministic per ``(seed, split, index)``: example ``i`` is rendered from a random stream
-seeded with ``(seed, split, i)`` alone, so a tf.data position *is* an index (resuming = ``start_index``)
-and the train and val splits never share a stream. The image and the caption use two separate child
+Everything is deterministic per ``(seed, split, index)``: example ``i`` is rendered from a random
+stream seeded with ``(seed, split, i)`` alone, so a tf.data position *is* an index (resuming =
+``start_index``) and the train and val splits never share a stream. The image and the caption use
+two separate child
 streams: changing a caption knob leaves the images unchanged.
 
-Rendering: each shape is a few polygons and discs in a unit frame (drawn, or erased, in order: a ring is
+Rendering: each shape is a few polygons and discs in a unit frame (drawn, or erased, in order: a
+  ring is
 a disc minus a disc), rotated, scaled and drawn with Pillow on a 4x supersampled canvas over a tight
-crop, then box-filtered down: the coverage is the object's alpha. A pixel belongs to an object's mask
-when the object covers at least half of it (8 of its 16 sub-pixels) and no later object does; the
-image, textures and compositing are numpy. About 1,000 images/s on one core at 64x64 with the defaults
-(also through :func:`as_tf_dataset`), about 900/s at 96 px and 350/s at 128 px.
+crop, then box-filtered down: the coverage is the object's alpha. A pixel belongs to an object's
+mask when the object covers at least half of it (8 of its 16 sub-pixels) and no later object does;
+the image, textures and compositing are numpy. About 1,000 images/s on one core at 64x64 with the
+defaults (also through :func:`as_tf_dataset`), about 900/s at 96 px and 350/s at 128 px.
 
 Typical use::
 
@@ -57,9 +59,9 @@ __all__ = [
   'tf_examples_by_id',
 ]
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Vocabulary: categories, colours, phrases.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +86,8 @@ def _cat(name: str, plural: str, *others: tuple[str, str]) -> Category:
   return Category(name, ((name, plural),) + tuple(others))
 
 
-# Order matters: ``num_categories=K`` uses the first K. The first 8 are the most distinct outlines at
-# 64 px; hexagon (close to a circle when small), lightning bolt and house come last.
+# Order matters: ``num_categories=K`` uses the first K. The first 8 are the most distinct outlines
+# at 64 px; hexagon (close to a circle when small), lightning bolt and house come last.
 CATEGORIES: tuple[Category, ...] = (
   _cat(
     'circle',
@@ -342,9 +344,9 @@ def _check_vocabulary() -> None:
 
 _check_vocabulary()
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Config.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _weights(pairs: Any, allowed: Sequence[str], what: str) -> tuple[tuple[str, float], ...]:
@@ -372,8 +374,10 @@ class SyntheticConfig:
     image_size: ``H = W`` in pixels (64 default; 96 or 128 also work).
     min_objects, max_objects: objects per image, uniform in ``[min, max]`` (an object that cannot be
       placed within ``placement_tries`` under the occlusion limit is dropped, so rarely fewer).
-    num_categories: ``K``, uses the first ``K`` of :data:`CATEGORIES` (8..12). Mask ids are ``1..K``.
-    size_range: object radius (half its extent) as a fraction of ``image_size``, uniform in this range.
+    num_categories: ``K``, uses the first ``K`` of :data:`CATEGORIES` (8..12). Mask ids are
+      ``1..K``.
+    size_range: object radius (half its extent) as a fraction of ``image_size``, uniform in this
+      range.
     rotation: rotate shapes; if ``False`` they are upright.
     rotation_range: rotation angle uniform in ``[-r, r]`` degrees.
     max_occlusion: the largest fraction of an object's area that later objects may hide (0 = no
@@ -397,8 +401,8 @@ class SyntheticConfig:
       category). ``lighter`` makes "where the objects are" a linear function of the pixels.
 
   Captions:
-    p_omit_object_in_caption: each object is left unmentioned with this probability (if all would be,
-      one random object is kept).
+    p_omit_object_in_caption: each object is left unmentioned with this probability (if all would
+      be, one random object is kept).
     p_distractor_words: probability of adding 1-2 non-category phrases ("stock image", "#art").
     p_background_words: probability of describing the background ("on a striped background").
     p_colour_word, p_size_word, p_position_word: probability that a mention carries a colour word,
@@ -589,9 +593,9 @@ def background_phrases(config: Optional[SyntheticConfig] = None) -> list[str]:
   return [w for kind in config.background_types for w in _BACKGROUND_WORDS[kind]]
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Shapes as signed distance functions in a unit frame (y up, extent about 1).
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _regular(n, r, phase=math.pi / 2):
@@ -614,7 +618,8 @@ def _disc(cx, cy, r):
 
 
 def _build_shapes() -> list[tuple[tuple[bool, tuple], ...]]:
-  """Each shape: ``(add, primitive)`` steps drawn in order (``add=False`` erases), unit frame y up."""
+  """Each shape: ``(add, primitive)`` steps drawn in order (``add=False`` erases), unit frame y
+  up."""
   a, b = 0.29, 0.92
   k, oy = 1.32, 0.3  # heart: a diamond and two discs on its upper edges, scaled and centred
   lobe = math.hypot(0.3, 0.3) * k
@@ -746,9 +751,9 @@ def _rasterise(steps, scale: float, angle: float, fx: float, fy: float):
   return cov[y0:y1, x0:x1], r + fx - x0, r + fy - y0
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Scenes.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(eq=False)
@@ -998,9 +1003,9 @@ def _render(config: SyntheticConfig, nprng: np.random.Generator, rng: random.Ran
   return Scene(image, inst, lut[inst], objects, bg_kind)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Captions.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _weighted(rng: random.Random, pairs: Sequence[tuple[str, float]]) -> str:
@@ -1242,9 +1247,9 @@ def generate(
   }
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # tf.data.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def as_tf_dataset(
@@ -1255,7 +1260,8 @@ def as_tf_dataset(
   num_examples: Optional[int] = None,
   num_parallel_calls: Optional[int] = None,
 ):
-  """A ``tf.data.Dataset`` whose element ``i`` is ``generate(config, seed, start_index + i, split)``.
+  """A ``tf.data.Dataset`` whose element ``i`` is ``generate(config, seed, start_index + i,
+  split)``.
 
   Built as ``Dataset.counter(start_index)`` (train, infinite) or ``Dataset.range(start_index, N)``
   (val, finite: indices ``start_index .. N-1``) mapped through ``tf.numpy_function`` with
@@ -1357,9 +1363,9 @@ def tf_examples_by_id(config: Optional[SyntheticConfig], seed: int, ids, split: 
   )
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Preview (for humans).
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 _MASK_COLOURS = np.array(
   [

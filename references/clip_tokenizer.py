@@ -32,8 +32,8 @@ def simple_tokenizer_class():
 def pad_like_clip(
   id_lists: Sequence[Sequence[int]], context_length: int, sot: int, eot: int, dtype=np.int64
 ) -> np.ndarray:
-  """``clip.tokenize(..., truncate=True)``'s padding loop in NumPy: [SOT] + ids + [EOT], zero padded,
-  truncated with EOT kept last. Returns [len(id_lists), context_length]."""
+  """``clip.tokenize(..., truncate=True)``'s padding loop in NumPy: [SOT] + ids + [EOT], zero
+  padded, truncated with EOT kept last. Returns [len(id_lists), context_length]."""
   result = np.zeros((len(id_lists), context_length), dtype=dtype)
   for row, ids in enumerate(id_lists):
     tokens = [sot, *ids, eot]

@@ -83,11 +83,15 @@ def test_profile_summary_attributes_kernels_to_model_ops():
 
   hlo = '\n'.join(
     [
-      '  %ynn_fusion.3 = f32[8,16]{1,0} fusion(%p), kind=kCustom, metadata={op_name="jit(train_step)/'
+      '  %ynn_fusion.3 = f32[8,16]{1,0} fusion(%p), kind=kCustom, '
+      'metadata={op_name="jit(train_step)/'
       'jvp(GroupViT)/GroupViT.encode_image/img_encoder/layers_0/blocks_2/mlp/fc1/dot_general"}',
-      '  %ynn_fusion.9 = f32[8,16]{1,0} fusion(%p), kind=kCustom, metadata={op_name="jit(train_step)/'
-      'transpose(jvp(GroupViT))/GroupViT.encode_image/img_encoder/layers_1/blocks_0/mlp/fc1/dot_general"}',
-      '  %copy_fusion.1 = f32[16,8]{1,0} fusion(%p), kind=kLoop, metadata={op_name="jit(train_step)/'
+      '  %ynn_fusion.9 = f32[8,16]{1,0} fusion(%p), kind=kCustom, '
+      'metadata={op_name="jit(train_step)/'
+      'transpose(jvp(GroupViT))/GroupViT.encode_image/img_encoder/layers_1/blocks_0/mlp/fc1/'
+      'dot_general"}',
+      '  %copy_fusion.1 = f32[16,8]{1,0} fusion(%p), kind=kLoop, '
+      'metadata={op_name="jit(train_step)/'
       'jvp(GroupViT)/GroupViT.encode_image/img_encoder/layers_1/blocks_4/mlp/fc1/dot_general"}',
     ]
   )

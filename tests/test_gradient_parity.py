@@ -2,14 +2,14 @@
 
 The forward pass is compared with the reference in test_convert_parity.py; this checks the backward
 pass, which the trainer relies on and which no forward test can see: the straight-through hard
-assignment, the assignment normalisation, the BatchNorm projection heads, the clamped temperature and
-our custom-VJP pieces (`layers.cotangent_barrier`) must all give autograd's gradients.
+assignment, the assignment normalisation, the BatchNorm projection heads, the clamped temperature
+and our custom-VJP pieces (`layers.cotangent_barrier`) must all give autograd's gradients.
 
 Both models run in evaluation mode (hard assignment without Gumbel noise, BatchNorm with running
-statistics, no stochastic depth), so the loss is deterministic. Tolerance: float32 on both sides with
-different summation orders; gradients of norm ~1e2 differ by ~2e-5 at most, so 1e-4 x the largest
-reference entry (plus 1e-3 relative) leaves margin while a dropped or doubled term (a missing
-straight-through path, a wrong transpose) moves entries by O(1) of that scale.
+statistics, no stochastic depth), so the loss is deterministic. Tolerance: float32 on both sides
+with different summation orders; gradients of norm ~1e2 differ by ~2e-5 at most, so 1e-4 x the
+largest reference entry (plus 1e-3 relative) leaves margin while a dropped or doubled term (a
+missing straight-through path, a wrong transpose) moves entries by O(1) of that scale.
 """
 
 import jax

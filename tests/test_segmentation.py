@@ -1,10 +1,10 @@
-"""Zero-shot segmentation: `groupvit_jax.segmenter` against an independent PyTorch implementation of the
-released protocol (references/segmentation.py) driven by the Hugging Face model with the same
+"""Zero-shot segmentation: `groupvit_jax.segmenter` against an independent PyTorch implementation of
+the released protocol (references/segmentation.py) driven by the Hugging Face model with the same
 random weights.
 
 Agreement is measured per pixel: both sides run float32, but in a different order (XLA vs oneDNN,
-matmul-form vs gather-form resizes), so a pixel whose two best groups or classes are within ~1e-6 may
-flip. We require >= 99.9 % of the pixels of every image to agree (observed: 99.99-100 %).
+matmul-form vs gather-form resizes), so a pixel whose two best groups or classes are within ~1e-6
+may flip. We require >= 99.9 % of the pixels of every image to agree (observed: 99.99-100 %).
 """
 
 import jax

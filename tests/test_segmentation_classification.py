@@ -1,5 +1,5 @@
-"""Zero-shot classification on an ImageNet-style folder against the Hugging Face model (same weights):
-the release's eval transform, 'subset' templates, mean of unnormalised text features."""
+"""Zero-shot classification on an ImageNet-style folder against the Hugging Face model (same
+weights): the release's eval transform, 'subset' templates, mean of unnormalised text features."""
 
 import json
 
@@ -10,11 +10,8 @@ from PIL import Image
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from evaluation import class_names, classification, run
-from groupvit_jax import (
-  preprocessing,  # noqa: E402
-  prompts,  # noqa: E402
-)
+from evaluation import class_names, classification, run  # noqa: E402
+from groupvit_jax import preprocessing, prompts  # noqa: E402
 from references import segmentation as ref  # noqa: E402
 
 CLASSES = ['golden_retriever', 'tabby_cat', 'sports_car']

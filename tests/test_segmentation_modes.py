@@ -1,10 +1,10 @@
-"""Zero-shot segmentation, other modes: whole-image mode, multi-scale + flip test-time augmentation and
-`Pretrained.segment` with arbitrary vocabularies, against the independent PyTorch implementation of the
-released protocol (references/segmentation.py) with the same random weights.
+"""Zero-shot segmentation, other modes: whole-image mode, multi-scale + flip test-time augmentation
+and `Pretrained.segment` with arbitrary vocabularies, against the independent PyTorch implementation
+of the released protocol (references/segmentation.py) with the same random weights.
 
 Agreement is measured per pixel: both sides run float32, but in a different order (XLA vs oneDNN,
-matmul-form vs gather-form resizes), so a pixel whose two best groups or classes are within ~1e-6 may
-flip. We require >= 99.9 % of the pixels of every image to agree (observed: 99.99-100 %).
+matmul-form vs gather-form resizes), so a pixel whose two best groups or classes are within ~1e-6
+may flip. We require >= 99.9 % of the pixels of every image to agree (observed: 99.99-100 %).
 """
 
 import numpy as np
@@ -22,7 +22,7 @@ from tests.test_segmentation import MIN_AGREEMENT, NAMES, _agree, models  # noqa
 
 
 @pytest.mark.slow
-def test_whole_mode_matches_reference(models):
+def test_whole_mode_matches_reference(models):  # noqa: F811 (the shared fixture)
   hf, ours, ce, ce_ref = models
   reference = ref.ReleasedSegmentation(hf, ce_ref, 0.3, mode='whole')
   for image in ref.synthetic_images([(333, 500), (90, 500)], seed=1):
@@ -31,7 +31,7 @@ def test_whole_mode_matches_reference(models):
 
 
 @pytest.mark.slow
-def test_scales_and_flip_match_mmseg_aug_test(models):
+def test_scales_and_flip_match_mmseg_aug_test(models):  # noqa: F811 (the shared fixture)
   hf, ours, ce, ce_ref = models
   reference = ref.ReleasedSegmentation(hf, ce_ref, 0.3, mode='slide', ratios=(0.75, 1.0), flip=True)
   (image,) = ref.synthetic_images([(375, 500)], seed=2)
@@ -42,7 +42,7 @@ def test_scales_and_flip_match_mmseg_aug_test(models):
 
 
 @pytest.mark.slow
-def test_segment_any_vocabulary(models):
+def test_segment_any_vocabulary(models):  # noqa: F811 (the shared fixture)
   hf, ours, _, _ = models
   (image,) = ref.synthetic_images([(281, 500)], seed=3)
   vocab = ['zebra', 'a red double-decker bus', 'sky', 'grass', 'water', 'road', 'a person']

@@ -9,9 +9,9 @@ import numpy as np
 
 from references.segmentation import cv2_resize_linear, imrescale_size
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Checks of the host-side pieces (ours against the mmcv/mmseg formulas and OpenCV goldens)
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 # sha256 of cv2.resize(INTER_LINEAR) outputs (OpenCV 4.10.0 and 5.0.0 agree) for the inputs of
 # _golden_input(); recorded once with OpenCV installed.

@@ -1,5 +1,6 @@
-"""`python -m evaluation.run` end to end on a tiny VOC-layout dataset with a converted tiny random model:
-the JSON, the prediction PNGs (re-scored by `evaluation.score` to the same confusion matrix), the
+"""`python -m evaluation.run` end to end on a tiny VOC-layout dataset with a converted tiny random
+model: the JSON, the prediction PNGs (re-scored by `evaluation.score` to the same confusion matrix),
+  the
 visualisations; multi-process sharding; no recompilation across image sizes or new variables."""
 
 import json
@@ -182,7 +183,9 @@ def test_no_recompilation_across_sizes_or_new_variables(tmp_path, model_dir):
   seg, out = run_all(
     ours.variables, [(i, im, lab) for i, (im, lab) in enumerate(zip(images, labels))]
   )
-  assert len(out) == len(images) and seg.confusion_matrix().sum() == sum(l.size for l in labels)
+  assert len(out) == len(images) and seg.confusion_matrix().sum() == sum(
+    label.size for label in labels
+  )
   assert segmenter.compile_stats()['backend_compiles'] == before
   # the trainer's case: a new Pretrained with new variables of the same shapes, via the evaluator
   new_vars = jax.tree.map(lambda x: np.asarray(x) * np.float32(1.01), ours.variables)

@@ -1,4 +1,5 @@
-"""benchmarks/shape_probe.py: the metrics it reports, config overrides, and a short run end to end."""
+"""benchmarks/shape_probe.py: the metrics it reports, config overrides, and a short run end to
+end."""
 
 import math
 

@@ -28,7 +28,8 @@ def test_wide_towers_compile_without_ynnpack_fusions_on_cpu_only():
   'environ',
   [
     {
-      'XLA_FLAGS': '--xla_force_host_platform_device_count=8 --xla_cpu_experimental_ynn_fusion_type=dot'
+      'XLA_FLAGS': '--xla_force_host_platform_device_count=8 '
+      '--xla_cpu_experimental_ynn_fusion_type=dot'
     },
     {'XLA_FLAGS': 'xla_cpu_experimental_ynn_fusion_type='},
     {xla_cpu.OPT_OUT_ENV: '1'},

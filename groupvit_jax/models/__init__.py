@@ -10,3 +10,18 @@ from groupvit_jax.models.grouping import Assignment, GroupingBlock
 from groupvit_jax.models.groupvit import GroupViT, compose_group_maps, init_variables, l2_normalize
 from groupvit_jax.models.image_encoder import ImageEncoder
 from groupvit_jax.models.text_encoder import TextEncoder
+
+__all__ = [
+  'Assignment',
+  'ConfigError',
+  'GroupViT',
+  'GroupViTConfig',
+  'GroupingBlock',
+  'ImageEncoder',
+  'ImageEncoderConfig',
+  'TextEncoder',
+  'TextEncoderConfig',
+  'compose_group_maps',
+  'init_variables',
+  'l2_normalize',
+]

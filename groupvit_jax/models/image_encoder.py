@@ -1,4 +1,5 @@
-"""GroupViT image tower: patch embedding, stages of ViT blocks with group tokens, grouping blocks."""
+"""GroupViT image tower: patch embedding, stages of ViT blocks with group tokens, grouping
+blocks."""
 
 from __future__ import annotations
 

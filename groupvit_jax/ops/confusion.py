@@ -19,7 +19,8 @@ def confusion_matrix_update(
   ignore_index: Optional[int] = 255,
   valid: Optional[jax.Array] = None,
 ) -> jax.Array:
-  """Adds a batch of predictions to a confusion matrix (jitted; ``num_classes``/``ignore_index`` static).
+  """Adds a batch of predictions to a confusion matrix (jitted; ``num_classes``/``ignore_index``
+  static).
 
   Args:
     conf: ``[C, C]`` integer array (int32, or int64 under ``jax_enable_x64``); rows = ground truth,
@@ -48,7 +49,8 @@ def confusion_matrix_update(
     if valid.shape != gt.shape:
       raise ValueError(f'valid shape {valid.shape} != gt shape {gt.shape}')
     keep &= valid.astype(bool)
-  # Skipped pixels go to an extra overflow bin that is dropped; no float weights, so counts are exact.
+  # Skipped pixels go to an extra overflow bin that is dropped; no float weights, so counts are
+  # exact.
   flat = jnp.where(keep, gt * c + pred, c * c).reshape(-1)
   counts = jnp.bincount(flat, length=c * c + 1)[: c * c].reshape(c, c)
   return conf + counts.astype(conf.dtype)

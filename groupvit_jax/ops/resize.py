@@ -1,8 +1,8 @@
 """Image/feature resizing with PyTorch `F.interpolate` semantics, as separable matrix products.
 
-`jax.image.resize` uses Keys a = -0.5 and antialiasing, and so does not reproduce the released model,
-whose position embeddings are resized by `F.interpolate(mode='bicubic', align_corners=False)` (a =
--0.75, no antialias, border-clamped taps) and whose maps are upsampled with `mode='bilinear'`.
+`jax.image.resize` uses Keys a = -0.5 and antialiasing, and so does not reproduce the released
+model, whose position embeddings are resized by `F.interpolate(mode='bicubic', align_corners=False)`
+(a = -0.75, no antialias, border-clamped taps) and whose maps are upsampled with `mode='bilinear'`.
 The interpolation weights depend only on static sizes, so they are built once in numpy and applied
 as two small matmuls, which XLA fuses and which are exact to float32 rounding.
 """
