@@ -109,7 +109,7 @@ def config_arg(name: str, base: str = '') -> str:
 
 def _synthetic_module():
   sys.path.insert(0, REPO)
-  import importlib.util  # pylint: disable=g-import-not-at-top
+  import importlib.util
 
   spec = importlib.util.spec_from_file_location('synthetic_cfg', SYNTHETIC)
   module = importlib.util.module_from_spec(spec)

@@ -7,7 +7,7 @@ layer on its pooled output is trained with direct multi-label targets (sigmoid c
 "category k is in the image"), with the recipe's optimizer, schedule and batch size, on a fixed
 pool of rendered training images; a held-out pool of val-stream images measures progress. If the
 tower cannot learn this with labels in a given number of steps, it cannot learn it from captions
-in that number of steps either (benchmarks/emergence.md, "Why the names do not emerge").
+in that number of steps either (docs/emergence.md, section 2).
 
 Prints the command, then one line per evaluation (``--json``: one JSON object per line) with the
 val cross-entropy, the "predict the prior" cross-entropy it has to beat, and the val mean average
@@ -51,7 +51,7 @@ def load_recipe(spec: str, overrides: list[str]):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   config = module.get_config(arg or None)
-  from groupvit_jax.config_lib import parse_override  # pylint: disable=g-import-not-at-top
+  from groupvit_jax.config_lib import parse_override
 
   for item in overrides:
     try:
@@ -221,7 +221,7 @@ def main(argv=None) -> list[dict]:
   def predict(params, x):
     return model.apply(params, x)
 
-  from evaluation.naming import mean_average_precision  # pylint: disable=g-import-not-at-top
+  from evaluation.naming import mean_average_precision
 
   def evaluate(step: int, train_loss: float) -> dict:
     logits = np.concatenate(

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from evaluation import class_names, pooled
 from evaluation.datasets import read_class_names, read_image
@@ -152,8 +153,6 @@ def evaluate_classification(
     hitsk += int(hk)
   counts = np.array([hits1, hitsk, len(shard)], np.int64)
   if pc > 1:
-    from jax.experimental import multihost_utils
-
     counts = np.asarray(multihost_utils.process_allgather(counts)).sum(0)
   n = int(counts[2])
   seconds = time.perf_counter() - t0

@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence, Union
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from evaluation import class_names as cn
 from evaluation import visualize as vis
@@ -80,7 +81,6 @@ def _gather_sum(tree: Any) -> Any:
   """Sums a pytree of numpy arrays over processes (identity with one process)."""
   if jax.process_count() == 1:
     return tree
-  from jax.experimental import multihost_utils
 
   gathered = multihost_utils.process_allgather(tree)
   return jax.tree.map(lambda x: np.asarray(x).sum(axis=0), gathered)

@@ -30,9 +30,18 @@ from typing import Any, Callable, Optional
 
 import ml_collections
 import numpy as np
+from PIL import Image
 
+from evaluation.datasets import build_dataset
+from evaluation.evaluator import evaluate_segmentation
+from evaluation.inspect_groups import stack_rows
+from evaluation.naming import image_naming
+from evaluation.pooled import checked_input_size
+from evaluation.synthetic import SyntheticSegmentationDataset
+from evaluation.token_baselines import evaluate_token_baseline
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.pretrained import Pretrained
+from input_pipeline.synthetic_shapes import SyntheticConfig
 
 # (variables, step) -> {'eval/<name>/<metric>': value}
 Evaluator = Callable[[dict[str, Any], int], dict[str, float]]
@@ -75,7 +84,6 @@ def synthetic_eval_size(
 
   Raises ValueError unless it is a positive multiple of the model's patch size.
   """
-  from evaluation.pooled import checked_input_size  # pylint: disable=g-import-not-at-top
 
   scale = float(eval_config.get('synthetic_scale', 1.0))
   try:
@@ -94,9 +102,6 @@ def _dataset(
 ):
   """(name, dataset, spec, protocol geometry) of one `config.eval.datasets` entry."""
   if entry == 'synthetic':
-    from evaluation.synthetic import SyntheticSegmentationDataset
-    from input_pipeline.synthetic_shapes import SyntheticConfig
-
     knobs = data_config.get('synthetic') if data_config is not None else None
     synth = SyntheticConfig.from_dict(knobs)
     data = SyntheticSegmentationDataset(
@@ -111,7 +116,6 @@ def _dataset(
   name, sep, root = entry.partition(':')
   if not sep or not root:
     raise ValueError(f"eval dataset {entry!r}: expected 'synthetic' or 'NAME:PATH'")
-  from evaluation.datasets import build_dataset  # pylint: disable=g-import-not-at-top
 
   data = build_dataset(name, root)
   return name, data, data.spec if name != 'folder' else list(data.class_names), {}
@@ -119,9 +123,6 @@ def _dataset(
 
 def _write_grid(panel_dir: str, path: str) -> None:
   """Stacks the per-image panels of `panel_dir` (sorted by name) into one PNG."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  from evaluation.inspect_groups import stack_rows  # pylint: disable=g-import-not-at-top
 
   panels = [
     Image.open(os.path.join(panel_dir, f)).convert('RGB')
@@ -153,7 +154,6 @@ def _naming(eval_config, pretrained, name, data, spec, metrics, results, input_s
   """Adds the image-level naming scores to `metrics` and `results` when `config.eval.naming`."""
   if not eval_config.naming:
     return
-  from evaluation.naming import image_naming  # pylint: disable=g-import-not-at-top
 
   background_words = getattr(data, 'background_words', None)  # the synthetic split has them
   result = image_naming(
@@ -181,7 +181,6 @@ def _token_baseline_evaluator(
 ) -> Evaluator:
   """A model without grouping (plain ViT baseline) has no groups to segment with: score it by
   pixel-wise classification and by k-means on its patch tokens (evaluation/token_baselines.py)."""
-  from evaluation.token_baselines import evaluate_token_baseline
 
   def run(variables, step):
     metrics, results = {}, {}
@@ -222,7 +221,6 @@ def build_evaluators(
   Datasets are opened (and missing paths reported) here, at start-up, not at the first evaluation.
   Files (`eval_<name>.json`, `eval_<name>.png`) are written by the main process only.
   """
-  from evaluation.evaluator import evaluate_segmentation  # pylint: disable=g-import-not-at-top
 
   evaluators = []
   for entry in eval_config.datasets:

@@ -43,6 +43,19 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import jax
+import ml_collections
+
+from evaluation import datasets, hooks
+from evaluation.classification import evaluate_classification
+from evaluation.evaluator import evaluate_segmentation
+from evaluation.metrics import json_safe
+from evaluation.naming import image_naming
+from groupvit_jax import load_pretrained
+from groupvit_jax.config_lib import parse_override
+from input_pipeline.config import default_data_config
+from input_pipeline.synthetic_shapes import SyntheticConfig
+
 __all__ = ['main']
 
 
@@ -152,12 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _synthetic_configs(args) -> tuple[Any, Any]:
   """(eval config, data config) for the hook: the run's saved ones (or the defaults) plus the
   flags."""
-  import ml_collections
-
-  from evaluation import hooks
-  from groupvit_jax.config_lib import parse_override
-  from input_pipeline.config import default_data_config
-  from input_pipeline.synthetic_shapes import SyntheticConfig
 
   eval_cfg = hooks.default_eval_config().to_dict()
   knobs = default_data_config().synthetic.to_dict()
@@ -194,7 +201,6 @@ def _synthetic_configs(args) -> tuple[Any, Any]:
 
 def _evaluate_synthetic(args, model) -> tuple[dict, str]:
   """(result, summary line) of the trainer's synthetic evaluation hook on `model`."""
-  from evaluation import hooks
 
   if args.paper_threshold:
     raise ValueError('--paper_threshold needs a benchmark dataset (voc, context, coco_object)')
@@ -231,8 +237,6 @@ def _evaluate_synthetic(args, model) -> tuple[dict, str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
-  from evaluation import datasets
-  from groupvit_jax import load_pretrained
 
   dataset_name = args.dataset.strip().lower()
   try:
@@ -242,8 +246,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if dataset_name == 'synthetic':
       result, summary = _evaluate_synthetic(args, model)
     elif dataset_name in ('imagenet_folder', 'imagenet', 'classification'):
-      from evaluation.classification import evaluate_classification
-
       result = evaluate_classification(
         model,
         args.data_dir,
@@ -285,9 +287,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.threshold is not None and threshold is None:
           raise ValueError("--threshold given but the folder's first class is not 'background'")
       vis_dir = args.visualize_dir or str(Path(args.output).resolve().parent / 'visualize')
-      import jax
-
-      from evaluation.evaluator import evaluate_segmentation
 
       devices = jax.local_devices()[: args.num_devices] if args.num_devices else None
       result = evaluate_segmentation(
@@ -312,8 +311,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         devices=devices,
       )
       if args.naming:
-        from evaluation.naming import image_naming
-
         result['naming'] = image_naming(
           model, ds, classes, max_images=args.max_images, templates=args.templates or 'simple'
         )
@@ -337,7 +334,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   result['command'] = 'python -m evaluation.run ' + ' '.join(
     argv if argv is not None else sys.argv[1:]
   )
-  from evaluation.metrics import json_safe  # pylint: disable=g-import-not-at-top
 
   out = Path(args.output)
   out.parent.mkdir(parents=True, exist_ok=True)

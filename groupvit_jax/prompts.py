@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT
@@ -186,8 +187,6 @@ def local_variables(variables: Any, placement: Any = None) -> Any:
   numpy, single-device or sharded variables of the same shapes all reuse one compilation."""
   leaves = jax.tree.leaves(variables)
   if not all(not isinstance(x, jax.Array) or x.is_fully_addressable for x in leaves):
-    from jax.experimental import multihost_utils
-
     variables = multihost_utils.process_allgather(variables, tiled=True)
   return jax.device_put(variables, placement if placement is not None else jax.local_devices()[0])
 

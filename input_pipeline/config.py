@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from input_pipeline.synthetic_shapes import SyntheticConfig
+
 __all__ = ['default_data_config']
 
 
@@ -112,7 +114,6 @@ def default_data_config() -> ml_collections.ConfigDict:
 
   # Knobs of the built-in `synthetic` source (input_pipeline.synthetic_shapes.SyntheticConfig; its
   # docstring explains each). Unknown keys are errors at start.
-  from input_pipeline.synthetic_shapes import SyntheticConfig  # pylint: disable=g-import-not-at-top
 
   c.synthetic = ml_collections.ConfigDict(SyntheticConfig().to_dict())
 

@@ -22,6 +22,7 @@ import collections
 import json
 import os
 import threading
+import warnings
 import zlib
 from collections.abc import Iterable, Sequence
 
@@ -68,7 +69,6 @@ class SpacyTagger:
     store_tags: Iterable[str] | None = STORED_TAGS,
     batch_size: int = 256,
   ):
-    import warnings
 
     import spacy
 

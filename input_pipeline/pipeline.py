@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from groupvit_jax.prompts import TEMPLATE_SETS
+from groupvit_jax.tokenizer import default_tokenizer
 from input_pipeline import augment, nouns, prompts, readers, skips, sources, synthetic_shapes
 
 __all__ = ['STATE_FORMAT', 'TrainIterator', 'create_train_dataset']
@@ -324,7 +325,6 @@ class TrainIterator:
     )
     self._tagger = None
     self._tag_lru: collections.OrderedDict[str, list[tuple[str, str]]] = collections.OrderedDict()
-    from groupvit_jax.tokenizer import default_tokenizer
 
     self.tokenizer = default_tokenizer()
     self.stats = collections.Counter()  # words_from_cache / words_online / words_lru

@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 
-from input_pipeline import nouns, sources
+from input_pipeline import nouns, readers, sources
 
 __all__ = ['extract_captions', 'list_shards', 'prepare', 'main']
 
@@ -75,8 +75,6 @@ def extract_captions(
   keys are record indices in the file; for sequence-valued TFDS captions ``"<record>#<j>"``.
   """
   import tensorflow as tf
-
-  from input_pipeline import readers
 
   contents = tf.io.read_file(path)
 

@@ -36,9 +36,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
+import textwrap
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
   'Category',
@@ -304,7 +307,6 @@ _DIRECTIONS = {
 
 
 def _check_vocabulary() -> None:
-  import re
 
   words = [w for c in CATEGORIES for w in c.words]
   pattern = re.compile(
@@ -723,7 +725,6 @@ def _rasterise(steps, scale: float, angle: float, fx: float, fy: float):
     ``(coverage uint8 [h, w] (255 = fully covered), cx, cy)``: ``cx, cy`` = the centre in crop pixel
     coordinates (pixel ``j`` spans ``[j, j + 1)``).
   """
-  from PIL import Image, ImageDraw
 
   s = _SUPERSAMPLE
   r = int(math.ceil(scale * _EXTENT + 1))
@@ -862,8 +863,6 @@ def _background(config: SyntheticConfig, nprng: np.random.Generator, rng: random
     p = nprng.random((half, half), dtype=np.float32)
     p = np.repeat(np.repeat(p, 2, 0), 2, 1)[:size, :size]
   elif kind == 'blobs':
-    from PIL import Image
-
     cells = rng.randint(3, 6)
     low = nprng.random((cells, cells), dtype=np.float32)
     p = np.asarray(Image.fromarray(low).resize((size, size), Image.Resampling.BICUBIC))
@@ -1407,9 +1406,6 @@ def preview_grid(
   Returns:
     ``PIL.Image.Image`` (RGB).
   """
-  import textwrap
-
-  from PIL import Image, ImageDraw, ImageFont
 
   config = config or SyntheticConfig()
   names = category_names(config)

@@ -15,6 +15,7 @@ import tarfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from PIL import Image
 
 __all__ = ['image_bytes', 'write_webdataset', 'write_tfrecord', 'tfrecord_example']
 
@@ -23,7 +24,6 @@ def image_bytes(
   seed: int = 0, size: tuple[int, int] = (48, 64), fmt: str = 'JPEG', quality: int = 90
 ) -> bytes:
   """A smooth random RGB image (height, width) = ``size`` encoded with PIL in ``fmt``."""
-  from PIL import Image
 
   rng = np.random.default_rng(seed)
   small = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)

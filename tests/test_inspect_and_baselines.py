@@ -72,7 +72,7 @@ def test_notebook_runs_top_to_bottom(groupvit, tmp_path, monkeypatch):
   nb = json.loads(NOTEBOOK.read_text())
   for cell in nb['cells']:
     if cell['cell_type'] == 'code':
-      exec(compile(''.join(cell['source']), str(NOTEBOOK), 'exec'), namespace)  # pylint: disable=exec-used
+      exec(compile(''.join(cell['source']), str(NOTEBOOK), 'exec'), namespace)
   names = {'stage_groups', 'group_concepts', 'group_concepts_stage1', 'segmentation'}
   assert {p.stem for p in out.glob('*.png')} == names
   assert len(shown) == len(names) and all(isinstance(im, Image.Image) for im in shown)
@@ -83,7 +83,7 @@ def test_notebook_runs_top_to_bottom(groupvit, tmp_path, monkeypatch):
 
 
 def test_stage_group_ids_follow_the_model_maps(groupvit):
-  from groupvit_jax.segmenter import resize_uint8  # pylint: disable=g-import-not-at-top
+  from groupvit_jax.segmenter import resize_uint8
 
   model = load_pretrained(groupvit)
   data = SyntheticSegmentationDataset(SyntheticConfig(image_size=64), seed=3, num_examples=2)
@@ -105,7 +105,7 @@ def test_stage_group_ids_follow_the_model_maps(groupvit):
 
 
 def _norm(images):
-  from groupvit_jax.preprocessing import normalize  # pylint: disable=g-import-not-at-top
+  from groupvit_jax.preprocessing import normalize
 
   return normalize(np.stack(images))
 
@@ -149,7 +149,7 @@ def test_pixel_baseline_classifies_each_patch_token(vit):
   )
   tok = np.asarray(l2_normalize(out['group_embeds']))  # [B, 16, D]
   expected = np.argmax(tok @ np.asarray(class_embed).T, axis=-1).reshape(-1, 4, 4)
-  pred, _ = token_baselines._segment_batch(  # pylint: disable=protected-access
+  pred, _ = token_baselines._segment_batch(
     vit.variables,
     jax.numpy.asarray(pix),
     class_embed,
@@ -180,8 +180,8 @@ def test_token_baseline_rejects_grouping_models(groupvit):
 
 @pytest.mark.slow
 def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
-  from evaluation import hooks  # pylint: disable=g-import-not-at-top
-  from groupvit_jax.main import base_config  # pylint: disable=g-import-not-at-top
+  from evaluation import hooks
+  from groupvit_jax.main import base_config
 
   config = base_config()
   config.eval.datasets = ('synthetic',)
@@ -235,7 +235,7 @@ def test_eval_hook_writes_json_and_grid(groupvit, vit, tmp_path):
 
 def _run_dir(tmp_path):
   """The config.json a training run leaves in its workdir (the model comes from a fixture)."""
-  from groupvit_jax.main import base_config  # pylint: disable=g-import-not-at-top
+  from groupvit_jax.main import base_config
 
   config = base_config()
   config.eval.datasets = ('synthetic',)
@@ -251,7 +251,7 @@ def _run_dir(tmp_path):
 def test_run_cli_rescores_a_synthetic_run(groupvit, vit, tmp_path, capsys):
   """`python -m evaluation.run --dataset synthetic` is the trainer's hook with the run's knobs,
   overridden by the flags (another val stream, knobs, threshold, resolution)."""
-  from evaluation import hooks, run  # pylint: disable=g-import-not-at-top
+  from evaluation import hooks, run
 
   config = _run_dir(tmp_path)
   out = tmp_path / 'rescored.json'
