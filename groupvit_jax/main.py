@@ -23,13 +23,13 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+import input_pipeline
 from evaluation import hooks
 from groupvit_jax import checkpointing, config_lib, metric_writers, optim, xla_cpu
 from groupvit_jax import sharding as sharding_lib
 from groupvit_jax import train_step as train_lib
 from groupvit_jax.checkpoints import store
 from groupvit_jax.models.groupvit import GroupViT
-from input_pipeline import create_train_dataset
 from input_pipeline.config import default_data_config
 
 
@@ -229,7 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log(f'model: {n_params:,} parameters')
 
   # Data.
-  data = create_train_dataset(
+  # input_pipeline exports lazily: tensorflow is imported here, when a run starts, not with main.
+  data = input_pipeline.create_train_dataset(
     config.data,
     global_batch_size=int(config.global_batch_size),
     process_index=jax.process_index(),

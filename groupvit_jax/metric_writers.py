@@ -13,7 +13,6 @@ import time
 from typing import Any, Mapping
 
 import jax
-from clu import metric_writers
 
 
 def _plain(value: Any) -> Any:
@@ -30,6 +29,10 @@ class MetricsWriter:
   def __init__(self, workdir: str, resume_step: int | None = None):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    # clu's writers import tensorflow: loaded only when a run writes metrics, so that recipes (which
+    # import the trainer for base_config) load where only the core is installed.
+    from clu import metric_writers
+
     self._tb = (
       metric_writers.create_default_writer(
         workdir, just_logging=not self.active, asynchronous=False

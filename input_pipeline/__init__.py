@@ -1,7 +1,7 @@
 """GroupViT training input pipeline (tf.data on the host, numpy batches out).
 
-Public API (imported lazily, so ``import groupvit_jax.tokenizer`` / ``.nouns`` / ``.prompts``
-do not pull in TensorFlow)::
+Public API (imported lazily, so ``import input_pipeline.config`` / ``.nouns`` / ``.prompts``, and
+the recipes that read the data defaults, do not pull in TensorFlow)::
 
     from input_pipeline import create_train_dataset, default_data_config
     cfg = default_data_config()

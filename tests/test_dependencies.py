@@ -6,7 +6,8 @@ entry point) is the one core module allowed to meet data and evaluation.
 
 Extras: the core (models, checkpoints, convert, load_pretrained, tokenizer, segment, losses, train
 step) installs and runs without the `train` and `dev` extras: no tensorflow, spaCy, clu or torch.
-The trainer modules (TRAIN_ONLY) need `[train]`.
+The trainer (`groupvit_jax.main`) imports the data pipeline and evaluation, but loads tensorflow
+and clu only when a run starts, so the recipes in configs/ load without the extras too.
 
 Both are checked statically (every import statement, function-local ones included) and by importing
 in a fresh interpreter where the forbidden packages cannot be imported.
@@ -15,7 +16,6 @@ in a fresh interpreter where the forbidden packages cannot be imported.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -36,10 +36,9 @@ FORBIDDEN = {
   'references': {'benchmarks', 'tests'},
   'benchmarks': {'tests'},
 }
-# The trainer: the only core modules that may import the data pipeline / evaluation and the
-# `train` extra (groupvit_jax.metric_writers: clu, whose writers import tensorflow).
+# The trainer: the only core module that may import the data pipeline and evaluation.
 LAYER_EXEMPT = {'groupvit_jax/main.py'}
-TRAIN_ONLY = ('groupvit_jax.main', 'groupvit_jax.metric_writers')
+TRAIN_ONLY = ('groupvit_jax.main',)
 # Distributions of the `train` and `dev` extras, as import names.
 EXTRAS = (
   'tensorflow',
@@ -185,14 +184,32 @@ print('imported', len(names) + 1 - len(failed) - len(SKIP), 'modules; failed:', 
 
 
 def test_core_modules_import_without_the_upper_layers():
-  # metric_writers is imported too where the `train` extra (clu) is installed.
-  skip = {'groupvit_jax.main'} | (
-    set(TRAIN_ONLY) if importlib.util.find_spec('clu') is None else set()
-  )
   out = _run_blocked(
-    UPPER, f'SKIP = {skip!r}\n' + _IMPORT_ALL + 'raise SystemExit(1 if failed else 0)\n'
+    UPPER, f'SKIP = {set(TRAIN_ONLY)!r}\n' + _IMPORT_ALL + 'raise SystemExit(1 if failed else 0)\n'
   )
   assert 'failed: []' in out
+
+
+def test_recipes_load_without_the_train_and_dev_extras():
+  """Every recipe builds its config (and the trainer module imports) where only the core is
+  installed, e.g. the accelerator image: tensorflow and clu load only when a run starts."""
+  out = _run_blocked(
+    EXTRAS,
+    """
+import importlib.util, pathlib, sys
+import groupvit_jax.main
+from groupvit_jax.config_lib import build_model_config
+for path in sorted(pathlib.Path('configs').glob('*.py')):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  build_model_config(module.get_config())
+loaded = sorted(n for n, m in sys.modules.items() if m is not None and n.split('.')[0] in EXTRAS)
+assert not loaded, loaded
+print('recipes ok')
+""".replace('EXTRAS', repr(EXTRAS)),
+  )
+  assert 'recipes ok' in out
 
 
 # The end-to-end run of the core alone. Also run by hand in a venv with only the core installed.
