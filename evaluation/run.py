@@ -53,7 +53,6 @@ from evaluation.metrics import json_safe
 from evaluation.naming import image_naming
 from groupvit_jax import load_pretrained
 from groupvit_jax.config_lib import parse_override
-from input_pipeline.config import default_data_config
 from input_pipeline.synthetic_shapes import SyntheticConfig
 
 __all__ = ['main']
@@ -163,11 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _synthetic_configs(args) -> tuple[Any, Any]:
-  """(eval config, data config) for the hook: the run's saved ones (or the defaults) plus the
-  flags."""
-
+  """(eval config, data config) for the hook: the run's saved ones (or the defaults), then the
+  command line's flags."""
   eval_cfg = hooks.default_eval_config().to_dict()
-  knobs = default_data_config().synthetic.to_dict()
+  knobs = SyntheticConfig().to_dict()
   if args.data_dir is not None:
     path = Path(args.data_dir) / 'config.json'
     if not path.is_file():

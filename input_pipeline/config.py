@@ -114,7 +114,6 @@ def default_data_config() -> ml_collections.ConfigDict:
 
   # Knobs of the built-in `synthetic` source (input_pipeline.synthetic_shapes.SyntheticConfig; its
   # docstring explains each). Unknown keys are errors at start.
-
   c.synthetic = ml_collections.ConfigDict(SyntheticConfig().to_dict())
 
   c.debug_metadata = False
