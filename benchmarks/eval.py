@@ -84,7 +84,7 @@ def main(argv=None) -> int:
   from evaluation import class_names as cn
   from groupvit_jax import load_pretrained, prompts, segmenter
   from groupvit_jax.convert import convert
-  from references import hf_groupvit as hf_reference
+  from references import hf_groupvit
   from references.segmentation import ReleasedSegmentation, hf_class_embeddings
 
   threads = (
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
   torch.set_num_threads(threads)
   images, source = load_images(args.images)
   with tempfile.TemporaryDirectory() as tmp:
-    hf = hf_reference.random_hf_model(seed=0)  # released GroupViT-S architecture
+    hf = hf_groupvit.random_hf_model(seed=0)  # released GroupViT-S architecture
     hf.save_pretrained(os.path.join(tmp, 'hf'))
     convert(os.path.join(tmp, 'hf'), os.path.join(tmp, 'ours'))
     ours = load_pretrained(os.path.join(tmp, 'ours'))

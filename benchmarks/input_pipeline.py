@@ -51,7 +51,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from references import clip_tokenizer as clip_reference  # noqa: E402
+from references import clip_tokenizer  # noqa: E402
 
 DEFAULT_SHARD = os.path.join(REPO, '..', 'shared', 'data', 'webdataset_coco', '00000.tar')
 DEFAULT_CAPTIONS = os.path.join(
@@ -90,7 +90,7 @@ class Timer:
 
 def load_reference_tokenizer():
   """openai-clip's SimpleTokenizer instance (see references/clip_tokenizer.py)."""
-  cls = clip_reference.simple_tokenizer_class()
+  cls = clip_tokenizer.simple_tokenizer_class()
   if cls is None:
     raise ImportError('openai-clip (dev extra) is not installed')
   return cls()
@@ -98,7 +98,7 @@ def load_reference_tokenizer():
 
 def ref_tokenize(tok, texts, context_length=77):
   """GroupViT's ``Tokenize``: [SOT] + encode + [EOT], zero-padded / truncated (EOT kept last)."""
-  return clip_reference.reference_tokenize(tok, texts, context_length)
+  return clip_tokenizer.reference_tokenize(tok, texts, context_length)
 
 
 def ref_samples(paths) -> Iterator[dict]:

@@ -48,7 +48,7 @@ from groupvit_jax.tokenizer import (  # noqa: E402
   SOT_TOKEN,
   ClipTokenizer,
 )
-from references import clip_tokenizer as clip_reference  # noqa: E402
+from references import clip_tokenizer  # noqa: E402
 
 DEFAULT_CAPTIONS = (
   REPO_ROOT / '..' / 'shared' / 'data' / 'captions' / 'cc3m_validation_first1000.txt'
@@ -58,7 +58,7 @@ DEFAULT_CAPTIONS = (
 def load_reference():
   """CLIP's SimpleTokenizer class, or None without openai-clip (see
   references/clip_tokenizer.py)."""
-  return clip_reference.simple_tokenizer_class()
+  return clip_tokenizer.simple_tokenizer_class()
 
 
 def generated_captions(count: int, seed: int = 0) -> list[str]:
@@ -83,7 +83,7 @@ def generated_captions(count: int, seed: int = 0) -> list[str]:
 
 def pad_like_clip(id_lists, context_length=CONTEXT_LENGTH):
   """clip.tokenize(truncate=True)'s per-row padding loop, with NumPy instead of torch."""
-  return clip_reference.pad_like_clip(
+  return clip_tokenizer.pad_like_clip(
     id_lists, context_length, SOT_TOKEN, EOT_TOKEN, dtype=np.int32
   )
 

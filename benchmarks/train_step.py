@@ -199,7 +199,7 @@ def recipe(model_name: str, batch: int, dtype: str, multi_label: bool):
 def hf_model(cfg, seed: int):
   """A random-weight transformers.GroupViTModel with the architecture of our GroupViTConfig
   `cfg`."""
-  from references import hf_groupvit as hf_reference
+  from references import hf_groupvit
 
   im, tx = cfg.image, cfg.text
   # What Hugging Face's model cannot express would make the comparison unfair: refuse it.
@@ -242,7 +242,7 @@ def hf_model(cfg, seed: int):
     max_position_embeddings=tx.context_length,
     layer_norm_eps=tx.layer_norm_eps,
   )
-  return hf_reference.random_hf_model(
+  return hf_groupvit.random_hf_model(
     seed=seed,
     vision=vision,
     text=text,

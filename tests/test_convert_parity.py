@@ -18,7 +18,7 @@ pytest.importorskip('transformers')
 from groupvit_jax import load_pretrained  # noqa: E402
 from groupvit_jax.checkpoints.keymaps import CheckpointMismatchError  # noqa: E402
 from groupvit_jax.convert import convert  # noqa: E402
-from references import hf_groupvit as hf_reference  # noqa: E402
+from references import hf_groupvit  # noqa: E402
 from tests.conftest import REPO, SHARED_DATA  # noqa: E402
 
 ATOL = 1e-4
@@ -39,9 +39,9 @@ def _captions():
 
 
 def _images(n=3):
-  return hf_reference.real_images(
+  return hf_groupvit.real_images(
     SHARED_DATA if SHARED_DATA.is_dir() else None, n
-  ) or hf_reference.synthetic_images(n)
+  ) or hf_groupvit.synthetic_images(n)
 
 
 def _hf_image(model, pixels_nhwc, interpolate=False):
@@ -114,7 +114,7 @@ def _resize_norm(image, size):
 
 @pytest.mark.slow
 def test_released_architecture_from_hf_directory_via_cli(tmp_path):
-  hf = hf_reference.random_hf_model(seed=1)
+  hf = hf_groupvit.random_hf_model(seed=1)
   hf.save_pretrained(tmp_path / 'hf')
   out = tmp_path / 'converted'
   proc = subprocess.run(
@@ -140,7 +140,7 @@ def test_released_architecture_from_hf_directory_via_cli(tmp_path):
 @pytest.mark.slow
 def test_three_stage_nvlabs_pth_with_embedded_config(tmp_path):
   omegaconf = pytest.importorskip('omegaconf')
-  hf = hf_reference.random_hf_model(
+  hf = hf_groupvit.random_hf_model(
     seed=2,
     vision=dict(
       hidden_size=96,
@@ -157,7 +157,7 @@ def test_three_stage_nvlabs_pth_with_embedded_config(tmp_path):
     projection_dim=48,
     projection_intermediate_dim=96,
   )
-  sd = hf_reference.hf_state_to_nvlabs(hf.state_dict())
+  sd = hf_groupvit.hf_state_to_nvlabs(hf.state_dict())
   sd['multi_label_logit_scale'] = torch.tensor(2.0)
   # image heads (3) cannot be read from shapes: they must come from the config
   cfg = omegaconf.OmegaConf.create(
@@ -202,7 +202,7 @@ def test_three_stage_nvlabs_pth_with_embedded_config(tmp_path):
 
 @pytest.mark.slow
 def test_one_stage_bare_state_dict_inferred_from_shapes(tmp_path):
-  hf = hf_reference.random_hf_model(
+  hf = hf_groupvit.random_hf_model(
     seed=3,
     vision=dict(
       hidden_size=128,
@@ -222,14 +222,14 @@ def test_one_stage_bare_state_dict_inferred_from_shapes(tmp_path):
   config = convert(str(tmp_path / 'hf_bare.bin'), str(tmp_path / 'a'))
   assert config.image.depths == (2, 2) and config.image.num_output_groups == (4,)
   _compare(tmp_path / 'a', hf, sizes=((32, 32), (48, 40)))
-  sd = hf_reference.hf_state_to_nvlabs(hf.state_dict())
+  sd = hf_groupvit.hf_state_to_nvlabs(hf.state_dict())
   torch.save(sd, tmp_path / 'nv_bare.pth')  # NVlabs names, no config
   convert(str(tmp_path / 'nv_bare.pth'), str(tmp_path / 'b'))
   _compare(tmp_path / 'b', hf)
 
 
 def test_mismatched_checkpoints_are_errors_naming_the_keys(tmp_path):
-  hf = hf_reference.random_hf_model(
+  hf = hf_groupvit.random_hf_model(
     seed=4,
     vision=dict(
       hidden_size=64,
@@ -245,7 +245,7 @@ def test_mismatched_checkpoints_are_errors_naming_the_keys(tmp_path):
     projection_dim=16,
     projection_intermediate_dim=32,
   )
-  sd = hf_reference.hf_state_to_nvlabs(hf.state_dict())
+  sd = hf_groupvit.hf_state_to_nvlabs(hf.state_dict())
   extra = dict(sd, **{'img_encoder.unexpected.weight': torch.zeros(3)})
   torch.save({'model': extra}, tmp_path / 'extra.pth')
   with pytest.raises(CheckpointMismatchError, match='unused.*img_encoder.unexpected.weight'):

@@ -24,7 +24,7 @@ from groupvit_jax import load_pretrained  # noqa: E402
 from groupvit_jax.checkpoints import keymaps, store  # noqa: E402
 from groupvit_jax.convert import convert  # noqa: E402
 from groupvit_jax.losses import contrastive_losses  # noqa: E402
-from references import hf_groupvit as hf_reference  # noqa: E402
+from references import hf_groupvit  # noqa: E402
 
 B, L = 4, 16
 
@@ -61,7 +61,7 @@ def _hf_grads(hf, images, tokens):
 @pytest.mark.slow
 @pytest.mark.parametrize('hard', [True, False], ids=['hard', 'soft'])
 def test_image_text_loss_gradients_match_hugging_face(tmp_path, hard):
-  hf = hf_reference.random_hf_model(
+  hf = hf_groupvit.random_hf_model(
     seed=3,
     vision=dict(
       hidden_size=96,
@@ -102,7 +102,7 @@ def test_image_text_loss_gradients_match_hugging_face(tmp_path, hard):
   images, tokens = _inputs(np.random.default_rng(0))
   ref_loss, ref_grads = _hf_grads(hf, images, tokens)
   ref = keymaps.nvlabs_to_variables(
-    {k: v.numpy() for k, v in hf_reference.hf_state_to_nvlabs(ref_grads).items()},
+    {k: v.numpy() for k, v in hf_groupvit.hf_state_to_nvlabs(ref_grads).items()},
     store.abstract_variables(ours.config),
   )['params']
 

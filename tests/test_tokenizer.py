@@ -27,7 +27,7 @@ from groupvit_jax.tokenizer import (
   ClipTokenizer,
   default_tokenizer,
 )
-from references import clip_tokenizer as clip_reference
+from references import clip_tokenizer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CC3M_CAPTIONS = REPO_ROOT / '..' / 'shared' / 'data' / 'captions' / 'cc3m_validation_first1000.txt'
@@ -41,7 +41,7 @@ def ref():
   """The reference ``SimpleTokenizer`` instance (skips when openai-clip is absent)."""
   pytest.importorskip('regex')  # the reference's own dependencies
   pytest.importorskip('ftfy')
-  cls = clip_reference.simple_tokenizer_class()
+  cls = clip_tokenizer.simple_tokenizer_class()
   if cls is None:
     pytest.skip('openai-clip is not installed')
   return cls()
@@ -52,7 +52,7 @@ def ours():
   return ClipTokenizer()
 
 
-reference_tokenize = clip_reference.reference_tokenize
+reference_tokenize = clip_tokenizer.reference_tokenize
 
 
 # ----------------------------------------------------------------------------- captions
@@ -493,7 +493,7 @@ def _assert_same_as_reference(ref, ours, captions):
   ]
   assert not mismatches, f'{len(mismatches)} encode mismatches, first: {mismatches[:3]!r}'
 
-  expected = clip_reference.pad_like_clip(expected_ids, CONTEXT_LENGTH, SOT_TOKEN, EOT_TOKEN)
+  expected = clip_tokenizer.pad_like_clip(expected_ids, CONTEXT_LENGTH, SOT_TOKEN, EOT_TOKEN)
   got = ours(captions)
   assert got.shape == (len(captions), CONTEXT_LENGTH)
   bad_rows = np.flatnonzero((got != expected).any(axis=1))
