@@ -149,7 +149,7 @@ def image_naming(
   size = pooled.checked_input_size(config, input_size)
   offset = 1 if with_bg else 0
   # Global (multi-host, sharded) training variables -> this process's first device, as the
-  # segmenter.
+  # segmenter does.
   variables = prompts.local_variables(pretrained.variables)
   with_groups = config.image.num_grouping_stages > 0
   grid = size // config.image.patch_size

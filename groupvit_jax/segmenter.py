@@ -79,8 +79,8 @@ __all__ = [
 ]
 
 HIGHEST = jax.lax.Precision.HIGHEST
-# mmseg's img_norm_cfg: mean/std on the 0-255 scale; mmcv.imnormalize computes (x - mean) * (1 /
-# std).
+# mmseg's img_norm_cfg: mean/std on the 0-255 scale;
+# mmcv.imnormalize computes (x - mean) * (1 / std).
 _MEAN255 = np.array([123.675, 116.28, 103.53], np.float32)
 _INV_STD255 = (1.0 / np.array([58.395, 57.12, 57.375], np.float64)).astype(np.float32)
 

@@ -524,8 +524,7 @@ def randaugment(img: tf.Tensor, seed: tf.Tensor, cfg: RandAugmentConfig, fill) -
   return img
 
 
-# ----------------------------------------------------------------------------------- normalise +
-# erase
+# -------------------------------------------------------------------------------- normalise + erase
 
 
 def normalize(img: tf.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tf.Tensor:

@@ -32,8 +32,7 @@ def _reference_confusion(pred, gt, num_classes, ignore_index, valid):
   return conf
 
 
-# ------------------------------------------------------------------------------------------------
-# conf
+# --------------------------------------------------------------------------------------------- conf
 
 
 def test_jax_confusion_matches_reference_with_ignore_and_padding():
@@ -87,8 +86,7 @@ def test_confusion_matrix_accumulator_is_int64():
   np.testing.assert_array_equal(cm.matrix, total)
 
 
-# ---------------------------------------------------------------------------------------------
-# scores
+# ------------------------------------------------------------------------------------------- scores
 
 
 def test_metrics_hand_computed():
@@ -130,8 +128,7 @@ def test_metrics_perfect_and_empty():
     M.segmentation_metrics(np.zeros((2, 2)), ['only_one'])
 
 
-# ---------------------------------------------------------------------------------------- boundary
-# IoU
+# ------------------------------------------------------------------------------------- boundary IoU
 
 
 def _brute_boundary(mask, d):
@@ -204,8 +201,7 @@ def test_boundary_iou_ignores_ignored_pixels_and_batches():
   assert M.boundary_iou_metrics(i2, u2)['mBoundaryIoU'] == pytest.approx(100.0)
 
 
-# ----------------------------------------------------------------------------------------------
-# oracle
+# ------------------------------------------------------------------------------------------- oracle
 
 
 def test_oracle_picks_max_iou_not_majority():
@@ -236,8 +232,7 @@ def test_oracle_perfect_grouping_gives_perfect_score():
   np.testing.assert_array_equal(pred, gt)
 
 
-# ------------------------------------------------------------------------------------------- score
-# CLI
+# ---------------------------------------------------------------------------------------- score CLI
 
 
 def _voc_palette():

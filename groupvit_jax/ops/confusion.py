@@ -49,8 +49,8 @@ def confusion_matrix_update(
     if valid.shape != gt.shape:
       raise ValueError(f'valid shape {valid.shape} != gt shape {gt.shape}')
     keep &= valid.astype(bool)
-  # Skipped pixels go to an extra overflow bin that is dropped; no float weights, so counts are
-  # exact.
+  # Skipped pixels go to an extra overflow bin that is dropped;
+  # no float weights, so counts are exact.
   flat = jnp.where(keep, gt * c + pred, c * c).reshape(-1)
   counts = jnp.bincount(flat, length=c * c + 1)[: c * c].reshape(c, c)
   return conf + counts.astype(conf.dtype)
