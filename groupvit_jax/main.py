@@ -25,7 +25,7 @@ from ml_collections import config_flags
 
 import input_pipeline
 from evaluation import hooks
-from groupvit_jax import checkpointing, config_lib, metric_writers, optim, xla_cpu
+from groupvit_jax import checkpointing, config_lib, metric_writers, optim, workdir_lock, xla_cpu
 from groupvit_jax import sharding as sharding_lib
 from groupvit_jax import train_step as train_lib
 from groupvit_jax.checkpoints import store
@@ -189,10 +189,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   validate(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  log = metric_writers.log
+  lock = _hold_workdir(workdir)
+  try:
+    return _train(config, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _hold_workdir(workdir: str) -> workdir_lock.WorkdirLock | None:
+  """Process 0 takes WORKDIR/lock.json; every process learns the outcome (a collective)."""
+  lock, refusal = None, None
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    lock = workdir_lock.WorkdirLock(workdir, log=metric_writers.log)
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirBusyError as e:
+      lock, refusal = None, str(e)
+  refusal = checkpointing.gather_json(refusal)[0]
+  if refusal is not None:
+    raise workdir_lock.WorkdirBusyError(refusal)
+  return lock
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  log = metric_writers.log
 
   # Mesh.
   mesh = sharding_lib.make_mesh(config.mesh)
@@ -213,18 +234,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
   )
   ckpt = checkpointing.Checkpointer(
-    workdir, int(config.keep_checkpoints), bool(config.async_checkpoints)
+    workdir, int(config.keep_checkpoints), bool(config.async_checkpoints), log=log
   )
   rng = jax.random.key(int(config.seed))
   init_rng, train_rng = jax.random.split(rng)
-  start = ckpt.latest_step()
+  # A checkpoint written with other settings is another run's: resuming it would be silent loss.
+  settings = {'model': config.model.to_dict(), 'optimizer': config.optimizer.to_dict()}
+  try:
+    restored = ckpt.restore_latest(abstract, settings)
+  except BaseException:
+    _close_quietly(ckpt)
+    raise
   data_state = None
-  if start is not None:
-    state, data_state, train_rng = ckpt.restore(start, abstract)
+  if restored is not None:
+    start, state, data_state, train_rng = (
+      restored.step,
+      restored.state,
+      restored.data_state,
+      restored.rng,
+    )
     log(f'resumed from step {start}')
   else:
     start = 0
     state = train_lib.create_state(model, optimizer, init_rng, shardings)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
   log(f'model: {n_params:,} parameters')
 
@@ -320,17 +355,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         final.update(results)
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps or preempted:
-        ckpt.save(step, state, data.get_state(), train_rng, force=preempted)
+        ckpt.save(step, state, data.get_state(), train_rng, settings, force=preempted)
       if preempted:
         log(f'stop requested: saved step {step}, exiting')
         break
-  finally:
+  except BaseException:
+    # The error in flight is the one to report; closing may fail in its wake (a save that
+    # failed also fails the final wait) and must not replace it.
     stop.restore()
-    # The host thread runs Python (numpy_function) inside tf.data: stop it before the interpreter
-    # tears down, or exit can crash in a half-finalised runtime.
-    data.close()
-    ckpt.close()
-    writer.close()
+    _close_quietly(data, ckpt, writer)
+    raise
+  stop.restore()
+  data.close()
+  ckpt.close()  # raises CheckpointError if the last save did not complete
+  writer.close()
   if step == config.total_steps and config.export_model:
     export = os.path.join(workdir, 'model')
     store.save_model(
@@ -338,6 +376,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     log(f'model written to {export} (load with groupvit_jax.load_pretrained)')
   return final
+
+
+def _close_quietly(*resources) -> None:
+  # The host thread runs Python (numpy_function) inside tf.data: stop it before the interpreter
+  # tears down, or exit can crash in a half-finalised runtime.
+  for resource in resources:
+    try:
+      resource.close()
+    except Exception as e:  # noqa: BLE001 -- secondary to the error being raised
+      metric_writers.log(f'while stopping: {type(resource).__name__}.close failed: {e}')
 
 
 # --- evaluation hooks --------------------------------------------------------------------------
@@ -389,9 +437,13 @@ def main(argv):
   )
   try:
     train_and_evaluate(config, workdir)
-  except TrainingError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  except (TrainingError, checkpointing.CheckpointError, workdir_lock.WorkdirBusyError) as e:
+    # The last line of a failed run is its cause. Leaving through os._exit skips interpreter
+    # teardown, where orbax's and tf.data's threads would otherwise print secondary tracebacks.
+    sys.stdout.flush()
+    sys.stderr = open(os.devnull, 'w')  # worker threads still printing write here, not mid-line
+    print(f'error: {e}', file=sys.__stderr__, flush=True)
+    os._exit(1)
 
 
 if __name__ == '__main__':

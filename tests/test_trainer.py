@@ -1,11 +1,15 @@
 """The trainer end to end on configs/tiny.py with the built-in synthetic data (subprocesses).
 
 Covers: metrics.jsonl contents, determinism, exact resume after SIGKILL, SIGTERM saves and exits,
-start-time errors for bad configs, and two processes (CPU collectives) equal to one.
+start-time errors for bad configs, two processes (CPU collectives) equal to one, and checkpoints
+that must not cost a run: damaged, foreign, failing to save, or a workdir held by another trainer
+(the cases in-process: tests/test_checkpointing.py).
 """
 
 import json
 import os
+import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -256,3 +260,156 @@ def test_non_finite_values_stop_the_run_naming_step_and_terms(tmp_path):
   # lr 1e38 overflows the parameters in the first update: the guard names step 1 and the term
   # (it checks every step's metrics at the log step, not only the logged one)
   assert 'non-finite values at step 1: param_norm' in proc.stderr, proc.stderr[-2000:]
+
+
+# --- damaged, foreign and contested checkpoints ---------------------------------------------------
+def _last_line(text):
+  return text.strip().splitlines()[-1]
+
+
+def _array_data(step_dir):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir / 'state') for f in fs]
+  return max((f for f in files if os.sep + 'd' + os.sep in f), key=os.path.getsize)
+
+
+def _garbage(path):
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 3)
+    f.write(os.urandom(4096))
+
+
+def _copy_run(reference_run, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(reference_run, workdir, ignore=shutil.ignore_patterns('model', 'lock.json'))
+  return workdir
+
+
+def test_damaged_newest_checkpoint_resumes_exactly_from_the_previous(reference_run, tmp_path):
+  workdir = _copy_run(reference_run, tmp_path)
+  _garbage(_array_data(workdir / 'checkpoints' / '12'))
+  proc = _train(workdir)
+  line = next(x for x in proc.stdout.splitlines() if x.startswith('checkpoint step 12'))
+  assert 'does not restore (file state/' in line and 'resuming from step 8' in line, line
+  assert _losses(workdir) == _losses(reference_run)  # steps 9-12 trained again, identically
+  assert [p.name[:3] for p in (workdir / 'checkpoints_damaged').iterdir() if p.is_dir()] == ['12-']
+
+
+def test_no_checkpoint_restores_one_line_error_never_a_fresh_start(reference_run, tmp_path):
+  workdir = _copy_run(reference_run, tmp_path)
+  for step in (4, 8, 12):
+    os.truncate(_array_data(workdir / 'checkpoints' / str(step)), 100)
+  proc = _train(workdir, check=False)
+  assert proc.returncode == 1
+  last = _last_line(proc.stderr)
+  assert last.startswith('error: no checkpoint in ') and 'step 12: file' in last, last
+  assert 'step 8: file' in last and 'step 4: file' in last
+  assert _losses(workdir) == _losses(reference_run)  # nothing trained, nothing rewritten
+
+
+def test_foreign_checkpoint_fails_before_any_step(reference_run, tmp_path):
+  workdir = _copy_run(reference_run, tmp_path)
+  proc = _train(workdir, '--config.model.image.width=96', check=False)
+  assert proc.returncode == 1
+  last = _last_line(proc.stderr)
+  assert last.startswith('error: ') and 'another model or optimizer' in last, last
+  assert 'parameters differ in shape: ' in last and ' (64,) in the checkpoint vs (96,) here' in last
+  assert 'model.image.width 64 -> 96' in last and 'another --workdir' in last
+  assert 'train step compiled' not in proc.stdout
+  assert _losses(workdir) == _losses(reference_run)
+
+
+def test_failed_save_stops_then_the_rerun_resumes_exactly(reference_run, tmp_path):
+  workdir = _copy_run(reference_run, tmp_path)
+  for step in ('8', '12'):
+    shutil.rmtree(workdir / 'checkpoints' / step)
+
+  def file_size_limit():  # EFBIG on the 10 MiB state file, as a full disk would fail it
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, resource.RLIM_INFINITY))
+
+  proc = subprocess.run(
+    _cmd(workdir),
+    cwd=REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+    preexec_fn=file_size_limit,
+  )
+  assert proc.returncode == 1
+  last = _last_line(proc.stderr)
+  assert last.startswith('error: saving checkpoint step 8 in '), last
+  assert 'File too large' in last and 'step 4, reads back' in last
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['4']
+  _train(workdir)
+  assert _losses(workdir) == _losses(reference_run)
+
+
+def test_a_second_trainer_on_a_held_workdir_refuses_then_takes_over_when_it_dies(tmp_path):
+  holder = subprocess.Popen(
+    _cmd(tmp_path, '--config.total_steps=100000'),
+    cwd=REPO,
+    env=_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  try:
+    deadline = time.time() + 300
+    while not (tmp_path / 'lock.json').exists():
+      assert holder.poll() is None and time.time() < deadline
+      time.sleep(0.05)
+    second = _train(tmp_path, check=False)
+    assert second.returncode == 1
+    last = _last_line(second.stderr)
+    assert f'pid {holder.pid}, started ' in last and 'is in use by another trainer' in last, last
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  third = _train(tmp_path, '--config.total_steps=4')
+  assert f'warning: took over {tmp_path} from a trainer that is gone' in third.stdout
+  assert f'pid {holder.pid}' in third.stdout
+  assert not (tmp_path / 'lock.json').exists()
+
+
+def _run_processes(workdir, *overrides, n=2):
+  port = _free_port()
+  procs = [
+    subprocess.Popen(
+      _cmd(
+        workdir,
+        *overrides,
+        f'--coordinator_address=127.0.0.1:{port}',
+        f'--num_processes={n}',
+        f'--process_id={i}',
+      ),
+      cwd=REPO,
+      env=_env(2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(n)
+  ]
+  return [(p, *p.communicate(timeout=600)) for p in procs]
+
+
+def test_two_processes_refuse_a_held_workdir_and_resume_past_a_damaged_step(tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  # held by a live process on this host: this test's own
+  (workdir / 'lock.json').write_text(
+    json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'start_time': time.time()})
+  )
+  for proc, _, err in _run_processes(workdir, '--config.total_steps=8'):
+    assert proc.returncode == 1 and f'pid {os.getpid()}' in _last_line(err), err[-2000:]
+  (workdir / 'lock.json').unlink()
+
+  runs = _run_processes(workdir, '--config.total_steps=8')
+  assert all(p.returncode == 0 for p, _, _ in runs), runs[0][2][-2000:] + runs[1][2][-2000:]
+  uninterrupted = _losses(workdir)
+  _garbage(_array_data(workdir / 'checkpoints' / '8'))
+  runs = _run_processes(workdir, '--config.total_steps=8')
+  assert all(p.returncode == 0 for p, _, _ in runs), runs[0][2][-2000:] + runs[1][2][-2000:]
+  assert 'checkpoint step 8 does not restore' in runs[0][1]
+  assert 'resuming from step 4' in runs[0][1]
+  assert _losses(workdir) == uninterrupted
