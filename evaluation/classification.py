@@ -5,10 +5,12 @@ names come from a text file (one per line, in the sorted-folder order), else, fo
 WordNet-id folders (``n01440764`` ...), from CLIP's curated ImageNet names
 (:data:`evaluation.class_names.IMAGENET_CLASSES`), else from the folder names (``_`` -> space).
 
-Protocol of the release: the eval transform (short side to 256/224 of the model size with PIL
-bilinear, centre crop, ImageNet normalisation), the 7 ``subset`` templates, class embedding = mean
-of the *unnormalised* template features then L2-normalised, cosine similarity, top-1 / top-5 in
-percent.
+Protocol of the release for a GroupViT: the eval transform (short side to 256/224 of the model
+size with PIL bilinear, centre crop, ImageNet normalisation), the 7 ``subset`` templates, class
+embedding = mean of the *unnormalised* template features then L2-normalised, cosine similarity,
+top-1 / top-5 in percent. A converted CLIP uses its own transform (bicubic short side to the input
+size, centre crop, CLIP mean/std) and OpenAI's class embedding (each template's embedding
+normalised, averaged, normalised again); everything else is the same.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ from jax.experimental import multihost_utils
 
 from evaluation import class_names, pooled
 from evaluation.datasets import read_class_names, read_image
-from groupvit_jax import preprocessing, prompts
-from groupvit_jax.models.config import GroupViTConfig
+from groupvit_jax import prompts
 from groupvit_jax.segmenter import _prefetch_map, compile_stats
 
 __all__ = ['ImageFolder', 'evaluate_classification']
@@ -70,10 +71,11 @@ class ImageFolder:
     return [d.replace('_', ' ') for d in self.class_dirs]
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'k'))
-def _classify(variables, pixels, text, targets, valid, *, config: GroupViTConfig, k: int):
-  """pixels [B, S, S, 3] normalised -> (top-1 hits, top-k hits) counted over valid rows."""
-  logits = pooled.class_similarities(variables, pixels, text, config=config)
+@functools.partial(jax.jit, static_argnames=('embed', 'k'))
+def _classify(variables, pixels, text, targets, valid, *, embed, k: int):
+  """pixels [B, S, S, 3] normalised -> (top-1 hits, top-k hits) counted over valid rows.
+  `embed`: (variables, pixels) -> unnormalised image embeddings [B, D]."""
+  logits = pooled.cosine(embed(variables, pixels), text)
   _, top = jax.lax.top_k(logits, k)
   hit1 = (top[:, 0] == targets) & valid
   hitk = jnp.any(top == targets[:, None], axis=1) & valid
@@ -94,7 +96,7 @@ def evaluate_classification(
   """Zero-shot top-1 / top-k accuracy of ``pretrained`` on an image folder.
 
   Args:
-    pretrained: ``Pretrained`` (``config``, ``variables``, ``tokenize``).
+    pretrained: a GroupViT ``Pretrained`` or a ``PretrainedCLIP`` (``load_pretrained``).
     root: ``root/<class>/*.jpg``.
     class_names: list of names or a path to a names file (one per line, sorted-folder order);
       default: see the module docstring.
@@ -117,19 +119,16 @@ def evaluate_classification(
     raise ValueError(
       f'{len(names)} class names for {len(folder.class_dirs)} class folders in {root}'
     )
-  cfg = pretrained.config
-  text = jnp.asarray(
-    prompts.class_embeddings(cfg, pretrained.variables, pretrained.tokenize, names, templates)
-  )
+  text = jnp.asarray(pretrained.class_embeddings(names, templates))
   k = min(topk, len(names))
   total = len(folder) if max_images is None else min(len(folder), max_images)
   pc, pi = jax.process_count(), jax.process_index()
   shard = list(range(pi, total, pc))
   steps = math.ceil(math.ceil(total / pc) / batch_size) if total else 0
-  size = cfg.image.image_size
+  size = pretrained.image_size
 
   def load(i):
-    return preprocessing.eval_transform(read_image(folder.paths[i]), size), folder.targets[i]
+    return pretrained.eval_transform(read_image(folder.paths[i])), folder.targets[i]
 
   variables = prompts.local_variables(pretrained.variables)
   hits1 = hitsk = 0
@@ -146,7 +145,15 @@ def evaluate_classification(
       except StopIteration:
         break
     pending.append(
-      _classify(variables, pixels, targets=targets, text=text, valid=valid, config=cfg, k=k)
+      _classify(
+        variables,
+        pixels,
+        targets=targets,
+        text=text,
+        valid=valid,
+        embed=pretrained.image_embed_fn,
+        k=k,
+      )
     )
   for h1, hk in pending:
     hits1 += int(h1)

@@ -36,10 +36,10 @@ def class_similarities(
     float32 ``[B, K]``. The embedding is normalised in float32 whatever the model's dtype.
   """
   out = GroupViT(config).apply(variables, pixels, with_groups=False, method=GroupViT.encode_image)
-  return _cosine(out['image_embed'], class_embed)
+  return cosine(out['image_embed'], class_embed)
 
 
-def _cosine(embeds: jnp.ndarray, class_embed: jnp.ndarray) -> jnp.ndarray:
+def cosine(embeds: jnp.ndarray, class_embed: jnp.ndarray) -> jnp.ndarray:
   """``[..., D]`` unnormalised embeddings x ``[K, D]`` normalised classes -> float32 ``[..., K]``
   (normalised in float32 whatever the model's dtype)."""
   emb = l2_normalize(embeds.astype(jnp.float32))
@@ -66,8 +66,8 @@ def group_similarities(
   """
   out = GroupViT(config).apply(variables, pixels, with_groups=True, method=GroupViT.encode_image)
   return {
-    'image': _cosine(out['image_embed'], class_embed),
-    'groups': _cosine(out['group_embeds'], class_embed),
+    'image': cosine(out['image_embed'], class_embed),
+    'groups': cosine(out['group_embeds'], class_embed),
     'maps': compose_group_maps(out['assignments'])[-1],
   }
 

@@ -233,6 +233,22 @@ def _evaluate_synthetic(args, model) -> tuple[dict, str]:
   return result, summary
 
 
+def _check_model_fits_task(model, checkpoint: str, dataset_name: str) -> None:
+  """Converted towers do not segment: a CLIP classifies, DINO and MAE have no text tower."""
+  kind = getattr(model, 'kind', 'groupvit')
+  classification = dataset_name in ('imagenet_folder', 'imagenet', 'classification')
+  if kind == 'clip' and not classification:
+    raise ValueError(
+      f'{checkpoint} is a CLIP: it evaluates zero-shot classification only '
+      f'(--dataset imagenet_folder), not --dataset {dataset_name}'
+    )
+  if kind in ('vit', 'mae'):
+    raise ValueError(
+      f'{checkpoint} is a {"DINO/timm ViT" if kind == "vit" else "MAE"} without a text tower: '
+      'it cannot name classes zero-shot; use its features() instead'
+    )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
 
@@ -241,6 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.data_dir is None and dataset_name != 'synthetic':
       raise ValueError(f'--data_dir is required for --dataset {args.dataset}')
     model = load_pretrained(args.checkpoint)
+    _check_model_fits_task(model, args.checkpoint, dataset_name)
     if dataset_name == 'synthetic':
       result, summary = _evaluate_synthetic(args, model)
     elif dataset_name in ('imagenet_folder', 'imagenet', 'classification'):

@@ -1,11 +1,15 @@
-"""Host-side image preprocessing of the released model (PIL, as its torchvision transforms).
+"""Host-side image preprocessing (PIL, as the releases' torchvision transforms).
 
-Evaluation transform of the release for 224 px inputs: Resize(256) on the short side with PIL
-bilinear, CenterCrop(224), scale to [0, 1], ImageNet mean/std normalisation.
+GroupViT's evaluation transform for 224 px inputs: Resize(256) on the short side with PIL
+bilinear, CenterCrop(224), scale to [0, 1], ImageNet mean/std normalisation. The towers' own
+transforms (`TOWER_TRANSFORMS`): OpenAI CLIP resizes the short side to the input size with PIL
+bicubic, centre-crops and uses CLIP's mean/std; DINO's and MAE's evaluation transforms resize the
+short side to 256/224 of the input size with PIL bicubic, centre-crop and use ImageNet's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -13,6 +17,8 @@ from PIL import Image
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 
 def to_pil(image) -> Image.Image:
@@ -46,9 +52,37 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
   return img.crop((left, top, left + size, top + size))
 
 
-def normalize(pixels: np.ndarray) -> np.ndarray:
-  """uint8 [..., 3] -> float32 [..., 3] with ImageNet mean/std."""
-  return (pixels.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+def normalize(pixels: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+  """uint8 [..., 3] -> float32 [..., 3] with the given mean/std (ImageNet's by default)."""
+  return (pixels.astype(np.float32) / 255.0 - mean) / std
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+  """Short side to `resize_ratio` * size (PIL `resample`), centre crop to size, mean/std."""
+
+  resize_ratio: float
+  resample: int
+  mean: np.ndarray
+  std: np.ndarray
+
+  def __call__(self, image, image_size: int) -> np.ndarray:
+    """One image (uint8 [H, W, 3] or PIL) -> float32 [image_size, image_size, 3]."""
+    img = resize_short_side(to_pil(image), int(self.resize_ratio * image_size), self.resample)
+    return normalize(np.asarray(center_crop(img, image_size)), self.mean, self.std)
+
+  def batch(self, images: np.ndarray | Sequence, image_size: int) -> np.ndarray:
+    """uint8 [B, H, W, 3] (or a list of differently sized images) -> float32 [B, S, S, 3]."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+      images = images[None]
+    return np.stack([self(im, image_size) for im in images])
+
+
+TOWER_TRANSFORMS = {
+  'clip': Transform(1.0, Image.BICUBIC, CLIP_MEAN, CLIP_STD),
+  'vit': Transform(256 / 224, Image.BICUBIC, IMAGENET_MEAN, IMAGENET_STD),
+  'mae': Transform(256 / 224, Image.BICUBIC, IMAGENET_MEAN, IMAGENET_STD),
+}
 
 
 def eval_transform(image, image_size: int = 224) -> np.ndarray:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from groupvit_jax import preprocessing, prompts, segmenter
+from groupvit_jax import preprocessing, pretrained_towers, prompts, segmenter
 from groupvit_jax.checkpoints import store
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, compose_group_maps, l2_normalize
@@ -24,6 +24,8 @@ from groupvit_jax.tokenizer import default_tokenizer
 
 class Pretrained:
   """A GroupViT with its variables and jitted inference functions (batch shapes are cached)."""
+
+  kind = 'groupvit'
 
   def __init__(self, config: GroupViTConfig, variables: dict[str, Any]):
     self.config = config
@@ -56,6 +58,34 @@ class Pretrained:
       return [m.reshape(m.shape[0], h, w, m.shape[-1]) for m in maps]
 
     return jax.jit(fn)
+
+  @functools.cached_property
+  def image_embed_fn(self):
+    """Traceable (variables, pixels [B, S, S, 3]) -> unnormalised image embeddings [B, D]."""
+    model = self.model
+
+    def fn(variables, pixels):
+      out = model.apply(variables, pixels, with_groups=False, method=GroupViT.encode_image)
+      return out['image_embed']
+
+    return fn
+
+  @property
+  def image_size(self) -> int:
+    return self.config.image.image_size
+
+  def eval_transform(self, image) -> np.ndarray:
+    """One uint8 image [H, W, 3] -> float32 [S, S, 3] (the release's eval transform)."""
+    return preprocessing.eval_transform(image, self.image_size)
+
+  def class_embeddings(
+    self, class_names: Sequence[str], templates: prompts.Templates = 'simple'
+  ) -> np.ndarray:
+    """Zero-shot classifier [K, D]: the mean of each class's unnormalised template features,
+    L2-normalised (the release's `build_text_embedding`)."""
+    return prompts.class_embeddings(
+      self.config, self.variables, self.tokenize, list(class_names), templates
+    )
 
   @property
   def tokenizer(self):
@@ -147,7 +177,22 @@ class Pretrained:
     )
 
 
-def load_pretrained(directory: str) -> Pretrained:
-  """Loads a model directory written by `python -m groupvit_jax.convert` or the trainer."""
+def load_pretrained(directory: str, dtype: str | None = None):
+  """Loads a model directory written by `python -m groupvit_jax.convert` or the trainer.
+
+  Args:
+    directory: the model directory.
+    dtype: compute dtype of the matmuls, 'float32' or 'bfloat16' (norms, softmaxes and the
+      embeddings stay float32); default: as saved.
+  Returns:
+    the object for the directory's model kind: `Pretrained` (GroupViT), or from
+    `groupvit_jax.pretrained_towers` `PretrainedCLIP`, `PretrainedViT` (DINO / timm) or
+    `PretrainedMAE`.
+  """
   config, variables = store.load_model(directory)
-  return Pretrained(config, variables)
+  kind = store.kind_of(config)
+  if dtype is not None:
+    config = store.with_dtype(config, dtype)
+  if kind == 'groupvit':
+    return Pretrained(config, variables)
+  return pretrained_towers.TOWER_CLASSES[kind](config, variables)

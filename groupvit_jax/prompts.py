@@ -199,17 +199,11 @@ def _bucket(n: int, chunk: int) -> int:
   return min(size, chunk)
 
 
-def encode_texts(
-  config: GroupViTConfig, variables: Any, tokens: np.ndarray, chunk: int = 256
-) -> np.ndarray:
-  """Unnormalised projected text features of ``tokens`` int32 ``[N, L]`` -> float32 ``[N, D]``.
-
-  Runs in fixed-size padded chunks (powers of two up to ``chunk``), so vocabularies of any size
-  reuse a handful of compiled shapes; the jitted function is shared by every model of the same
-  config (new variables of the same shapes do not recompile).
-  """
+def run_in_buckets(fn: Callable[[np.ndarray], Any], tokens: np.ndarray, chunk: int = 256):
+  """``fn`` over int32 ``[N, L]`` tokens in zero-padded chunks of a few fixed sizes (powers of two
+  up to ``chunk``), so that vocabularies of any size reuse a handful of compiled shapes ->
+  float32 ``[N, D]``."""
   tokens = np.asarray(tokens, np.int32)
-  variables = local_variables(variables)
   n = tokens.shape[0]
   size = _bucket(n, chunk)
   outs = []
@@ -218,9 +212,33 @@ def encode_texts(
     pad = size - part.shape[0]
     if pad:
       part = np.concatenate([part, np.zeros((pad, part.shape[1]), np.int32)])
-    feats = _text_features(variables, part, config=config)
-    outs.append(np.asarray(feats)[: size - pad])
+    outs.append(np.asarray(fn(part), np.float32)[: size - pad])
   return np.concatenate(outs, axis=0)
+
+
+def encode_texts(
+  config: GroupViTConfig, variables: Any, tokens: np.ndarray, chunk: int = 256
+) -> np.ndarray:
+  """Unnormalised projected text features of ``tokens`` int32 ``[N, L]`` -> float32 ``[N, D]``.
+
+  Runs in fixed-size padded chunks (`run_in_buckets`); the jitted function is shared by every
+  model of the same config (new variables of the same shapes do not recompile).
+  """
+  variables = local_variables(variables)
+  return run_in_buckets(lambda t: _text_features(variables, t, config=config), tokens, chunk)
+
+
+def pool_templates(feats: np.ndarray, num_classes: int, normalize_each: bool = False) -> np.ndarray:
+  """Text features ``[K * T, D]`` (class-major, as `build_prompts`) -> ``[K, D]`` unit class
+  embeddings: the mean over each class's T templates, L2-normalised. ``normalize_each``
+  normalises every template's feature before the mean (OpenAI CLIP's zero-shot recipe); without
+  it the unnormalised features are averaged (GroupViT's ``build_text_embedding``)."""
+  feats = np.asarray(feats, np.float32).reshape(num_classes, -1, feats.shape[-1])
+  if normalize_each:
+    feats = feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+  mean = feats.mean(axis=1)
+  norm = np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+  return (mean / norm).astype(np.float32)
 
 
 def class_embeddings(
@@ -247,7 +265,4 @@ def class_embeddings(
     raise ValueError('no class names given')
   ts = get_templates(templates)
   feats = encode_texts(config, variables, tokenize(build_prompts(names, ts)))
-  feats = feats.reshape(len(names), len(ts), -1).astype(np.float32)
-  mean = feats.mean(axis=1)
-  norm = np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
-  return (mean / norm).astype(np.float32)
+  return pool_templates(feats, len(names))

@@ -181,3 +181,143 @@ def apply_nvlabs_config(cfg: GroupViTConfig, model_cfg: Mapping[str, Any]) -> Gr
   out = dataclasses.replace(cfg, image=image)
   out.validate()
   return out
+
+
+# --- GroupViTConfig -> declared configs (export) ---------------------------------------------
+def _hidden(width: int, ratio: float) -> int:
+  return int(width * ratio)  # as the model layers size their MLPs
+
+
+def hf_config_dict(cfg: GroupViTConfig) -> dict[str, Any]:
+  """A complete Hugging Face GroupViTConfig dict (config.json) for `cfg`: the inverse of
+  `config_from_shapes` + `apply_hf_config` for everything a GroupViTModel can express.
+
+  Raises ConfigError naming the first field whose value no GroupViTModel can hold: HF always
+  builds the cross-attention before assignment (with the blocks' MLP width), the group projector
+  between grouping stages, and two-layer projection heads.
+  """
+  im, tx = cfg.image, cfg.text
+  grouping = im.num_grouping_stages
+  if grouping and not im.pre_assign_attention:
+    raise ConfigError('image.pre_assign_attention=False cannot be expressed in Hugging Face')
+  if grouping and im.pre_assign_attention and im.pre_assign_mlp_ratio != im.mlp_ratio:
+    raise ConfigError(
+      f'image.pre_assign_mlp_ratio={im.pre_assign_mlp_ratio} != image.mlp_ratio={im.mlp_ratio} '
+      'cannot be expressed in Hugging Face (its pre-assignment MLP uses intermediate_size)'
+    )
+  if grouping > 1 and not im.group_projector:
+    raise ConfigError('image.group_projector=False cannot be expressed in Hugging Face')
+  for i in range(1, grouping if im.group_projector else 0):
+    # HF sizes the group projector's input by num_output_groups[i - 1], but it receives the
+    # previous stage's num_group_tokens[i - 1] tokens.
+    if im.num_output_groups[i - 1] != im.num_group_tokens[i - 1]:
+      raise ConfigError(
+        f'image.num_output_groups[{i - 1}]={im.num_output_groups[i - 1]} != '
+        f'image.num_group_tokens[{i - 1}]={im.num_group_tokens[i - 1]} before a group projector '
+        'cannot be expressed in Hugging Face'
+      )
+  if cfg.projection_layers != 2:
+    raise ConfigError(
+      f'projection_layers={cfg.projection_layers} cannot be expressed in Hugging Face '
+      '(its projection heads are Linear-BatchNorm-ReLU-Linear)'
+    )
+  # HF reads num_output_groups[i] for every stage; stages without group tokens ignore it.
+  outputs = list(im.num_output_groups[:grouping])
+  outputs += [outputs[-1] if outputs else 0] * (len(im.depths) - len(outputs))
+  init = {'initializer_range': 0.02, 'initializer_factor': 1.0}
+  vision = {
+    'model_type': 'groupvit_vision_model',
+    'hidden_size': im.width,
+    'intermediate_size': _hidden(im.width, im.mlp_ratio),
+    'num_hidden_layers': sum(im.depths),
+    'depths': list(im.depths),
+    'num_group_tokens': list(im.num_group_tokens),
+    'num_output_groups': outputs,
+    'num_attention_heads': im.num_heads,
+    'image_size': im.image_size,
+    'patch_size': im.patch_size,
+    'num_channels': im.in_channels,
+    'hidden_act': 'gelu',
+    'layer_norm_eps': im.layer_norm_eps,
+    'dropout': 0.0,
+    'attention_dropout': 0.0,
+    'assign_eps': im.assign_eps,
+    'assign_mlp_ratio': list(im.assign_mlp_ratio),
+    **init,
+  }
+  text = {
+    'model_type': 'groupvit_text_model',
+    'vocab_size': tx.vocab_size,
+    'hidden_size': tx.width,
+    'intermediate_size': _hidden(tx.width, tx.mlp_ratio),
+    'num_hidden_layers': tx.num_layers,
+    'num_attention_heads': tx.num_heads,
+    'max_position_embeddings': tx.context_length,
+    'hidden_act': tx.activation,
+    'layer_norm_eps': tx.layer_norm_eps,
+    'dropout': 0.0,
+    'attention_dropout': 0.0,
+    # CLIP BPE ids of the tokenizer this library uses (groupvit_jax.tokenizer)
+    'pad_token_id': 1,
+    'bos_token_id': 49406,
+    'eos_token_id': 49407,
+    **init,
+  }
+  return {
+    'architectures': ['GroupViTModel'],
+    'model_type': 'groupvit',
+    'projection_dim': cfg.projection_dim,
+    'projection_intermediate_dim': cfg.projection_hidden_dim,
+    'logit_scale_init_value': cfg.logit_scale_init,
+    'output_segmentation': False,
+    'dtype': 'float32',
+    'text_config': text,
+    'vision_config': vision,
+    **init,
+  }
+
+
+def nvlabs_config_dict(cfg: GroupViTConfig) -> dict[str, Any]:
+  """The NVlabs OmegaConf `config.model` section for `cfg`, as plain dicts and lists: the keys
+  that `apply_nvlabs_config` reads plus the constructor arguments of the release's
+  `MultiLabelContrastive` / `GroupViT` / `TextTransformer` that describe this architecture."""
+  im, tx = cfg.image, cfg.text
+  if tx.activation != 'quick_gelu':
+    raise ConfigError(f'text.activation={tx.activation!r}: the NVlabs text tower is QuickGELU only')
+  stages = len(im.depths)
+  return {
+    'type': 'MultiLabelContrastive',
+    'img_encoder': {
+      'type': 'GroupViT',
+      'img_size': im.image_size,
+      'patch_size': im.patch_size,
+      'in_chans': im.in_channels,
+      'embed_dim': im.width,
+      'embed_factors': [1] * stages,
+      'depths': list(im.depths),
+      'num_heads': [im.num_heads] * stages,
+      'num_group_tokens': list(im.num_group_tokens),
+      'num_output_groups': list(im.num_output_groups[: im.num_grouping_stages]),
+      'hard_assignment': im.hard_assignment,
+      'mlp_ratio': im.mlp_ratio,
+      'qkv_bias': True,
+      'drop_rate': 0.0,
+      'attn_drop_rate': 0.0,
+      'drop_path_rate': im.drop_path_rate,
+      'patch_norm': True,
+      'pos_embed_type': 'simple',
+    },
+    'text_encoder': {
+      'type': 'TextTransformer',
+      'context_length': tx.context_length,
+      'width': tx.width,
+      'layers': tx.num_layers,
+      'vocab_size': tx.vocab_size,
+    },
+    'contrast_temperature': math.exp(-cfg.logit_scale_init),
+    'proj_num_layers': cfg.projection_layers,
+    'output_dim': cfg.projection_dim,
+    # The release's value is the number of extra captions per image; any positive count creates
+    # `multi_label_logit_scale`, which is all the architecture depends on.
+    'multi_label': 1 if cfg.multi_label else 0,
+  }

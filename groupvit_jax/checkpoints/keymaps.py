@@ -200,3 +200,106 @@ def nvlabs_to_variables(
   if missing or unused or shapes:
     raise CheckpointMismatchError(missing, unused, shapes)
   return variables
+
+
+# --- our variables -> NVlabs -> Hugging Face (export) ------------------------------------------
+def _from_leaf(path: tuple[str, ...], value: np.ndarray, conv1d: bool) -> np.ndarray:
+  """The torch layout of one of our leaves: the inverse of `_to_leaf`."""
+  value = np.asarray(value)
+  if path[-1] == 'kernel':
+    if value.ndim == 4:  # [kh, kw, in, out] -> Conv2d [out, in, kh, kw]
+      value = value.transpose(3, 2, 0, 1)
+    else:
+      value = value.T
+      if conv1d:
+        value = value[..., None]
+  return np.array(value, order='C')  # ascontiguousarray would make 0-d arrays 1-d
+
+
+def variables_to_nvlabs(
+  variables: Mapping[str, Any], conv1d_projectors: bool = True
+) -> dict[str, np.ndarray]:
+  """Our variable tree ({'params', 'batch_stats'}) -> an NVlabs state dict (numpy, torch layouts).
+
+  The inverse of `nvlabs_to_variables`: Dense kernels [in, out] become Linear weights [out, in],
+  the patch-embedding kernel [kh, kw, C, D] becomes Conv2d [D, C, kh, kw], and with
+  `conv1d_projectors` the projection heads' weights get the trailing kernel axis of the release's
+  Conv1d(k=1) ([out, in, 1]). Every BatchNorm also gets the `num_batches_tracked` counter (int64
+  scalar, 0: the count is not tracked here and momentum-based BatchNorm never reads it).
+  """
+  out: dict[str, np.ndarray] = {}
+  for keypath, leaf in jax.tree_util.tree_flatten_with_path(dict(variables))[0]:
+    collection = keypath[0].key
+    path = tuple(k.key for k in keypath[1:])
+    key = nvlabs_key(collection, path)
+    conv1d = conv1d_projectors and path[0].endswith('_projector')
+    out[key] = _from_leaf(path, np.asarray(jax.device_get(leaf)), conv1d)
+    if collection == 'batch_stats' and path[-1] == 'mean':
+      out[key.removesuffix('running_mean') + 'num_batches_tracked'] = np.array(0, np.int64)
+  return out
+
+
+_NV_TO_HF_RENAMES = [
+  (r'^img_encoder\.patch_embed\.proj\.', 'vision_model.embeddings.patch_embeddings.projection.'),
+  (r'^img_encoder\.patch_embed\.norm\.', 'vision_model.embeddings.layernorm.'),
+  (r'^img_encoder\.pos_embed$', 'vision_model.embeddings.position_embeddings'),
+  (r'^img_encoder\.layers\.(\d+)\.blocks\.(\d+)\.', r'vision_model.encoder.stages.\1.layers.\2.'),
+  (r'^img_encoder\.layers\.(\d+)\.', r'vision_model.encoder.stages.\1.'),
+  (r'^img_encoder\.norm\.', 'vision_model.layernorm.'),
+  (r'^text_encoder\.token_embedding\.', 'text_model.embeddings.token_embedding.'),
+  (r'^text_encoder\.positional_embedding$', 'text_model.embeddings.position_embedding.weight'),
+  (r'^text_encoder\.transformer\.resblocks\.(\d+)\.', r'text_model.encoder.layers.\1.'),
+  (r'^text_encoder\.ln_final\.', 'text_model.final_layer_norm.'),
+  (r'^img_projector\.linear_hidden\.([01])\.', r'visual_projection.\1.'),
+  (r'^img_projector\.linear_out\.', 'visual_projection.3.'),
+  (r'^text_projector\.linear_hidden\.([01])\.', r'text_projection.\1.'),
+  (r'^text_projector\.linear_out\.', 'text_projection.3.'),
+  (r'^logit_scale$', 'logit_scale'),
+]
+
+
+def nvlabs_to_hf(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Renames an NVlabs state dict to Hugging Face GroupViTModel names; splits fused q/k/v.
+
+  The inverse of `hf_to_nvlabs`: fused `qkv` / `in_proj_*` tensors [3C, ...] become q/k/v
+  projections [C, ...] and Conv1d(k=1) head weights [out, in, 1] become Linear [out, in]. Raises
+  ValueError naming every key that a GroupViTModel has no place for (e.g.
+  `multi_label_logit_scale`, or the layers of a projection head deeper than two).
+  """
+  out: dict[str, np.ndarray] = {}
+  unplaced = []
+  for key, value in sd.items():
+    new = None
+    for pattern, repl in _NV_TO_HF_RENAMES:
+      new, n = re.subn(pattern, repl, key)
+      if n:
+        break
+    else:
+      unplaced.append(key)
+      continue
+    value = np.asarray(value)
+    if new.startswith(('visual_projection.', 'text_projection.')) and value.ndim == 3:
+      value = value[..., 0]
+    block = re.match(r'^(vision_model\.encoder\.stages\.\d+\.layers\.\d+\.)(.*)$', new)
+    layer = re.match(r'^(text_model\.encoder\.layers\.\d+\.)(.*)$', new)
+    if block or layer:
+      prefix, rest = (block or layer).groups()
+      fused = re.match(r'^attn\.(?:qkv\.|in_proj_)(weight|bias)$', rest)
+      if fused:
+        for name, part in zip('qkv', np.split(value, 3, axis=0)):
+          out[f'{prefix}self_attn.{name}_proj.{fused[1]}'] = np.ascontiguousarray(part)
+        continue
+      kind = 'img' if block else 'text'
+      for hf_name, nv_name in _HF_BLOCK_RENAMES[kind]:
+        if rest.startswith(nv_name):
+          rest = hf_name + rest[len(nv_name) :]
+          break
+      new = prefix + rest
+    new = new.replace('.pre_assign_attn.attn.proj.', '.pre_assign_attn.attn.out_proj.')
+    out[new] = value
+  if unplaced:
+    raise ValueError(
+      f'{len(unplaced)} tensor(s) have no place in a Hugging Face GroupViTModel: '
+      f'{_preview(unplaced)}'
+    )
+  return out

@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Any, Mapping
 
+import ml_dtypes
 import numpy as np
 
 from groupvit_jax.checkpoints import infer, keymaps
@@ -28,15 +29,49 @@ class LoadedSource:
   config_origin: str  # where the architecture came from
 
 
+_SAFETENSORS_DTYPES = {
+  'F64': np.float64,
+  'F32': np.float32,
+  'F16': np.float16,
+  'BF16': ml_dtypes.bfloat16,
+  'I64': np.int64,
+  'I32': np.int32,
+  'I16': np.int16,
+  'I8': np.int8,
+  'U8': np.uint8,
+  'BOOL': np.bool_,
+}
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """All tensors of a `.safetensors` file, bfloat16 included (safetensors.numpy lacks it)."""
+  with open(path, 'rb') as f:
+    header_len = int.from_bytes(f.read(8), 'little')
+    header = json.loads(f.read(header_len))
+  size = os.path.getsize(path) - 8 - header_len
+  # np.memmap refuses an empty region (a file of only empty tensors).
+  data = (
+    np.memmap(path, np.uint8, mode='r', offset=8 + header_len) if size else np.empty(0, np.uint8)
+  )
+  out = {}
+  for name, entry in header.items():
+    if name == '__metadata__':
+      continue
+    if entry['dtype'] not in _SAFETENSORS_DTYPES:
+      raise ValueError(f'{path}: tensor {name!r} has unsupported dtype {entry["dtype"]}')
+    begin, end = entry['data_offsets']
+    dtype = np.dtype(_SAFETENSORS_DTYPES[entry['dtype']])
+    out[name] = np.array(data[begin:end].view(dtype).reshape(entry['shape']), copy=True)
+  return out
+
+
 def _read_tensor_file(path: str) -> dict[str, Any]:
   if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file
-
-    return dict(load_file(path))
+    return read_safetensors(path)
   return load_torch_archive(path)
 
 
-def _read_hf_weights(directory: str) -> dict[str, np.ndarray]:
+def read_hf_weights(directory: str) -> dict[str, np.ndarray]:
   for index_name in ('model.safetensors.index.json', 'pytorch_model.bin.index.json'):
     index_path = os.path.join(directory, index_name)
     if os.path.exists(index_path):
@@ -104,7 +139,7 @@ def load_source(path: str) -> LoadedSource:
       raise ValueError(
         f"{cfg_path}: model_type {declared_hf.get('model_type')!r} is not 'groupvit'"
       )
-    raw = _read_hf_weights(path)
+    raw = read_hf_weights(path)
     kind = 'huggingface'
   else:
     obj = _read_tensor_file(path)

@@ -1,21 +1,31 @@
 """The on-disk layout of a converted / exported model: an orbax checkpoint plus its config.
 
-DIR/model_config.json   GroupViTConfig.to_json()
-DIR/variables/          orbax StandardCheckpointer tree {'params', 'batch_stats'}
+DIR/model_config.json   the model's config: GroupViTConfig.to_json() for a GroupViT; for a
+                        pretrained tower {"model_kind": "clip" | "vit" | "mae", ...its config}
+DIR/variables/          orbax StandardCheckpointer tree ({'params', 'batch_stats'} for GroupViT,
+                        {'params'} for the towers)
 DIR/source.json         where it came from (optional)
+
+A model_config.json without `model_kind` is a GroupViT: directories written before the towers
+existed load unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from groupvit_jax.models.clip import CLIP, CLIPConfig
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, init_variables
+from groupvit_jax.models.mae import MAE, MAEConfig
+from groupvit_jax.models.vit import VisionTransformer, ViTConfig
 
 CONFIG_FILE = 'model_config.json'
 VARIABLES_DIR = 'variables'
@@ -23,16 +33,40 @@ VARIABLES_DIR = 'variables'
 # released behaviour: model directories written before the removal still load when they hold that
 # value; any other value names the option and the last commit that had it.
 RETIRED_MODEL_KEYS = {('image', 'group_token_residual'): (True, 'ae3acf4')}
+# model_kind -> config class; 'vit' is a DINO / timm ViT.
+CONFIG_CLASSES = {
+  'groupvit': GroupViTConfig,
+  'clip': CLIPConfig,
+  'vit': ViTConfig,
+  'mae': MAEConfig,
+}
+ModelConfig = GroupViTConfig | CLIPConfig | ViTConfig | MAEConfig
+
+
+def kind_of(config: ModelConfig) -> str:
+  """'groupvit', 'clip', 'vit' or 'mae' for a model config; TypeError for anything else."""
+  for kind, cls in CONFIG_CLASSES.items():
+    if type(config) is cls:
+      return kind
+  raise TypeError(f'not a model config: {type(config).__name__}')
+
+
+def _config_json(config: ModelConfig) -> str:
+  kind = kind_of(config)
+  if kind == 'groupvit':
+    return config.to_json()
+  return json.dumps({'model_kind': kind, **config.to_dict()}, indent=2, sort_keys=True)
 
 
 def save_model(
   directory: str,
-  config: GroupViTConfig,
+  config: ModelConfig,
   variables: dict[str, Any],
   source_info: dict[str, Any] | None = None,
   overwrite: bool = False,
 ) -> str:
-  """Writes `variables` ({'params', 'batch_stats'}) and `config` to `directory`."""
+  """Writes `variables` and `config` (a GroupViT's or a tower's) to `directory`."""
+  text = _config_json(config)
   directory = os.path.abspath(directory)
   target = os.path.join(directory, VARIABLES_DIR)
   if os.path.exists(target) and not overwrite:
@@ -42,14 +76,15 @@ def save_model(
     ckptr.save(target, variables, force=overwrite)
     ckptr.wait_until_finished()
   with open(os.path.join(directory, CONFIG_FILE), 'w') as f:
-    f.write(config.to_json())
+    f.write(text)
   if source_info is not None:
     with open(os.path.join(directory, 'source.json'), 'w') as f:
       json.dump(source_info, f, indent=2, sort_keys=True)
   return directory
 
 
-def load_config(directory: str) -> GroupViTConfig:
+def load_config(directory: str) -> ModelConfig:
+  """The config of a model directory: a GroupViTConfig, CLIPConfig, ViTConfig or MAEConfig."""
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
@@ -57,7 +92,13 @@ def load_config(directory: str) -> GroupViTConfig:
       'groupvit_jax.convert or the trainer'
     )
   with open(path) as f:
-    return GroupViTConfig.from_dict(_without_retired_keys(json.load(f), path))
+    config = json.load(f)
+  kind = config.pop('model_kind', 'groupvit')
+  if kind not in CONFIG_CLASSES:
+    raise ValueError(f'{path}: unknown model_kind {kind!r}; known: {sorted(CONFIG_CLASSES)}')
+  if kind == 'groupvit':
+    return GroupViTConfig.from_dict(_without_retired_keys(config, path))
+  return CONFIG_CLASSES[kind].from_dict(config)
 
 
 def _without_retired_keys(config: dict[str, Any], path: str) -> dict[str, Any]:
@@ -76,13 +117,50 @@ def _without_retired_keys(config: dict[str, Any], path: str) -> dict[str, Any]:
   return config
 
 
-def abstract_variables(config: GroupViTConfig) -> dict[str, Any]:
+def with_dtype(config: ModelConfig, dtype: str) -> ModelConfig:
+  """`config` with the compute dtype ('float32' | 'bfloat16') of its towers replaced."""
+  if dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+  if isinstance(config, (GroupViTConfig, ViTConfig)):
+    return dataclasses.replace(config, dtype=dtype)
+  if isinstance(config, CLIPConfig):
+    return dataclasses.replace(config, vision=dataclasses.replace(config.vision, dtype=dtype))
+  return dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, dtype=dtype))
+
+
+def build_model(config: ModelConfig):
+  """The Flax module of a model config: GroupViT, CLIP, VisionTransformer or MAE."""
+  modules = {'groupvit': GroupViT, 'clip': CLIP, 'vit': VisionTransformer, 'mae': MAE}
+  return modules[kind_of(config)](config)
+
+
+def _example_inputs(config: ModelConfig) -> tuple[Any, ...]:
+  """Inputs that make `init` create every variable of a tower (batch 1, training size)."""
+  if isinstance(config, CLIPConfig):
+    s = config.vision.image_size
+    text = jnp.zeros((1, config.text.context_length), jnp.int32)
+    return jnp.zeros((1, s, s, config.vision.in_channels)), text
+  vit = config.encoder if isinstance(config, MAEConfig) else config
+  pixels = jnp.zeros((1, vit.image_size, vit.image_size, vit.in_channels))
+  if isinstance(config, MAEConfig):
+    return pixels, jnp.zeros((1, vit.grid_size**2))  # noise: the decoder needs a masked pass
+  return (pixels,)
+
+
+def init_model(config: ModelConfig, rng: jax.Array) -> dict[str, Any]:
+  """Freshly initialised variables of any model kind."""
+  model = build_model(config)
+  if isinstance(config, GroupViTConfig):
+    return init_variables(model, rng)
+  return model.init(rng, *_example_inputs(config))
+
+
+def abstract_variables(config: ModelConfig) -> dict[str, Any]:
   """Shapes and dtypes of the model's variables, without allocating them."""
-  model = GroupViT(config)
-  return jax.eval_shape(lambda rng: init_variables(model, rng), jax.random.key(0))
+  return jax.eval_shape(lambda rng: init_model(config, rng), jax.random.key(0))
 
 
-def load_model(directory: str) -> tuple[GroupViTConfig, dict[str, Any]]:
+def load_model(directory: str) -> tuple[ModelConfig, dict[str, Any]]:
   """Reads what `save_model` wrote; checks every shape against the config."""
   directory = os.path.abspath(directory)
   config = load_config(directory)

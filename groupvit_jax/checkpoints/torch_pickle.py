@@ -74,6 +74,11 @@ class _Unpickler(pickle.Unpickler):
       return tuple
     if module == 'collections' and name == 'OrderedDict':
       return collections.OrderedDict
+    if module.split('.')[0] == '__torch__':
+      raise TorchArchiveError(
+        f'this is a TorchScript archive (it pickles {module}.{name}); read it with '
+        'groupvit_jax.checkpoints.torchscript.load_torchscript_state_dict'
+      )
     if module.split('.')[0] == 'torch':
       raise TorchArchiveError(f'cannot read torch object {module}.{name} without PyTorch')
     return super().find_class(module, name)
@@ -97,12 +102,21 @@ def load_torch_archive(path: str | os.PathLike) -> Any:
       're-save it with a recent torch: torch.save(torch.load(p), p)'
     )
   with zipfile.ZipFile(path) as archive:
-    pkl = [n for n in archive.namelist() if n.endswith('/data.pkl') or n == 'data.pkl']
-    if len(pkl) != 1:
-      raise TorchArchiveError(f'{path}: expected one data.pkl in the archive, found {pkl}')
-    root = pkl[0][: -len('data.pkl')]  # '' or 'name/'
-    byteorder = f'{root}byteorder'
-    if byteorder in archive.namelist() and archive.read(byteorder).strip() != b'little':
-      raise TorchArchiveError(f'{path}: big-endian archives are not supported')
-    with archive.open(pkl[0]) as f:
+    root = archive_root(archive, path)
+    with archive.open(f'{root}data.pkl') as f:
       return _Unpickler(f, archive, root).load()
+
+
+def archive_root(archive: zipfile.ZipFile, path: str) -> str:
+  """The folder prefix ('' or 'name/') holding `data.pkl` in a torch or TorchScript zip."""
+  pkl = [n for n in archive.namelist() if n.endswith('/data.pkl') or n == 'data.pkl']
+  # TorchScript archives can carry extra pickles (e.g. extra_files); the top-level one counts.
+  if len(pkl) > 1:
+    pkl = [n for n in pkl if n.count('/') <= 1]
+  if len(pkl) != 1:
+    raise TorchArchiveError(f'{path}: expected one data.pkl in the archive, found {pkl}')
+  root = pkl[0][: -len('data.pkl')]
+  byteorder = f'{root}byteorder'
+  if byteorder in archive.namelist() and archive.read(byteorder).strip() != b'little':
+    raise TorchArchiveError(f'{path}: big-endian archives are not supported')
+  return root

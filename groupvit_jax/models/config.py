@@ -90,10 +90,13 @@ class TextEncoderConfig:
   num_heads: int = 4
   mlp_ratio: float = 4.0
   layer_norm_eps: float = 1e-5
+  activation: str = 'quick_gelu'  # 'gelu' for open_clip models trained without QuickGELU
 
   def validate(self) -> None:
     if self.width % self.num_heads:
       raise ConfigError(f'text width {self.width} is not divisible by num_heads {self.num_heads}')
+    if self.activation not in ('quick_gelu', 'gelu'):
+      raise ConfigError(f"text activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
 
 
 @dataclasses.dataclass(frozen=True)

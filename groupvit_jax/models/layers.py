@@ -213,8 +213,27 @@ class DropPath(nn.Module):
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+class LayerScale(nn.Module):
+  """Per-channel learned scale of a residual branch (CaiT / timm `ls1`, open_clip `ls_1`).
+
+  [..., C] -> [..., C]; param 'gamma' [C] in float32, initialised to `init_value`.
+  """
+
+  init_value: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    init = nn.initializers.constant(self.init_value)
+    gamma = self.param('gamma', init, (x.shape[-1],), jnp.float32)
+    return x * gamma.astype(x.dtype)
+
+
 class ViTBlock(nn.Module):
-  """Pre-norm transformer block: x + attn(LN(x)); x + mlp(LN(x)). [B, N, C] -> [B, N, C]."""
+  """Pre-norm transformer block: x + attn(LN(x)); x + mlp(LN(x)). [B, N, C] -> [B, N, C].
+
+  With `layer_scale_init` set, each branch is scaled by a LayerScale ('ls1', 'ls2') before the
+  residual sum; left None, the block has no such params.
+  """
 
   num_heads: int
   mlp_ratio: float = 4.0
@@ -222,13 +241,18 @@ class ViTBlock(nn.Module):
   eps: float = 1e-5
   activation: str = 'gelu'
   dtype: Dtype = jnp.float32
+  layer_scale_init: float | None = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
     c = x.shape[-1]
     y = layer_norm(self.eps, 'norm1')(x)
     y = SelfAttention(self.num_heads, dtype=self.dtype, name='attn')(y)
+    if self.layer_scale_init is not None:
+      y = LayerScale(self.layer_scale_init, name='ls1')(y)
     x = x + DropPath(self.drop_path, name='drop_path1')(y, deterministic)
     y = layer_norm(self.eps, 'norm2')(x)
     y = Mlp(int(c * self.mlp_ratio), activation=self.activation, dtype=self.dtype, name='mlp')(y)
+    if self.layer_scale_init is not None:
+      y = LayerScale(self.layer_scale_init, name='ls2')(y)
     return x + DropPath(self.drop_path, name='drop_path2')(y, deterministic)

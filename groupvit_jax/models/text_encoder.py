@@ -14,13 +14,15 @@ Dtype = Any
 
 
 class ResidualAttentionBlock(nn.Module):
-  """CLIP's pre-norm block with QuickGELU: [B, L, C] -> [B, L, C]."""
+  """CLIP's pre-norm block (QuickGELU as OpenAI's, or GELU as most open_clip models):
+  [B, L, C] -> [B, L, C]."""
 
   num_heads: int
   num_layers: int
   mlp_ratio: float = 4.0
   eps: float = 1e-5
   dtype: Dtype = jnp.float32
+  activation: str = 'quick_gelu'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
@@ -43,7 +45,7 @@ class ResidualAttentionBlock(nn.Module):
     y = layer_norm(self.eps, 'ln_2')(x)
     return x + Mlp(
       int(c * self.mlp_ratio),
-      activation='quick_gelu',
+      activation=self.activation,
       dtype=self.dtype,
       fc1_name='c_fc',
       fc2_name='c_proj',
@@ -87,6 +89,7 @@ class TextEncoder(nn.Module):
         cfg.mlp_ratio,
         cfg.layer_norm_eps,
         dtype=self.dtype,
+        activation=cfg.activation,
         name=f'resblocks_{i}',
       )(x, causal)
       x = cotangent_barrier(x)
