@@ -121,9 +121,28 @@ class PretrainedCLIP(_Tower):
 
   def tokenize(self, texts: str | Sequence[str]) -> np.ndarray:
     """Strings -> int32 [N, context_length] CLIP token ids (truncated, end-of-text kept)."""
+    if self.config.text.vocab_size < self.tokenizer.vocab_size:
+      # Ids past the embedding table would be clamped silently on the accelerator.
+      raise ValueError(
+        f'this CLIP has a {self.config.text.vocab_size}-token vocabulary, the CLIP BPE tokenizer '
+        f'{self.tokenizer.vocab_size}: tokenize with its own tokenizer and call encode_tokens'
+      )
     if isinstance(texts, str):
       texts = [texts]
     return self.tokenizer(list(texts), context_length=self.config.text.context_length)
+
+  def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
+    """int [N, L] token ids (L <= context_length; each row's end-of-text token is its largest
+    id) -> L2-normalised text embeddings [N, E]."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[1] > self.config.text.context_length:
+      raise ValueError(
+        f'tokens must be [N, L<={self.config.text.context_length}], got {tokens.shape}'
+      )
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.text.vocab_size):
+      raise ValueError(f'token ids must lie in [0, {self.config.text.vocab_size})')
+    feats = prompts.run_in_buckets(lambda t: self._text_fn(self.variables, t), tokens)
+    return feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
 
   def image_features(
     self, images, preprocess: bool = True, layer: int | None = None
@@ -146,8 +165,7 @@ class PretrainedCLIP(_Tower):
 
   def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
     """Strings -> L2-normalised embeddings [N, E]."""
-    feats = prompts.run_in_buckets(lambda t: self._text_fn(self.variables, t), self.tokenize(texts))
-    return feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+    return self.encode_tokens(self.tokenize(texts))
 
   def class_embeddings(
     self, class_names: Sequence[str], templates: prompts.Templates = 'simple'

@@ -412,3 +412,20 @@ def test_bfloat16_compute(converted):
   assert b.dtype == np.float32
   np.testing.assert_allclose(np.linalg.norm(b, axis=-1), 1.0, atol=1e-5)
   assert 0 < np.max(np.abs(a - b)) < 5e-2  # bf16 matmuls: a few 1e-3 on unit vectors
+
+
+def test_clip_with_its_own_vocabulary_encodes_token_ids(tmp_path):
+  """A CLIP whose vocabulary is not CLIP's BPE refuses strings (ids past its table would be
+  clamped silently on the accelerator) and encodes token ids exactly."""
+  model = cf.tiny_openai_clip(seed=3)
+  cf.save_openai_torchscript(model, tmp_path / 'tiny.pt')
+  assert convert_main(['--source', str(tmp_path / 'tiny.pt'), '--output', str(tmp_path / 'm')]) == 0
+  clip = load_pretrained(str(tmp_path / 'm'))
+  with pytest.raises(ValueError, match='50-token vocabulary'):
+    clip.encode_text('a dog')
+  tokens = np.random.default_rng(0).integers(0, 50, (3, cf.CLIP_DIMS['context_length']))
+  with torch.no_grad():
+    expected = _unit(model.float().encode_text(torch.from_numpy(tokens)))
+  _close('tiny.encode_tokens', clip.encode_tokens(tokens), expected)
+  with pytest.raises(ValueError, match=r'\[0, 50\)'):
+    clip.encode_tokens(tokens + 50)
