@@ -7,13 +7,12 @@ output with the tensors it started from.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import pathlib
-import sysconfig
 
 import torch
+
+from references.towers import openai_clip_module
 
 # Small enough to build, save and trace in well under a second.
 CLIP_DIMS = dict(
@@ -28,15 +27,6 @@ CLIP_DIMS = dict(
   transformer_heads=1,
   transformer_layers=2,
 )
-
-
-def openai_clip_module():
-  """OpenAI's `clip/model.py`, imported on its own (`import clip` needs pkg_resources)."""
-  path = pathlib.Path(sysconfig.get_paths()['purelib']) / 'clip' / 'model.py'
-  spec = importlib.util.spec_from_file_location('openai_clip_model', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def tiny_openai_clip(seed: int = 0, with_release_buffers: bool = True) -> torch.nn.Module:

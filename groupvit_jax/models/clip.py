@@ -5,14 +5,13 @@ a linear projection into the joint embedding space, and the learned temperature.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from groupvit_jax.models.config import ConfigError, TextEncoderConfig, _build, _to_plain
+from groupvit_jax.models.config import ConfigError, JsonConfig, TextEncoderConfig, _build, _to_plain
 from groupvit_jax.models.text_encoder import TextEncoder
 from groupvit_jax.models.vit import VisionTransformer, ViTConfig
 
@@ -37,7 +36,7 @@ def clip_vision_config(**kwargs) -> ViTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPConfig:
+class CLIPConfig(JsonConfig):
   """CLIP: image tower `vision`, text tower `text`, joint width `embed_dim`.
 
   The text tower is the library's `TextEncoder` (QuickGELU, as OpenAI CLIP). `logit_bias` adds the
@@ -58,12 +57,6 @@ class CLIPConfig:
     self.text.validate()
     if self.embed_dim <= 0:
       raise ConfigError(f'embed_dim must be positive, got {self.embed_dim}')
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> 'CLIPConfig':

@@ -99,8 +99,18 @@ class TextEncoderConfig:
       raise ConfigError(f"text activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
 
 
+class JsonConfig:
+  """to_dict / to_json of the frozen model-config dataclasses (the model directory's format)."""
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
 @dataclasses.dataclass(frozen=True)
-class GroupViTConfig:
+class GroupViTConfig(JsonConfig):
   """The whole GroupViT: both towers, projection heads and temperatures."""
 
   image: ImageEncoderConfig = dataclasses.field(default_factory=ImageEncoderConfig)
@@ -128,13 +138,6 @@ class GroupViTConfig:
       raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
     if self.projection_layers < 0:
       raise ConfigError('projection_layers must be >= 0')
-
-  # --- (de)serialisation -------------------------------------------------------------------
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> 'GroupViTConfig':

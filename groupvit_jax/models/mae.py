@@ -10,14 +10,13 @@ initialise them with `sincos_pos_embed` (train them frozen to follow the paper).
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from groupvit_jax.models.config import ConfigError, _build, _to_plain
+from groupvit_jax.models.config import ConfigError, JsonConfig, _build, _to_plain
 from groupvit_jax.models.layers import ViTBlock, cotangent_barrier, layer_norm
 from groupvit_jax.models.vit import VisionTransformer, ViTConfig, sincos_init
 
@@ -39,7 +38,7 @@ def mae_encoder_config(**kwargs) -> ViTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class MAEConfig:
+class MAEConfig(JsonConfig):
   """MAE: encoder ViT plus decoder sizes. decoder_depth 0 means an encoder-only model (the
   released non-`_full` files); then only `MAE.encode`/masked encoding work."""
 
@@ -62,12 +61,6 @@ class MAEConfig:
       )
     if not 0.0 <= self.mask_ratio < 1.0:
       raise ConfigError(f'mask_ratio must be in [0, 1), got {self.mask_ratio}')
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> 'MAEConfig':

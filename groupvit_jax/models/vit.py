@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from groupvit_jax.models.config import ConfigError, _build, _to_plain
+from groupvit_jax.models.config import ConfigError, JsonConfig, _build, _to_plain
 from groupvit_jax.models.layers import ViTBlock, cotangent_barrier, dense_init, layer_norm
 from groupvit_jax.ops.resize import _cubic_weights, resize_2d
 
@@ -28,7 +27,7 @@ POS_INITS = ('trunc_normal', 'sincos')
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(JsonConfig):
   """A ViT image tower. Defaults are DINO ViT-S/16.
 
   patch_bias: the patch projection has a bias (DINO, MAE) or not (CLIP's `conv1`).
@@ -81,12 +80,6 @@ class ViTConfig:
         raise ConfigError(f'{name} must be one of {allowed}, got {value!r}')
     if self.pos_init == 'sincos' and self.width % 4:
       raise ConfigError(f'sincos position embeddings need width % 4 == 0, got {self.width}')
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any], where: str = 'vit') -> 'ViTConfig':
