@@ -47,6 +47,7 @@ DECLARED_KEYS = frozenset(
     'image_size',
   )
 )
+_GROUPVIT_PREFIXES = ('img_encoder.', 'vision_model.encoder.stages.')
 _OPEN_CLIP_WEIGHTS = ('open_clip_model.safetensors', 'open_clip_pytorch_model.bin')
 # Non-weight entries of OpenAI's releases (build_model deletes them too).
 _OPENAI_NON_WEIGHTS = ('input_resolution', 'context_length', 'vocab_size')
@@ -651,6 +652,9 @@ def load_tower_source(
       kind = 'openai_torchscript'
   raw = {_strip_wrappers(k): v for k, v in raw.items()}
 
+  if any(k.startswith(_GROUPVIT_PREFIXES) for k in raw):
+    # HF GroupViT shares CLIP's `text_model.` names; its grouping stages tell them apart.
+    raise NotATowerError(f'{path}: a GroupViT state dict (NVlabs or Hugging Face naming)')
   style = _naming_style(raw)
   if style is None:
     shown = ', '.join(list(raw)[:6])
