@@ -125,6 +125,29 @@ class CLIP(nn.Module):
     """pixels [B, H, W, 3] (CLIP-normalised) -> image embedding [B, E] float32, not normalised."""
     return self._project(self.visual(pixels)['cls'], self.proj)
 
+  def region_embeddings(
+    self, pixels: jnp.ndarray, region_tokens: jnp.ndarray, attention_mask: jnp.ndarray
+  ) -> jnp.ndarray:
+    """One forward pass of the image tower with M extra region tokens (SCG).
+
+    Args:
+      pixels: [B, H, W, 3] CLIP-normalised.
+      region_tokens: [M, W] or [B, M, W], in the residual stream before `ln_pre` (the class token
+        plus its position embedding is the template: `models.scg.initial_region_tokens`).
+      attention_mask: bool [B, 1, T, T] with T = 1 + h*w + M over the tokens
+        [class, patches (row-major), regions] (`models.scg.region_attention_mask`).
+    Returns:
+      [B, M, E] region embeddings: ln_post(region token) @ proj, float32, not normalised.
+    """
+    cls, patches, _ = self.visual.embed(pixels)
+    b, n, c = patches.shape
+    m = region_tokens.shape[-2]
+    regions = jnp.broadcast_to(region_tokens.astype(jnp.float32), (b, m, c))
+    x, _ = self.visual.transform(
+      jnp.concatenate([cls, patches, regions], axis=1), mask=attention_mask
+    )
+    return self._project(x[:, 1 + n :], self.proj)
+
   def encode_text(self, tokens: jnp.ndarray) -> jnp.ndarray:
     """tokens int [B, L] -> text embedding [B, E] float32, not normalised; read at each row's
     end-of-text token (its largest id), as CLIP does."""

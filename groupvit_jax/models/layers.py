@@ -232,7 +232,8 @@ class ViTBlock(nn.Module):
   """Pre-norm transformer block: x + attn(LN(x)); x + mlp(LN(x)). [B, N, C] -> [B, N, C].
 
   With `layer_scale_init` set, each branch is scaled by a LayerScale ('ls1', 'ls2') before the
-  residual sum; left None, the block has no such params.
+  residual sum; left None, the block has no such params. `mask` (bool, broadcastable to
+  [B, H, N, N], True = may attend) restricts the attention, as SCG's region tokens need.
   """
 
   num_heads: int
@@ -244,10 +245,12 @@ class ViTBlock(nn.Module):
   layer_scale_init: float | None = None
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
+  def __call__(
+    self, x: jnp.ndarray, deterministic: bool = True, mask: jnp.ndarray | None = None
+  ) -> jnp.ndarray:
     c = x.shape[-1]
     y = layer_norm(self.eps, 'norm1')(x)
-    y = SelfAttention(self.num_heads, dtype=self.dtype, name='attn')(y)
+    y = SelfAttention(self.num_heads, dtype=self.dtype, name='attn')(y, mask)
     if self.layer_scale_init is not None:
       y = LayerScale(self.layer_scale_init, name='ls1')(y)
     x = x + DropPath(self.drop_path, name='drop_path1')(y, deterministic)

@@ -266,17 +266,18 @@ class VisionTransformer(nn.Module):
     return cls, x + patch_pos, (h, w)
 
   def transform(
-    self, tokens: jnp.ndarray, layer: int | None = None
+    self, tokens: jnp.ndarray, layer: int | None = None, mask: jnp.ndarray | None = None
   ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
     """Optional ln_pre, the blocks and the final norm: [B, N, C] -> ([B, N, C], block `layer`'s
-    un-normalised output [B, N, C] or None)."""
+    un-normalised output [B, N, C] or None). `mask`: optional bool attention mask broadcastable to
+    [B, heads, N, N] (True = may attend), used by every block."""
     x = self.ln_pre(tokens) if self.cfg.pre_norm else tokens
     depth = self.cfg.depth
     if layer is not None and not -depth <= layer < depth:
       raise ValueError(f'layer {layer} is out of range for {depth} blocks')
     picked = None
     for i, block in enumerate(self.blocks):
-      x = cotangent_barrier(block(x, True))
+      x = cotangent_barrier(block(x, True, mask))
       if layer is not None and i == layer % depth:
         picked = x
     return self.norm(x), picked
