@@ -225,6 +225,61 @@ COCO_THING_CATEGORY_IDS: tuple[int, ...] = tuple(
 )
 
 
+# COCO-Stuff's 91 stuff classes (label ids 92-182 of the 182-id COCO-Stuff list), as named there.
+COCO_STUFF_STUFF_CLASSES: tuple[str, ...] = (
+  'banner', 'blanket', 'branch', 'bridge', 'building-other', 'bush', 'cabinet', 'cage',
+  'cardboard', 'carpet', 'ceiling-other', 'ceiling-tile', 'cloth', 'clothes', 'clouds', 'counter',
+  'cupboard', 'curtain', 'desk-stuff', 'dirt', 'door-stuff', 'fence', 'floor-marble',
+  'floor-other', 'floor-stone', 'floor-tile', 'floor-wood', 'flower', 'fog', 'food-other',
+  'fruit', 'furniture-other', 'grass', 'gravel', 'ground-other', 'hill', 'house', 'leaves',
+  'light', 'mat', 'metal', 'mirror-stuff', 'moss', 'mountain', 'mud', 'napkin', 'net', 'paper',
+  'pavement', 'pillow', 'plant-other', 'plastic', 'platform', 'playingfield', 'railing',
+  'railroad', 'river', 'road', 'rock', 'roof', 'rug', 'salad', 'sand', 'sea', 'shelf',
+  'sky-other', 'skyscraper', 'snow', 'solid-other', 'stairs', 'stone', 'straw',
+  'structural-other', 'table', 'tent', 'textile-other', 'towel', 'tree', 'vegetable',
+  'wall-brick', 'wall-concrete', 'wall-other', 'wall-panel', 'wall-stone', 'wall-tile',
+  'wall-wood', 'water-other', 'waterdrops', 'window-blind', 'window-other', 'wood',
+)  # fmt: skip
+
+
+def stuff_prompt_name(name: str) -> str:
+  """A COCO-Stuff name as a prompt word: 'wall-brick' -> 'brick wall', 'sky-other' -> 'sky',
+  'desk-stuff' -> 'desk', 'playingfield' -> 'playing field'."""
+  if name == 'playingfield':
+    return 'playing field'
+  head, _, tail = name.partition('-')
+  if tail in ('', 'other', 'stuff'):
+    return head
+  return f'{tail} {head}'
+
+
+def _context_not_voc() -> tuple[str, ...]:
+  voc = set(VOC_PROMPT_NAMES[1:]) | set(VOC_CLASSES[1:]) | {'airplane', 'tv', 'monitor'}
+  # Context's 'tvmonitor' and 'pottedplant' are VOC classes under other names.
+  return tuple(n for n in CONTEXT_PROMPT_NAMES[1:] if n not in voc)
+
+
+# SCG's background rule (a region predicted as one of these words is background): for VOC the
+# PASCAL Context classes that are not VOC classes, for COCO-Object COCO-Stuff's stuff classes.
+# Context itself has no such list in the paper (its background is the threshold rule only).
+BACKGROUND_VOCABULARIES: dict[str, tuple[str, ...]] = {
+  'voc': _context_not_voc(),
+  'coco_object': tuple(stuff_prompt_name(n) for n in COCO_STUFF_STUFF_CLASSES),
+}
+
+
+def background_vocabulary(name: str) -> tuple[str, ...]:
+  """The background words of a benchmark for the vocabulary rule (prompt words); KeyError with
+  the reason where the benchmark has none."""
+  spec = get_spec(name)
+  if spec.name not in BACKGROUND_VOCABULARIES:
+    raise KeyError(
+      f'{spec.name} has no background vocabulary (the SCG paper thresholds it): use the '
+      'threshold rule, or give the words (--background_words FILE)'
+    )
+  return BACKGROUND_VOCABULARIES[spec.name]
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
   """Static description of one evaluation dataset.

@@ -114,11 +114,13 @@ def evaluate_segmentation(
   short_side: int = 448,
   long_side: int = 2048,
   top_k: int = 5,
+  background_words: Optional[Sequence[str]] = None,
 ) -> dict:
   """Zero-shot segmentation metrics of ``pretrained`` on ``dataset``.
 
   Args:
-    pretrained: ``Pretrained`` (``config``, ``variables``, ``tokenize``).
+    pretrained: a ``Pretrained`` (GroupViT) or ``PretrainedSCG`` (``config``, ``variables``,
+      ``class_embeddings``).
     dataset: sequence of ``Sample(name, image uint8 [H, W, 3], label [H, W])``.
     spec_or_class_names: a :class:`DatasetSpec` (names, prompt words, ignore index) or class names
       (index = label value; ``'background'`` first means thresholded background).
@@ -141,6 +143,8 @@ def evaluate_segmentation(
     devices: this process's devices to spread each batch over (default: all local devices).
     crop_size, stride, short_side, long_side, top_k: the protocol's geometry (released: 448 windows
       at stride 224 on images resized to fit 2048x448, top-5 classes); small-image data such as
+    background_words: the vocabulary rule for the background class instead of ``threshold`` (then
+      ``None``): a group / region whose best class is one of these words is background.
       the synthetic val split uses its own size for all of them (one window at the model's
       training resolution).
 
@@ -155,11 +159,19 @@ def evaluate_segmentation(
   """
   t_start = time.perf_counter()
   compile0 = segmenter.compile_stats()
-  names, fg_names, with_bg, ignore = resolve_classes(spec_or_class_names, threshold)
-  num_classes = len(names)
-  class_embed = prompts.class_embeddings(
-    pretrained.config, pretrained.variables, pretrained.tokenize, fg_names, templates
+  by_vocabulary = background_words is not None
+  if by_vocabulary and threshold is not None:
+    raise ValueError('give threshold or background_words, not both')
+  names, fg_names, with_bg, ignore = resolve_classes(
+    spec_or_class_names, 0.0 if by_vocabulary else threshold
   )
+  if by_vocabulary and not with_bg:
+    raise ValueError("background_words needs a dataset whose first class is 'background'")
+  num_classes = len(names)
+  class_embed = pretrained.class_embeddings(fg_names, templates)
+  background_embed = None
+  if by_vocabulary:
+    background_embed = pretrained.class_embeddings(list(background_words), templates)
   protocol = segmenter.Protocol(
     mode=mode,
     scales=tuple(scales),
@@ -178,9 +190,10 @@ def evaluate_segmentation(
     pretrained.config,
     pretrained.variables,
     class_embed,
-    threshold if with_bg else None,
+    threshold if with_bg and not by_vocabulary else None,
     protocol,
     devices,
+    background_embed=background_embed,
   )
 
   total = len(dataset) if max_images is None else min(len(dataset), max_images)
@@ -264,8 +277,11 @@ def evaluate_segmentation(
     'oracle': None,
     'config': {
       'mode': mode,
-      'threshold': threshold,
+      'threshold': None if by_vocabulary else threshold,
       'with_background': with_bg,
+      'background_rule': ('vocabulary' if by_vocabulary else 'threshold') if with_bg else None,
+      'background_words': list(background_words) if by_vocabulary else None,
+      'method': getattr(pretrained, 'kind', 'groupvit'),
       'scales': list(scales),
       'flip': flip,
       'templates': templates if isinstance(templates, str) else list(templates),

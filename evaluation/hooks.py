@@ -40,7 +40,9 @@ from evaluation.pooled import checked_input_size
 from evaluation.synthetic import SyntheticSegmentationDataset
 from evaluation.token_baselines import evaluate_token_baseline
 from groupvit_jax.models.config import GroupViTConfig
+from groupvit_jax.models.scg import SCGConfig
 from groupvit_jax.pretrained import Pretrained
+from groupvit_jax.pretrained_scg import PretrainedSCG
 from input_pipeline.synthetic_shapes import SyntheticConfig
 
 # (variables, step) -> {'eval/<name>/<metric>': value}
@@ -87,7 +89,13 @@ def synthetic_eval_size(
 
   scale = float(eval_config.get('synthetic_scale', 1.0))
   try:
-    return checked_input_size(model_config, int(round(image_size * scale)))
+    size = int(round(image_size * scale))
+    if isinstance(model_config, SCGConfig):
+      q = model_config.patch_multiple
+      if size <= 0 or size % q:
+        raise ValueError(f'input size {size} must be a positive multiple of {q}')
+      return size
+    return checked_input_size(model_config, size)
   except ValueError as e:
     raise ValueError(
       f'config.eval.synthetic_scale={scale} resizes the {image_size} px val images: {e}'
@@ -230,7 +238,8 @@ def build_evaluators(
     if threshold is None:
       threshold = getattr(spec, 'background_threshold', None)
 
-    if model_config.image.num_grouping_stages == 0:
+    is_scg = isinstance(model_config, SCGConfig)
+    if not is_scg and model_config.image.num_grouping_stages == 0:
       evaluators.append(
         _token_baseline_evaluator(
           eval_config,
@@ -257,7 +266,13 @@ def build_evaluators(
       input_size=input_size,
     ):
       num_vis = int(eval_config.num_visualize) if is_main_process and workdir else 0
-      pretrained = Pretrained(model_config, variables)
+      # SCG: variables {'params', 'batch_stats'} of its training state hold the frozen towers in
+      # `batch_stats` (groupvit_jax/scg_train.py).
+      pretrained = (
+        PretrainedSCG(model_config, dict(variables['batch_stats'], params=variables['params']))
+        if is_scg
+        else Pretrained(model_config, variables)
+      )
       with tempfile.TemporaryDirectory() as panel_dir:
         result = evaluate_segmentation(
           pretrained,
@@ -282,7 +297,8 @@ def build_evaluators(
       if result['oracle'] is not None:
         metrics[f'eval/{name}/oracle_mIoU'] = float(result['oracle']['mIoU'])
       result = _jsonable(result, step)
-      _naming(eval_config, pretrained, name, data, spec, metrics, result, input_size)
+      if not is_scg:  # naming scores need a pooled image embedding, which SCG does not have
+        _naming(eval_config, pretrained, name, data, spec, metrics, result, input_size)
       if is_main_process and workdir:
         _write_json(os.path.join(workdir, f'eval_{name}.json'), result)
       return metrics

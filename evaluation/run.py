@@ -45,7 +45,9 @@ from typing import Any, Optional, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 
+from evaluation import class_names as cn
 from evaluation import datasets, hooks
 from evaluation.classification import evaluate_classification
 from evaluation.evaluator import evaluate_segmentation
@@ -73,7 +75,44 @@ def build_parser() -> argparse.ArgumentParser:
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
   p.add_argument(
-    '--checkpoint', required=True, help='model directory (groupvit_jax.convert or trainer)'
+    '--checkpoint',
+    default=None,
+    help='model directory (groupvit_jax.convert or trainer; a trained SCG model directory)',
+  )
+  p.add_argument(
+    '--method',
+    choices=('groupvit', 'scg'),
+    default=None,
+    help="the method (default: the checkpoint's kind; scg when --clip and --grouper are given)",
+  )
+  p.add_argument('--clip', default=None, help='SCG without training: a converted CLIP directory')
+  p.add_argument(
+    '--grouper', default=None, help='SCG without training: a converted DINO / ViT / MAE directory'
+  )
+  p.add_argument(
+    '--scg',
+    action='append',
+    default=[],
+    metavar='KEY=VALUE',
+    help='SCG setting (groupvit_jax/models/scg.py SCGConfig: num_regions, kmeans_iters, '
+    'grouper_layer, masking), repeatable',
+  )
+  p.add_argument(
+    '--centroids', default=None, help='SCG: dataset-level centroids, an .npy file [M, C]'
+  )
+  p.add_argument(
+    '--background',
+    choices=('threshold', 'vocabulary'),
+    default=None,
+    help="background rule: 'threshold' (GroupViT's) or 'vocabulary' (SCG's: a region named as "
+    "one of the dataset's background words is background); default: GroupViT threshold, SCG "
+    'vocabulary',
+  )
+  p.add_argument(
+    '--background_words',
+    default=None,
+    help='file of background words (one per line) for the vocabulary rule (default: the '
+    "dataset's list, evaluation/class_names.py BACKGROUND_VOCABULARIES)",
   )
   p.add_argument(
     '--dataset',
@@ -242,11 +281,66 @@ def _check_model_fits_task(model, checkpoint: str, dataset_name: str) -> None:
       f'{checkpoint} is a CLIP: it evaluates zero-shot classification only '
       f'(--dataset imagenet_folder), not --dataset {dataset_name}'
     )
+  if kind == 'scg' and (classification or dataset_name == 'synthetic'):
+    raise ValueError(f'an SCG model segments benchmark and folder datasets, not {dataset_name}')
   if kind in ('vit', 'mae'):
     raise ValueError(
       f'{checkpoint} is a {"DINO/timm ViT" if kind == "vit" else "MAE"} without a text tower: '
       'it cannot name classes zero-shot; use its features() instead'
     )
+
+
+def _load_model(args):
+  """The model of the command line: a model directory, or SCG from --clip and --grouper."""
+  towers = args.clip is not None or args.grouper is not None
+  method = args.method or ('scg' if towers else None)
+  if towers:
+    if args.checkpoint is not None:
+      raise ValueError('give --checkpoint (a model directory) or --clip and --grouper, not both')
+    if args.clip is None or args.grouper is None or method != 'scg':
+      raise ValueError('SCG without training needs --method scg, --clip DIR and --grouper DIR')
+    from groupvit_jax.pretrained_scg import PretrainedSCG
+
+    overrides = dict(parse_override(item, '--scg') for item in args.scg)
+    centroids = np.load(args.centroids) if args.centroids else None
+    return PretrainedSCG.from_towers(args.clip, args.grouper, centroids=centroids, **overrides)
+  if args.checkpoint is None:
+    raise ValueError('--checkpoint is required (or --method scg --clip DIR --grouper DIR)')
+  model = load_pretrained(args.checkpoint)
+  kind = getattr(model, 'kind', 'groupvit')
+  if method is not None and method != kind and kind in ('groupvit', 'scg'):
+    raise ValueError(f'--method {method} but {args.checkpoint} holds a {kind} model')
+  if args.scg or args.centroids:
+    if kind != 'scg':
+      raise ValueError('--scg and --centroids apply to SCG models only')
+    if args.scg:
+      import dataclasses
+
+      overrides = dict(parse_override(item, '--scg') for item in args.scg)
+      model = type(model)(dataclasses.replace(model.config, **overrides), model.variables)
+    if args.centroids:
+      model = model.with_centroids(np.load(args.centroids))
+  return model
+
+
+def _background_words(args, model, spec) -> Optional[list[str]]:
+  """The background words of the vocabulary rule, or None for the threshold rule."""
+  rule = args.background or ('vocabulary' if getattr(model, 'kind', '') == 'scg' else 'threshold')
+  if rule == 'threshold':
+    if args.background_words:
+      raise ValueError('--background_words needs --background vocabulary')
+    return None
+  if args.threshold is not None or args.paper_threshold:
+    raise ValueError('the vocabulary rule takes no --threshold / --paper_threshold')
+  if args.background_words:
+    words = [w.strip() for w in Path(args.background_words).read_text().splitlines()]
+    words = [w for w in words if w]
+    if not words:
+      raise ValueError(f'{args.background_words} holds no words')
+    return words
+  if spec is None:
+    raise ValueError('a folder dataset needs --background_words FILE for the vocabulary rule')
+  return list(cn.background_vocabulary(spec.name))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -256,8 +350,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     if args.data_dir is None and dataset_name != 'synthetic':
       raise ValueError(f'--data_dir is required for --dataset {args.dataset}')
-    model = load_pretrained(args.checkpoint)
-    _check_model_fits_task(model, args.checkpoint, dataset_name)
+    model = _load_model(args)
+    _check_model_fits_task(model, args.checkpoint or args.clip, dataset_name)
     if dataset_name == 'synthetic':
       result, summary = _evaluate_synthetic(args, model)
     elif dataset_name in ('imagenet_folder', 'imagenet', 'classification'):
@@ -277,7 +371,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         kwargs['class_names'] = datasets.read_class_names(args.class_names)
       ds = datasets.build_dataset(dataset_name, args.data_dir, args.split, **kwargs)
       spec = ds.spec
-      if spec is not None:
+      words = _background_words(args, model, spec) if spec is not None or args.background else None
+      if words is not None:
+        classes = spec if spec is not None else list(ds.class_names)
+        threshold = None
+      elif spec is not None:
         threshold = (
           args.threshold
           if args.threshold is not None
@@ -324,6 +422,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tile_batch=args.tile_batch,
         log_every=args.log_every,
         devices=devices,
+        background_words=words,
       )
       if args.naming:
         result['naming'] = image_naming(
@@ -346,6 +445,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   result['checkpoint'] = str(args.checkpoint)
+  if args.clip is not None:
+    result['towers'] = {'clip': str(args.clip), 'grouper': str(args.grouper)}
   result['command'] = 'python -m evaluation.run ' + ' '.join(
     argv if argv is not None else sys.argv[1:]
   )

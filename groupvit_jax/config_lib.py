@@ -123,12 +123,31 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return config
 
 
+def scg_defaults() -> ml_collections.ConfigDict:
+  """`config.scg` (with config.method='scg'): the two converted model directories and SCG's
+  choices (groupvit_jax/models/scg.py, groupvit_jax/scg_losses.py)."""
+  c = ml_collections.ConfigDict()
+  c.clip_dir = ''
+  c.grouper_dir = ''
+  c.num_regions = 27
+  c.kmeans_iters = 20
+  c.grouper_layer = ml_collections.config_dict.placeholder(int)  # None: final-norm features
+  c.masking = 'context'  # 'context' | 'tokens' | 'pixels'
+  c.centroids = ''  # an .npy [M, C] of dataset-level centroids; '' = per-image k-means
+  c.direction = 'noun_to_region'  # | 'region_to_noun' | 'both'
+  c.max_logit_scale = 100.0
+  return c
+
+
 def trainer_defaults() -> ml_collections.ConfigDict:
   """The core's training settings with their defaults: seed, model, batch, steps, checkpoints,
   optimizer, loss, mesh. The trainer adds the data and evaluation sections
   (`groupvit_jax.main.base_config`, which recipes start from)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # 'groupvit' trains config.model; 'scg' trains the region tokens of config.scg's towers.
+  config.method = 'groupvit'
+  config.scg = scg_defaults()
   config.model = model_config()
   config.global_batch_size = 4096
   config.grad_accum_steps = 1

@@ -25,7 +25,15 @@ from ml_collections import config_flags
 
 import input_pipeline
 from evaluation import hooks
-from groupvit_jax import checkpointing, config_lib, metric_writers, optim, workdir_lock, xla_cpu
+from groupvit_jax import (
+  checkpointing,
+  config_lib,
+  metric_writers,
+  optim,
+  scg_train,
+  workdir_lock,
+  xla_cpu,
+)
 from groupvit_jax import sharding as sharding_lib
 from groupvit_jax import train_step as train_lib
 from groupvit_jax.checkpoints import store
@@ -121,6 +129,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise TrainingError(
       f"loss.formulation must be 'global' or 'shard_map', got {config.loss.formulation!r}"
     )
+  if config.method not in ('groupvit', 'scg'):
+    raise TrainingError(f"config.method must be 'groupvit' or 'scg', got {config.method!r}")
+  if config.method == 'scg':
+    if accum != 1:
+      raise TrainingError('config.method=scg trains without gradient accumulation')
+    for name in ('clip_dir', 'grouper_dir'):
+      if not config.scg[name]:
+        raise TrainingError(f'config.method=scg needs config.scg.{name} (a converted model)')
+    return  # the towers' checks need them loaded: SCGTask.validate, when the run starts
   model_cfg = config_lib.build_model_config(config)  # raises on unknown/inconsistent keys
   try:
     train_lib.multi_label_by_best_group(config, model_cfg.multi_label)
@@ -146,8 +163,7 @@ def _first_nonfinite(history: list[tuple[int, dict[str, Any]]]) -> tuple[int, li
   return None
 
 
-def _batch_for_step(local: dict[str, np.ndarray], mesh, multi_label: bool):
-  keys = ('image', 'text', 'prompts') if multi_label else ('image', 'text')
+def _batch_for_step(local: dict[str, np.ndarray], mesh, keys: tuple[str, ...]):
   missing = [k for k in keys if k not in local]
   if missing:
     raise TrainingError(f'the data pipeline yields {sorted(local)}; the step needs {missing}')
@@ -166,6 +182,45 @@ def _abstract_batch(config, model_cfg, mesh):
     k = int(config.data.text.num_prompts)
     batch['prompts'] = jax.ShapeDtypeStruct((g, k, length), jnp.int32, sharding=sh)
   return batch
+
+
+class _GroupViTTask:
+  """The GroupViT method for the loop (`groupvit_jax.scg_train.SCGTask` is SCG's)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.model_config = config_lib.build_model_config(config)
+    self.model = GroupViT(self.model_config)
+    multi = self.model_config.multi_label
+    self.batch_keys = ('image', 'text', 'prompts') if multi else ('image', 'text')
+
+  def abstract_state(self, optimizer):
+    return train_lib.abstract_state(self.model, optimizer)
+
+  def create_state(self, optimizer, rng, shardings):
+    return train_lib.create_state(self.model, optimizer, rng, shardings)
+
+  def make_train_step(self, optimizer, schedule, config, mesh, shardings):
+    return train_lib.make_train_step(self.model, optimizer, schedule, config, mesh, shardings)
+
+  def abstract_batch(self, config, mesh):
+    return _abstract_batch(config, self.model_config, mesh)
+
+  def export(self, directory: str, state) -> None:
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    store.save_model(directory, self.model_config, variables, overwrite=True)
+
+
+def _task(config: ml_collections.ConfigDict):
+  """The method's training task: GroupViT's, or SCG's (its towers are read here)."""
+  if config.method != 'scg':
+    return _GroupViTTask(config)
+  try:
+    task = scg_train.SCGTask(config)
+    task.validate(config)
+  except (ValueError, FileNotFoundError) as e:
+    raise TrainingError(f'config.scg: {e}') from None
+  return task
 
 
 class _StopSignal:
@@ -220,15 +275,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   log(f'{jax.process_count()} process(es), {jax.device_count()} device(s), mesh {dict(mesh.shape)}')
 
   # Model and optimizer.
-  model_cfg = config_lib.build_model_config(config)
-  model = GroupViT(model_cfg)
+  task = _task(config)
+  model_cfg = task.model_config
   effective_batch = int(config.global_batch_size)
   optimizer, schedule = optim.make_optimizer(
     config.optimizer, effective_batch, int(config.total_steps)
   )
 
   # Sharded state: created from abstract shapes, or restored.
-  abstract = train_lib.abstract_state(model, optimizer)
+  abstract = task.abstract_state(optimizer)
   shardings = train_lib.state_shardings(abstract, mesh, config.partition_rules)
   abstract = jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
@@ -240,6 +295,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   init_rng, train_rng = jax.random.split(rng)
   # A checkpoint written with other settings is another run's: resuming it would be silent loss.
   settings = {'model': config.model.to_dict(), 'optimizer': config.optimizer.to_dict()}
+  if config.method != 'groupvit':
+    settings = {'method': config.method, 'scg': config.scg.to_dict(), **settings}
   try:
     restored = ckpt.restore_latest(abstract, settings)
   except BaseException:
@@ -256,7 +313,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     log(f'resumed from step {start}')
   else:
     start = 0
-    state = train_lib.create_state(model, optimizer, init_rng, shardings)
+    state = task.create_state(optimizer, init_rng, shardings)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -276,12 +333,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data.set_state(data_state)
 
   # Step, compiled once before the loop.
-  step_fn = train_lib.make_train_step(model, optimizer, schedule, config, mesh, shardings)
+  step_fn = task.make_train_step(optimizer, schedule, config, mesh, shardings)
   t0 = time.time()
   cpu_options = xla_cpu.compiler_options(model_cfg)
   compiled = step_fn.lower(
     abstract,
-    _abstract_batch(config, model_cfg, mesh),
+    task.abstract_batch(config, mesh),
     jax.ShapeDtypeStruct(train_rng.shape, train_rng.dtype),
   ).compile(compiler_options=cpu_options)
   compile_s = time.time() - t0
@@ -313,7 +370,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   in_flight = None  # the metrics of the step dispatched last
   try:
     while step < config.total_steps:
-      batch = _batch_for_step(next(data), mesh, model_cfg.multi_label)
+      batch = _batch_for_step(next(data), mesh, task.batch_keys)
       state, metrics = compiled(state, batch, train_rng)
       # Keep the host at most one step ahead of the devices. Unbounded, it queues every step up to
       # the next log step and then waits there inside one C call, where a SIGTERM cannot be acted
@@ -371,9 +428,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer.close()
   if step == config.total_steps and config.export_model:
     export = os.path.join(workdir, 'model')
-    store.save_model(
-      export, model_cfg, {'params': state.params, 'batch_stats': state.batch_stats}, overwrite=True
-    )
+    task.export(export, state)
     log(f'model written to {export} (load with groupvit_jax.load_pretrained)')
   return final
 

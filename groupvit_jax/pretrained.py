@@ -187,7 +187,7 @@ def load_pretrained(directory: str, dtype: str | None = None):
   Returns:
     the object for the directory's model kind: `Pretrained` (GroupViT), or from
     `groupvit_jax.pretrained_towers` `PretrainedCLIP`, `PretrainedViT` (DINO / timm) or
-    `PretrainedMAE`.
+    `PretrainedMAE`, or `groupvit_jax.pretrained_scg.PretrainedSCG`.
   """
   config, variables = store.load_model(directory)
   kind = store.kind_of(config)
@@ -195,4 +195,8 @@ def load_pretrained(directory: str, dtype: str | None = None):
     config = store.with_dtype(config, dtype)
   if kind == 'groupvit':
     return Pretrained(config, variables)
+  if kind == 'scg':
+    from groupvit_jax.pretrained_scg import PretrainedSCG  # it imports this module's peers
+
+    return PretrainedSCG(config, variables)
   return pretrained_towers.TOWER_CLASSES[kind](config, variables)

@@ -60,9 +60,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from groupvit_jax import prompts, xla_cpu
+from groupvit_jax import prompts, scg_inference, xla_cpu
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, compose_group_maps, l2_normalize
+from groupvit_jax.models.scg import SCGConfig
 from groupvit_jax.ops.confusion import confusion_matrix_update
 from groupvit_jax.ops.resize import resize_matrix
 
@@ -335,9 +336,11 @@ def _window_impl(
   config: GroupViTConfig,
   top_k: int,
   with_background: bool,
+  num_fg: Optional[int] = None,
 ):
   """Stage 1. pixels uint8 [B, hp, wp, 3]; rh [B, Ho, gh], rw [B, Wo, gw] bilinear matrices ->
-  (group ids uint8 [B, Ho, Wo], class tables float32 [B, G, C])."""
+  (group ids uint8 [B, Ho, Wo], class tables float32 [B, G, C]). With `num_fg`, the first
+  `num_fg` classes are the foreground and the rest background words (the vocabulary rule)."""
   model = GroupViT(config)
   x = (pixels.astype(jnp.float32) - _MEAN255) * _INV_STD255
   out = model.apply(variables, x, with_groups=True, method=GroupViT.encode_image)
@@ -356,9 +359,11 @@ def _window_impl(
     scale,
     threshold,
     top_k,
-    with_background,
+    with_background and num_fg is None,
     class_mask,
   )
+  if num_fg is not None:
+    table = scg_inference.vocabulary_background(table, num_fg)
   return groups, table
 
 
@@ -399,16 +404,28 @@ def _contributions(groups, tables, rtap, rwt, ctap, cwt):
   return jnp.einsum('tnyxg,tngc->tyxc', onehot, tables.astype(jnp.float32), precision=HIGHEST)
 
 
-def _window_fn(config: GroupViTConfig):
-  """_window_impl jitted for `config`, with its XLA:CPU compiler options (groupvit_jax.xla_cpu)."""
+def _window_fn(config: GroupViTConfig | SCGConfig):
+  """The stage-1 window function of the method of `config` (GroupViT or SCG), jitted with its
+  XLA:CPU compiler options (groupvit_jax.xla_cpu)."""
+  impl = scg_inference.window_impl if isinstance(config, SCGConfig) else _window_impl
   return xla_cpu.jit_for(
-    config, _window_impl, static_argnames=('config', 'top_k', 'with_background')
+    config, impl, static_argnames=('config', 'top_k', 'with_background', 'num_fg')
   )
 
 
-def _stage_maps_fn(config: GroupViTConfig):
-  """_stage_maps_impl jitted for `config`, with its XLA:CPU compiler options."""
-  return xla_cpu.jit_for(config, _stage_maps_impl, static_argnames=('config',))
+def _stage_maps_fn(config: GroupViTConfig | SCGConfig):
+  """The group / region maps function of `config`'s method, jitted with its compiler options."""
+  impl = scg_inference.maps_impl if isinstance(config, SCGConfig) else _stage_maps_impl
+  return xla_cpu.jit_for(config, impl, static_argnames=('config',))
+
+
+def _geometry(config: GroupViTConfig | SCGConfig) -> tuple[int, int, int]:
+  """(window sides are multiples of this, pixels per cell of the group maps, groups per window)
+  for GroupViT (final-stage groups) or SCG (regions)."""
+  if isinstance(config, SCGConfig):
+    return config.patch_multiple, config.grouper_vit.patch_size, config.num_regions
+  image = config.image
+  return image.patch_size, image.patch_size, image.num_output_groups[image.num_grouping_stages - 1]
 
 
 @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -519,12 +536,16 @@ class ZeroShotSegmenter:
   every compiled function.
 
   Args:
-    config: the model config.
-    variables: ``{'params', 'batch_stats'}`` (any placement; copied to the local devices).
-    class_embed: float32 ``[K, D]`` L2-normalised class embeddings
-      (:func:`prompts.class_embeddings`).
+    config: the model config: a ``GroupViTConfig``, or an ``SCGConfig`` (regions from k-means,
+      named by the region-token CLIP: :mod:`groupvit_jax.scg_inference`).
+    variables: the model's variables (any placement; copied to the local devices).
+    class_embed: float32 ``[K, D]`` L2-normalised class embeddings (the model's
+      ``class_embeddings``).
     background_threshold: ``None``: no background channel, predictions are classes ``0..K-1``;
       a float: channel 0 is background and classes are ``1..K``.
+    background_embed: float32 ``[Kb, D]`` embeddings of background words: the vocabulary rule
+      (a group or region whose best class is one of them is background, channel 0) instead of
+      the threshold (then ``background_threshold`` must be ``None``).
     protocol: :class:`Protocol`.
     devices: local devices to spread each batch over (default: ``jax.local_devices()``).
     pad_classes_to: pad the class list to a multiple of this with masked, never-scored classes, so
@@ -541,16 +562,18 @@ class ZeroShotSegmenter:
     protocol: Protocol = Protocol(),
     devices: Optional[Sequence[jax.Device]] = None,
     pad_classes_to: Optional[int] = None,
+    background_embed: Optional[np.ndarray] = None,
   ):
     self.config = config
     self.protocol = protocol
     # Resolved once: the compiler options (groupvit_jax.xla_cpu) depend only on the model.
     self._window = _window_fn(config)
     self._stage_maps = _stage_maps_fn(config)
-    self.patch = config.image.patch_size
-    self.num_groups = config.image.num_output_groups[config.image.num_grouping_stages - 1]
-    self.with_background = background_threshold is not None
-    self.threshold = float(background_threshold) if self.with_background else 0.0
+    self.patch, self.map_patch, self.num_groups = _geometry(config)
+    if background_embed is not None and background_threshold is not None:
+      raise ValueError('give background_threshold or background_embed, not both')
+    self.with_background = background_threshold is not None or background_embed is not None
+    self.threshold = float(background_threshold) if background_threshold is not None else 0.0
     ce = np.asarray(class_embed, np.float32)
     if ce.ndim != 2:
       raise ValueError(f'class_embed must be [K, D], got {ce.shape}')
@@ -560,6 +583,17 @@ class ZeroShotSegmenter:
     mask = np.arange(padded) < self.num_fg
     ce = np.concatenate([ce, np.zeros((padded - self.num_fg, ce.shape[1]), np.float32)])
     self.num_channels = padded + int(self.with_background)
+    # The vocabulary rule: background words follow the (padded) foreground classes.
+    self._num_fg_static = None
+    if background_embed is not None:
+      be = np.asarray(background_embed, np.float32)
+      if be.ndim != 2 or be.shape[1] != ce.shape[1] or not len(be):
+        raise ValueError(f'background_embed must be [Kb >= 1, {ce.shape[1]}], got {be.shape}')
+      nb = _round_up(len(be), pad_classes_to) if pad_classes_to else len(be)
+      be = np.concatenate([be, np.zeros((nb - len(be), be.shape[1]), np.float32)])
+      mask = np.concatenate([mask, np.arange(nb) < len(background_embed)])
+      ce = np.concatenate([ce, be])
+      self._num_fg_static = padded
     self.devices = list(devices) if devices is not None else jax.local_devices()
     n = len(self.devices)
     self.window_batch = _round_up(protocol.window_batch, n)
@@ -625,8 +659,10 @@ class ZeroShotSegmenter:
         rows, cols = [0], [0]
         out_h, out_w = (nh // patch) * patch + patch - 1, (nw // patch) * patch + patch - 1
       gh, gw = hc // patch, wc // patch
-      rh = _padded_resize_matrix(gh, hc, out_h)
-      rw = _padded_resize_matrix(gw, wc, out_w)
+      # The maps are on the model's grid over the gh x gw patches it sees (map_patch pixels per
+      # cell: SCG's grouper can have a finer grid than the window multiple).
+      rh = _padded_resize_matrix(gh * patch // self.map_patch, hc, out_h)
+      rw = _padded_resize_matrix(gw * patch // self.map_patch, wc, out_w)
       key_ = (gh * patch, gw * patch, out_h, out_w)
       view = _View((nh, nw), flip, rows, cols, (hc, wc), [])
       for y1 in rows:
@@ -713,6 +749,7 @@ class ZeroShotSegmenter:
       config=self.config,
       top_k=min(self.protocol.top_k, self.class_embed.shape[0]),
       with_background=self.with_background,
+      num_fg=self._num_fg_static,
     )
 
   def _buffers_for(self, channels: int):
@@ -920,7 +957,7 @@ class ZeroShotSegmenter:
       list over stages of int32 ``[H, W]``.
     """
     h, w = image.shape[:2]
-    size = max(self.patch, (size // self.patch) * self.patch)
+    size = max(self.patch, (size // self.patch) * self.patch)  # a window multiple
     pix = resize_uint8(np.asarray(image, np.uint8), size, size)[None]
     maps = self._stage_maps(
       self.variables, jax.device_put(pix, self._replicated), config=self.config
@@ -1002,12 +1039,15 @@ def segment(
   flip: bool = False,
   class_embed: Optional[np.ndarray] = None,
   devices: Optional[Sequence[jax.Device]] = None,
+  background_words: Optional[Sequence[str]] = None,
   **protocol_kwargs,
 ) -> np.ndarray:
   """Zero-shot segmentation of one image with any vocabulary.
 
   Args:
-    model: a :class:`groupvit_jax.pretrained.Pretrained` (``config``, ``variables``, ``tokenize``).
+    model: a :class:`groupvit_jax.pretrained.Pretrained` or
+      :class:`groupvit_jax.pretrained_scg.PretrainedSCG` (``config``, ``variables``,
+      ``class_embeddings``).
     image: uint8 ``[H, W, 3]`` RGB.
     class_names: ``N`` class names (the words put into the prompts).
     background_threshold: ``None``: every pixel gets one of the ``N`` classes (labels ``0..N-1``);
@@ -1018,15 +1058,18 @@ def segment(
     scales, flip: test-time augmentation (see :class:`Protocol`).
     class_embed: precomputed ``[N, D]`` class embeddings (skips the text tower).
     devices: devices to run on (default: the first local device; one image gains little from more).
+    background_words: the vocabulary rule instead of the threshold: a group / region whose best
+      class is one of these words is background (label 0; classes are ``1..N``).
     **protocol_kwargs: other :class:`Protocol` fields.
 
   Returns:
     int32 ``[H, W]`` label map.
   """
   if class_embed is None:
-    class_embed = prompts.class_embeddings(
-      model.config, model.variables, model.tokenize, class_names, templates
-    )
+    class_embed = model.class_embeddings(list(class_names), templates)
+  background_embed = None
+  if background_words is not None:
+    background_embed = model.class_embeddings(list(background_words), templates)
   protocol = Protocol(mode=mode, scales=tuple(scales), flip=flip, **protocol_kwargs)
   devices = list(devices) if devices is not None else jax.local_devices()[:1]
   seg = ZeroShotSegmenter(
@@ -1037,6 +1080,7 @@ def segment(
     protocol,
     devices,
     pad_classes_to=16,
+    background_embed=background_embed,
   )
   (result,) = list(seg.run([(0, image, None)], prefetch=0))
   return result.pred

@@ -43,16 +43,23 @@ def compiler_options(
   """Options for programs running `model_config` (a GroupViTConfig), or None for XLA's defaults.
 
   Args:
-    model_config: anything with `.image.width`.
+    model_config: a GroupViTConfig (`.image.width`) or an SCGConfig (its CLIP's width).
     backend: the platform compiled for (default: jax.default_backend()).
     environ: the environment to read the user's flags from (default os.environ).
   """
   backend = backend or jax.default_backend()
   if backend != 'cpu' or user_controls_flags(environ):
     return None
-  if int(model_config.image.width) < MIN_WIDTH_WITHOUT_YNNPACK:
+  if _image_width(model_config) < MIN_WIDTH_WITHOUT_YNNPACK:
     return None
   return {YNN_FLAG: ''}
+
+
+def _image_width(config: Any) -> int:
+  """The width of the image tower a program runs: GroupViT's `image`, or SCG's CLIP."""
+  if hasattr(config, 'image'):
+    return int(config.image.width)
+  return int(config.clip.vision.width)
 
 
 @functools.lru_cache(maxsize=None)

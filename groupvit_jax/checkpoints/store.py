@@ -6,6 +6,10 @@ DIR/variables/          orbax StandardCheckpointer tree ({'params', 'batch_stats
                         {'params'} for the towers)
 DIR/source.json         where it came from (optional)
 
+An SCG model directory ({"model_kind": "scg", ...}) holds all it needs in one tree:
+{'clip': the CLIP's variables, 'grouper': the grouper's, 'params': {'region_tokens' [M, W],
+'logit_scale' []}} and, with dataset-level centroids, 'centroids' [M, C].
+
 A model_config.json without `model_kind` is a GroupViT: directories written before the towers
 existed load unchanged.
 """
@@ -25,6 +29,7 @@ from groupvit_jax.models.clip import CLIP, CLIPConfig
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, init_variables
 from groupvit_jax.models.mae import MAE, MAEConfig
+from groupvit_jax.models.scg import SCGConfig, init_params
 from groupvit_jax.models.vit import VisionTransformer, ViTConfig
 
 CONFIG_FILE = 'model_config.json'
@@ -39,8 +44,9 @@ CONFIG_CLASSES = {
   'clip': CLIPConfig,
   'vit': ViTConfig,
   'mae': MAEConfig,
+  'scg': SCGConfig,
 }
-ModelConfig = GroupViTConfig | CLIPConfig | ViTConfig | MAEConfig
+ModelConfig = GroupViTConfig | CLIPConfig | ViTConfig | MAEConfig | SCGConfig
 
 
 def kind_of(config: ModelConfig) -> str:
@@ -125,13 +131,20 @@ def with_dtype(config: ModelConfig, dtype: str) -> ModelConfig:
     return dataclasses.replace(config, dtype=dtype)
   if isinstance(config, CLIPConfig):
     return dataclasses.replace(config, vision=dataclasses.replace(config.vision, dtype=dtype))
+  if isinstance(config, SCGConfig):
+    return dataclasses.replace(
+      config, clip=with_dtype(config.clip, dtype), grouper=with_dtype(config.grouper, dtype)
+    )
   return dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, dtype=dtype))
 
 
 def build_model(config: ModelConfig):
   """The Flax module of a model config: GroupViT, CLIP, VisionTransformer or MAE."""
   modules = {'groupvit': GroupViT, 'clip': CLIP, 'vit': VisionTransformer, 'mae': MAE}
-  return modules[kind_of(config)](config)
+  kind = kind_of(config)
+  if kind not in modules:
+    raise TypeError(f'a {kind} model is not one Flax module (see groupvit_jax.models.{kind})')
+  return modules[kind](config)
 
 
 def _example_inputs(config: ModelConfig) -> tuple[Any, ...]:
@@ -149,6 +162,17 @@ def _example_inputs(config: ModelConfig) -> tuple[Any, ...]:
 
 def init_model(config: ModelConfig, rng: jax.Array) -> dict[str, Any]:
   """Freshly initialised variables of any model kind."""
+  if isinstance(config, SCGConfig):
+    clip_rng, grouper_rng = jax.random.split(rng)
+    variables = {
+      'clip': init_model(config.clip, clip_rng),
+      'grouper': init_model(config.grouper, grouper_rng),
+    }
+    variables['params'] = init_params(config, variables['clip']['params'])
+    if config.centroids == 'dataset':
+      c = config.grouper_vit.width
+      variables['centroids'] = jnp.zeros((config.num_regions, c), jnp.float32)
+    return variables
   model = build_model(config)
   if isinstance(config, GroupViTConfig):
     return init_variables(model, rng)

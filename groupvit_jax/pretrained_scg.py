@@ -1,0 +1,196 @@
+"""SCG inference: regions of a grouper, named by a region-token CLIP.
+
+scg = PretrainedSCG.from_towers(CLIP_DIR, DINO_DIR)     # no training: region tokens = class token
+scg = groupvit_jax.load_pretrained(SCG_DIR)             # a trained / saved SCG model directory
+labels = scg.segment(image, ['cat', 'dog'], background_words=['grass', 'sky'])
+out = scg.regions(uint8_images)   # {'region_ids' [B, H, W], 'region_embeds' [B, M, E], ...}
+
+Both towers are converted model directories (`python -m groupvit_jax.convert`): the CLIP names the
+regions; the grouper (DINO / timm ViT by default, an MAE, or a CLIP) clusters. See
+`groupvit_jax.models.scg` for the exact algorithm and docs/scg.md for the choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from groupvit_jax import prompts, segmenter
+from groupvit_jax.checkpoints import store
+from groupvit_jax.models import kmeans
+from groupvit_jax.models import scg as scg_lib
+from groupvit_jax.pretrained_towers import PretrainedCLIP
+
+
+class PretrainedSCG:
+  """An SCG model: `config` (SCGConfig) and `variables` ({'clip', 'grouper', 'params'[,
+  'centroids']})."""
+
+  kind = 'scg'
+
+  def __init__(self, config: scg_lib.SCGConfig, variables: dict[str, Any]):
+    config.validate()
+    self.config = config
+    self.variables = prompts.local_variables(variables)
+    self._clip = PretrainedCLIP(config.clip, {'params': self.variables['clip']['params']})
+
+  # --- construction --------------------------------------------------------------------------
+  @classmethod
+  def from_towers(
+    cls,
+    clip_dir: str,
+    grouper_dir: str,
+    dtype: str | None = None,
+    centroids: np.ndarray | None = None,
+    **overrides,
+  ) -> 'PretrainedSCG':
+    """SCG from a converted CLIP and a converted grouper, without training (the paper's "no
+    fine-tuning" row): region tokens are the class token, the temperature is the CLIP's.
+
+    Args:
+      clip_dir, grouper_dir: model directories of a CLIP and of a ViT / MAE / CLIP.
+      dtype: compute dtype of both towers ('float32' or 'bfloat16'), default as saved.
+      centroids: [M, C] dataset-level centroids (`fit_dataset_centroids`); sets
+        centroids='dataset'.
+      **overrides: SCGConfig fields (num_regions, kmeans_iters, grouper_layer, masking).
+    """
+    clip_cfg, clip_vars = store.load_model(clip_dir)
+    grouper_cfg, grouper_vars = store.load_model(grouper_dir)
+    if store.kind_of(clip_cfg) != 'clip':
+      raise ValueError(f'{clip_dir} holds a {store.kind_of(clip_cfg)}, not a CLIP')
+    kind = store.kind_of(grouper_cfg)
+    if kind not in scg_lib.GROUPER_KINDS:
+      raise ValueError(
+        f'{grouper_dir} holds a {kind}: the grouper must be one of {sorted(scg_lib.GROUPER_KINDS)}'
+      )
+    if centroids is not None:
+      overrides['centroids'] = 'dataset'
+    cfg = scg_lib.SCGConfig(clip=clip_cfg, grouper_kind=kind, grouper=grouper_cfg, **overrides)
+    if dtype is not None:
+      cfg = store.with_dtype(cfg, dtype)
+    cfg.validate()
+    variables = {
+      'clip': clip_vars,
+      'grouper': grouper_vars,
+      'params': scg_lib.init_params(cfg, clip_vars['params']),
+    }
+    if cfg.centroids == 'dataset':
+      variables['centroids'] = _checked_centroids(cfg, centroids)
+    return cls(cfg, variables)
+
+  def with_centroids(self, centroids: np.ndarray) -> 'PretrainedSCG':
+    """The same model assigning every image to dataset-level `centroids` [M, C]."""
+    cfg = dataclasses.replace(self.config, centroids='dataset', num_regions=len(centroids))
+    variables = dict(self.variables, centroids=_checked_centroids(cfg, centroids))
+    if cfg.num_regions != self.config.num_regions:
+      raise ValueError(
+        f'{len(centroids)} centroids for {self.config.num_regions} region tokens: fit as many '
+        'centroids as the model has regions'
+      )
+    return PretrainedSCG(cfg, variables)
+
+  def save(self, directory: str, overwrite: bool = False) -> str:
+    """Writes a self-contained model directory (`groupvit_jax.load_pretrained` reads it)."""
+    return store.save_model(directory, self.config, self.variables, overwrite=overwrite)
+
+  # --- text ------------------------------------------------------------------------------------
+  def tokenize(self, texts: str | Sequence[str]) -> np.ndarray:
+    return self._clip.tokenize(texts)
+
+  def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
+    """Strings -> L2-normalised CLIP text embeddings [N, E]."""
+    return self._clip.encode_text(texts)
+
+  def class_embeddings(
+    self, class_names: Sequence[str], templates: prompts.Templates = 'simple'
+  ) -> np.ndarray:
+    """Zero-shot classifier [K, E] from the CLIP (OpenAI's recipe: each template embedding
+    normalised, averaged, normalised)."""
+    return self._clip.class_embeddings(class_names, templates)
+
+  # --- images ----------------------------------------------------------------------------------
+  @functools.cached_property
+  def _regions_fn(self):
+    cfg = self.config
+
+    def fn(variables, pixels):
+      out = scg_lib.forward(cfg, variables, pixels)
+      h, w = pixels.shape[1:3]
+      out['region_ids'] = scg_lib.resize_scores(out['scores'], (h, w))
+      return out
+
+    return jax.jit(fn)
+
+  def regions(self, images, size: int | None = None) -> dict[str, np.ndarray]:
+    """Regions of uint8 images [B, H, W, 3] (or a list), resized to `size` x `size` (default: the
+    CLIP's training size rounded to both towers' patch multiple).
+
+    Returns: `region_ids` int32 [B, S, S] (high-resolution masks), `scores` [B, h, w, M]
+    (grouper grid), `region_embeds` [B, M, E] (not normalised), `present` bool [B, M].
+    """
+    q = self.config.patch_multiple
+    size = size or self.config.clip.vision.image_size
+    size = max(q, size // q * q)
+    batch = [_resized(im, size) for im in images]
+    out = self._regions_fn(self.variables, jnp.asarray(np.stack(batch)))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+  def segment(
+    self,
+    image,
+    class_names: Sequence[str],
+    background_threshold: float | None = None,
+    mode: str = 'slide',
+    **kwargs,
+  ) -> np.ndarray:
+    """Zero-shot segmentation of one uint8 image [H, W, 3] (the released protocol's windows):
+    each region takes its best class. Background: `background_words=[...]` (the paper's rule: a
+    region named as one of them is background) or `background_threshold`; either makes label 0
+    background and the classes 1..N. Other kwargs: `templates` and `Protocol` fields.
+    Returns int32 [H, W]."""
+    return segmenter.segment(self, image, class_names, background_threshold, mode, **kwargs)
+
+
+def _resized(image, size: int) -> np.ndarray:
+  """uint8 [H, W, 3] -> [size, size, 3] (PIL bilinear)."""
+  from PIL import Image
+
+  return np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), 2))
+
+
+def _checked_centroids(cfg: scg_lib.SCGConfig, centroids) -> jnp.ndarray:
+  if centroids is None:
+    raise ValueError("centroids='dataset' needs centroids (fit_dataset_centroids)")
+  c = np.asarray(centroids, np.float32)
+  want = (cfg.num_regions, cfg.grouper_vit.width)
+  if c.shape != want:
+    raise ValueError(f'centroids must be {want} (regions, grouper width), got {c.shape}')
+  return jnp.asarray(c)
+
+
+def fit_dataset_centroids(
+  model: PretrainedSCG,
+  images: Sequence[np.ndarray],
+  size: int = 224,
+  iters: int = 50,
+  batch_size: int = 16,
+) -> np.ndarray:
+  """Dataset-level centroids [M, C]: spherical k-means over the grouper's patch features of
+  `images` (uint8, each resized to `size`); save them with `model.with_centroids(c).save(DIR)`."""
+  cfg = model.config
+  q = cfg.patch_multiple
+  size = max(q, size // q * q)
+  fn = jax.jit(functools.partial(scg_lib.grouper_features, cfg))
+  feats = []
+  for i in range(0, len(images), batch_size):
+    chunk = [_resized(im, size) for im in images[i : i + batch_size]]
+    f = np.asarray(fn(model.variables['grouper'], jnp.asarray(np.stack(chunk))))
+    feats.append(f.reshape(-1, f.shape[-1]))
+  if not feats:
+    raise ValueError('no images to fit centroids on')
+  return kmeans.fit_centroids(np.concatenate(feats), cfg.num_regions, iters)
