@@ -107,3 +107,26 @@ def test_dataset_centroids_and_model_directory_round_trip(towers, tmp_path):
   np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match='centroids must be'):
     scg.with_centroids(cent[:, :8])
+
+
+def test_images_with_fewer_patches_than_regions(towers):
+  scg = PretrainedSCG.from_towers(*towers, kmeans_iters=2)  # 27 regions, 4 x 4 grouper patches
+  image = np.random.default_rng(3).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+  out = scg.regions([image], size=32)
+  assert out['region_embeds'].shape[1] == 27
+  assert out['present'][0, 16:].sum() == 0 and out['region_ids'].max() < 16
+
+
+@pytest.mark.slow
+def test_speed_benchmark_runs(capsys):
+  import importlib.util
+
+  from tests.conftest import REPO
+
+  spec = importlib.util.spec_from_file_location('scg_speed', REPO / 'benchmarks' / 'scg_speed.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  module.main(['--tiny', '--images', '1', '--rounds', '1', '--masking', 'context', '--json'])
+  rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{')]
+  assert {r['row'] for r in rows} == {'window', 'protocol'}
+  assert all(r.get('ms_per_window', 1) > 0 and r.get('images_per_s', 1) > 0 for r in rows)

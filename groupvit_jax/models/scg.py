@@ -238,8 +238,14 @@ def score_maps(
     if centroids is None:
       raise ValueError("centroids='dataset' needs fitted centroids (variables['centroids'])")
     return kmeans.scores(feats, centroids)
-  centres, _ = kmeans.kmeans(feats.reshape(b, h * w, c), cfg.num_regions, cfg.kmeans_iters)
-  return kmeans.scores(feats, centres)
+  # An input with fewer patches than regions (a small image) clusters into as many regions as
+  # it has patches; the other regions score below any cosine and stay empty.
+  m = min(cfg.num_regions, h * w)
+  centres, _ = kmeans.kmeans(feats.reshape(b, h * w, c), m, cfg.kmeans_iters)
+  scores = kmeans.scores(feats, centres)
+  if m < cfg.num_regions:
+    scores = jnp.pad(scores, ((0, 0),) * 3 + ((0, cfg.num_regions - m),), constant_values=-2.0)
+  return scores
 
 
 def resize_scores(scores: jnp.ndarray, out_hw: tuple[int, int]) -> jnp.ndarray:
