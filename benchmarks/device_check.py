@@ -6,7 +6,7 @@ Usage (from the repository root):
     .venv/bin/python benchmarks/device_check.py --dry-run          # same code path, CPU, tiny sizes
 
 Prints one JSON line per row on stdout as rows finish, then a markdown table. Every group of rows
-runs in its own subprocess with a deadline (``--budget`` seconds in all, default 450): a group that
+runs in its own subprocess with a deadline (``--budget`` seconds in all, default 460): a group that
 overruns is killed, its unfinished rows are printed as ``killed at deadline`` and the next group
 starts, so the check always ends in time and shows what finished. Groups, in order:
 
@@ -508,7 +508,132 @@ def worker_seg_reference(spec: dict) -> None:
   emit(row)
 
 
+def _scg_towers(tiny: bool):
+  from groupvit_jax.models.clip import CLIPConfig, clip_vision_config
+  from groupvit_jax.models.config import TextEncoderConfig
+  from groupvit_jax.models.vit import ViTConfig
+
+  if tiny:
+    clip = CLIPConfig(
+      vision=clip_vision_config(image_size=32, patch_size=16, width=32, depth=2, num_heads=2),
+      text=TextEncoderConfig(width=32, num_heads=2, num_layers=1),
+      embed_dim=24,
+    )
+    return clip, ViTConfig(image_size=32, patch_size=16, width=32, depth=2, num_heads=2)
+  return CLIPConfig(), ViTConfig()  # OpenAI ViT-B/16 CLIP, DINO ViT-S/16
+
+
+def worker_scg(spec: dict) -> None:
+  """SCG rows: the region-adaptation step (groupvit_jax/scg_train.py, bf16 towers) and the
+  zero-training window function at 448 px (groupvit_jax/scg_inference.py), random weights."""
+  import jax
+  import ml_collections
+
+  from groupvit_jax import config_lib, optim, scg_train, segmenter
+  from groupvit_jax import sharding as sharding_lib
+  from groupvit_jax.checkpoints import store
+  from groupvit_jax.models.scg import SCGConfig
+
+  clip_cfg, dino_cfg = _scg_towers(spec['tiny'])
+  size = clip_cfg.vision.image_size
+  with tempfile.TemporaryDirectory() as tmp:
+    clip_dir, dino_dir = os.path.join(tmp, 'clip'), os.path.join(tmp, 'dino')
+    store.save_model(clip_dir, clip_cfg, store.init_model(clip_cfg, jax.random.key(1)))
+    store.save_model(dino_dir, dino_cfg, store.init_model(dino_cfg, jax.random.key(2)))
+    for batch in spec['batches']:
+      name = f'scg step bf16, batch {batch}'
+      emit({'start': name})
+      t_row = time.perf_counter()
+      row = dict(row=name, impl='jax', dtype='bfloat16', batch=batch)
+      try:
+        config = config_lib.trainer_defaults()
+        config.method = 'scg'
+        config.model.dtype = 'bfloat16'
+        config.scg.clip_dir, config.scg.grouper_dir = clip_dir, dino_dir
+        config.global_batch_size = batch
+        config.mesh = (('data', 1), ('fsdp', 1))
+        config.data = ml_collections.ConfigDict(
+          dict(image_size=size, text=dict(num_prompts=3, context_length=77))
+        )
+        task = scg_train.SCGTask(config)
+        # One device, as the GroupViT rows (the tests' 8 fake CPU devices included).
+        mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ('data', 'fsdp'))
+        optimizer, schedule = optim.make_optimizer(config.optimizer, batch, 1000)
+        abstract = task.abstract_state(optimizer)
+        shardings = sharding_lib.tree_shardings(abstract, config.partition_rules, mesh)
+        state = task.create_state(optimizer, None, shardings)
+        step = task.make_train_step(optimizer, schedule, config, mesh, shardings)
+        rng = np.random.default_rng(0)
+        host = {
+          'image': rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+          'text': rng.integers(1, 4000, (batch, 77)).astype(np.int32),
+          'prompts': rng.integers(1, 4000, (batch, 3, 77)).astype(np.int32),
+        }
+        data = sharding_lib.global_batch(host, mesh)
+        key = jax.random.key(0)
+        t = time.perf_counter()
+        compiled = step.lower(state, data, key).compile()
+        row['compile_s'] = time.perf_counter() - t
+        state, metrics = compiled(state, data, key)
+        jax.block_until_ready(metrics)
+        n, t = 0, time.perf_counter()
+        while n < spec['min_steps'] or (
+          n < spec['max_steps'] and time.perf_counter() - t < spec['seconds']
+        ):
+          state, metrics = compiled(state, data, key)
+          jax.block_until_ready(metrics)
+          n += 1
+        dt = (time.perf_counter() - t) / n
+        row.update(step_ms=1e3 * dt, images_per_s=batch / dt, loss=float(metrics['loss']))
+        stats = jax.devices()[0].memory_stats() or {}
+        if 'peak_bytes_in_use' in stats:
+          row['peak_mib'] = stats['peak_bytes_in_use'] / 2**20
+      except Exception as e:  # noqa: BLE001
+        row['error'] = f'{type(e).__name__}: {str(e)[:300]}'
+      row['seconds'] = time.perf_counter() - t_row
+      emit(row)
+    name = f'scg windows (zero training), window batch {spec["window_batch"]}'
+    emit({'start': name})
+    t_row = time.perf_counter()
+    row = dict(row=name, impl='jax', dtype='float32')
+    try:
+      cfg = SCGConfig(clip=clip_cfg, grouper=dino_cfg)
+      variables = store.init_model(cfg, jax.random.key(3))
+      crop = 64 if spec['tiny'] else 448
+      protocol = segmenter.Protocol(
+        window_batch=spec['window_batch'],
+        crop_size=crop,
+        stride=crop // 2,
+        short_side=crop,
+        long_side=crop,
+      )  # one window per crop x crop image
+      ce = np.eye(20, clip_cfg.embed_dim, dtype=np.float32)
+      images = [
+        np.random.default_rng(i).integers(0, 255, (crop, crop, 3), np.uint8) for i in range(2)
+      ]
+
+      def run():
+        seg = segmenter.ZeroShotSegmenter(cfg, variables, ce, None, protocol)
+        items = [(i, images[i % 2], None) for i in range(spec['window_batch'])]
+        list(seg.run(items, need_pred=False))
+
+      t = time.perf_counter()
+      run()
+      row['compile_s'] = time.perf_counter() - t
+      times = []
+      for _ in range(2):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+      row.update(windows_per_s=spec['window_batch'] / min(times), device=str(jax.devices()[0]))
+    except Exception as e:  # noqa: BLE001
+      row['error'] = f'{type(e).__name__}: {str(e)[:300]}'
+    row['seconds'] = time.perf_counter() - t_row
+    emit(row)
+
+
 WORKERS = {
+  'scg': worker_scg,
   'jax': worker_jax,
   'torch': worker_torch,
   'seg_ours': worker_seg_ours,
@@ -530,7 +655,7 @@ def groups(args, workdir: str) -> list[tuple[str, dict, float]]:
     seconds=args.seconds,
     workdir=workdir,
   )
-  b = args.budget / 450  # budgets below are for the default 450 s
+  b = args.budget / 510  # the shares below sum to 510 s; the budget scales them
   out = [
     (
       'jax',
@@ -554,6 +679,7 @@ def groups(args, workdir: str) -> list[tuple[str, dict, float]]:
       50 * b,
     ),
     ('seg_reference', dict(base, images=args.images, seg_rounds=2), 40 * b),
+    ('scg', dict(base, batches=args.scg_batch, window_batch=args.window_batch), 60 * b),
   ]
   out = [g for g in out if g[0] != 'jax' or g[1]['batches']]
   return [g for g in out if g[0] not in args.skip and g[1].get('dtype') not in args.skip]
@@ -565,7 +691,7 @@ def run_group(worker: str, spec: dict, timeout: float) -> list[dict]:
   env['PYTHONPATH'] = os.pathsep.join(
     [str(REPO_ROOT)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
   )
-  if worker in ('jax', 'seg_ours'):
+  if worker in ('jax', 'seg_ours', 'scg'):
     env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.92')
   cmd = [sys.executable, __file__, '--worker', worker, '--spec', json.dumps(spec)]
   rows, started = [], None
@@ -631,7 +757,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   p.add_argument('--dry-run', action='store_true', help='CPU, tiny model, batch 2, few steps')
   p.add_argument('--wheels', default=None, help='directory of wheels for missing pure packages')
-  p.add_argument('--budget', type=float, default=None, help='seconds for all groups (450)')
+  p.add_argument('--budget', type=float, default=None, help='seconds for all groups (460)')
   p.add_argument('--batch', type=int, nargs='+', default=None, help='bf16 batches (256 512 1024)')
   p.add_argument('--f32-batch', type=int, nargs='+', default=None, help='f32 batches (256 512)')
   p.add_argument('--compile-batch', type=int, default=None, help='torch.compile batch (256)')
@@ -639,17 +765,22 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--peak-size', type=int, default=None, help='matmul side for the peak (8192)')
   p.add_argument('--images', type=int, default=None, help='segmentation images (24)')
   p.add_argument('--window-batch', type=int, default=None, help='windows per call (16)')
+  p.add_argument('--scg-batch', type=int, nargs='+', default=None, help='SCG step batches (256)')
   p.add_argument('--min-steps', type=int, default=None)
   p.add_argument('--max-steps', type=int, default=None)
   p.add_argument('--seconds', type=float, default=None, help='timing seconds per row (3)')
   p.add_argument(
-    '--skip', nargs='+', default=[], help='groups to skip: jax torch seg_ours seg_reference float32'
+    '--skip',
+    nargs='+',
+    default=[],
+    help='groups to skip: jax torch seg_ours seg_reference scg float32',
   )
   p.add_argument('--worker', help=argparse.SUPPRESS)
   p.add_argument('--spec', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   full = dict(
-    budget=450.0,
+    budget=460.0,
+    scg_batch=[256],
     batch=[256, 512, 1024],
     f32_batch=[256, 512],
     compile_batch=256,
@@ -663,8 +794,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   dry = dict(
     full,
-    budget=240.0,
+    budget=280.0,
     batch=[2],
+    scg_batch=[2],
     f32_batch=[],  # the float32 group is the bfloat16 group's code with another dtype string
     compile_batch=2,
     compile_backend='eager',  # dynamo's capture without inductor's C++ build on a CPU

@@ -147,6 +147,12 @@ def test_device_check_dry_run():
   errors = {k: r['error'] for k, r in rows.items() if 'error' in r}
   assert not errors, errors
   assert rows['matmul peak']['peak_tflops'] > 0
+  scg_rows = {k: r for k, r in rows.items() if k.startswith('scg')}
+  assert len(scg_rows) == 2, sorted(rows)
+  assert all(
+    r.get('images_per_s', 1) > 0 and r.get('windows_per_s', 1) > 0 for r in scg_rows.values()
+  )
+  rows = {k: r for k, r in rows.items() if k not in scg_rows}
   jax_rows = [r for r in rows.values() if r.get('impl') == 'jax' and 'batch' in r]
   torch_rows = [r for r in rows.values() if r.get('impl', '').startswith('torch') and 'batch' in r]
   seg_rows = [r for r in rows.values() if 'windows_per_s' in r]
