@@ -59,34 +59,22 @@ class PretrainedSCG:
         centroids='dataset'.
       **overrides: SCGConfig fields (num_regions, kmeans_iters, grouper_layer, masking).
     """
-    clip_cfg, clip_vars = store.load_model(clip_dir)
-    grouper_cfg, grouper_vars = store.load_model(grouper_dir)
-    if store.kind_of(clip_cfg) != 'clip':
-      raise ValueError(f'{clip_dir} holds a {store.kind_of(clip_cfg)}, not a CLIP')
-    kind = store.kind_of(grouper_cfg)
-    if kind not in scg_lib.GROUPER_KINDS:
-      raise ValueError(
-        f'{grouper_dir} holds a {kind}: the grouper must be one of {sorted(scg_lib.GROUPER_KINDS)}'
-      )
     if centroids is not None:
       overrides['centroids'] = 'dataset'
-    cfg = scg_lib.SCGConfig(clip=clip_cfg, grouper_kind=kind, grouper=grouper_cfg, **overrides)
-    if dtype is not None:
-      cfg = store.with_dtype(cfg, dtype)
-    cfg.validate()
+    cfg, clip_vars, grouper_vars = store.load_scg_towers(clip_dir, grouper_dir, dtype, **overrides)
     variables = {
       'clip': clip_vars,
       'grouper': grouper_vars,
       'params': scg_lib.init_params(cfg, clip_vars['params']),
     }
     if cfg.centroids == 'dataset':
-      variables['centroids'] = _checked_centroids(cfg, centroids)
+      variables['centroids'] = jnp.asarray(scg_lib.check_centroids(cfg, centroids))
     return cls(cfg, variables)
 
   def with_centroids(self, centroids: np.ndarray) -> 'PretrainedSCG':
     """The same model assigning every image to dataset-level `centroids` [M, C]."""
     cfg = dataclasses.replace(self.config, centroids='dataset', num_regions=len(centroids))
-    variables = dict(self.variables, centroids=_checked_centroids(cfg, centroids))
+    variables = dict(self.variables, centroids=jnp.asarray(scg_lib.check_centroids(cfg, centroids)))
     if cfg.num_regions != self.config.num_regions:
       raise ValueError(
         f'{len(centroids)} centroids for {self.config.num_regions} region tokens: fit as many '
@@ -161,16 +149,6 @@ def _resized(image, size: int) -> np.ndarray:
   from PIL import Image
 
   return np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), 2))
-
-
-def _checked_centroids(cfg: scg_lib.SCGConfig, centroids) -> jnp.ndarray:
-  if centroids is None:
-    raise ValueError("centroids='dataset' needs centroids (fit_dataset_centroids)")
-  c = np.asarray(centroids, np.float32)
-  want = (cfg.num_regions, cfg.grouper_vit.width)
-  if c.shape != want:
-    raise ValueError(f'centroids must be {want} (regions, grouper width), got {c.shape}')
-  return jnp.asarray(c)
 
 
 def fit_dataset_centroids(

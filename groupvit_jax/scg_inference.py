@@ -67,10 +67,9 @@ def region_class_table(
     precision=HIGHEST,
   )  # fmt: skip
   cos = jnp.where(class_mask, cos, -jnp.inf)
-  k = cos.shape[-1]
+  onehot = jax.nn.one_hot(jnp.argmax(cos, -1), cos.shape[-1])
   if num_fg is not None:
-    return vocabulary_background(jax.nn.one_hot(jnp.argmax(cos, -1), k), num_fg)
-  onehot = jax.nn.one_hot(jnp.argmax(cos, -1), k)
+    return vocabulary_background(onehot, num_fg)
   if not with_background:
     return onehot
   scale = jnp.minimum(jnp.exp(logit_scale), 100.0)

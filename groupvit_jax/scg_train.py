@@ -31,8 +31,6 @@ from groupvit_jax.models import scg as scg_lib
 from groupvit_jax.models.clip import CLIP
 from groupvit_jax.train_step import TrainState
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 _SCG_MODEL_KEYS = ('num_regions', 'kmeans_iters', 'grouper_layer', 'masking')
 
 
@@ -43,27 +41,17 @@ def build_config(config: ml_collections.ConfigDict) -> tuple[scg_lib.SCGConfig, 
   for name in ('clip_dir', 'grouper_dir'):
     if not s[name]:
       raise ValueError(f'config.scg.{name} is empty: give a converted model directory')
-  clip_cfg, clip_vars = store.load_model(s.clip_dir)
-  grouper_cfg, grouper_vars = store.load_model(s.grouper_dir)
-  if store.kind_of(clip_cfg) != 'clip':
-    raise ValueError(f'config.scg.clip_dir {s.clip_dir} holds a {store.kind_of(clip_cfg)}')
   if s.direction not in scg_losses.DIRECTIONS:
     raise ValueError(f'config.scg.direction must be one of {scg_losses.DIRECTIONS}')
   kw = {k: s[k] for k in _SCG_MODEL_KEYS}
   kw['centroids'] = 'dataset' if s.centroids else 'per_image'
-  cfg = scg_lib.SCGConfig(
-    clip=clip_cfg, grouper_kind=store.kind_of(grouper_cfg), grouper=grouper_cfg, **kw
-  )
-  cfg = store.with_dtype(cfg, config.model.get('dtype', 'float32'))
-  cfg.validate()
+  dtype = config.model.get('dtype', 'float32')
+  cfg, clip_vars, grouper_vars = store.load_scg_towers(s.clip_dir, s.grouper_dir, dtype, **kw)
   # Host arrays: every process read the same files, and create_state places them in the state's
   # shardings.
   frozen = jax.tree.map(np.asarray, {'clip': clip_vars, 'grouper': grouper_vars})
   if s.centroids:
-    c = np.load(s.centroids).astype(np.float32)
-    if c.shape != (cfg.num_regions, cfg.grouper_vit.width):
-      raise ValueError(f'{s.centroids}: centroids {c.shape}, need {cfg.num_regions} x width')
-    frozen['centroids'] = c
+    frozen['centroids'] = scg_lib.check_centroids(cfg, np.load(s.centroids))
   return cfg, frozen
 
 
@@ -117,7 +105,7 @@ class SCGTask:
 
     def loss_fn(params, frozen, batch):
       frozen = jax.lax.stop_gradient(frozen)
-      pixels = (batch['image'] * IMAGENET_STD + IMAGENET_MEAN) * 255.0
+      pixels = (batch['image'] * scg_lib.IMAGENET_STD + scg_lib.IMAGENET_MEAN) * 255.0
       out = scg_lib.forward(cfg, dict(frozen, params=params), pixels)
       g, k, length = batch['prompts'].shape
       nouns = clip.apply(

@@ -29,7 +29,7 @@ from groupvit_jax.models.clip import CLIP, CLIPConfig
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, init_variables
 from groupvit_jax.models.mae import MAE, MAEConfig
-from groupvit_jax.models.scg import SCGConfig, init_params
+from groupvit_jax.models.scg import GROUPER_KINDS, SCGConfig, init_params
 from groupvit_jax.models.vit import VisionTransformer, ViTConfig
 
 CONFIG_FILE = 'model_config.json'
@@ -182,6 +182,28 @@ def init_model(config: ModelConfig, rng: jax.Array) -> dict[str, Any]:
 def abstract_variables(config: ModelConfig) -> dict[str, Any]:
   """Shapes and dtypes of the model's variables, without allocating them."""
   return jax.eval_shape(lambda rng: init_model(config, rng), jax.random.key(0))
+
+
+def load_scg_towers(
+  clip_dir: str, grouper_dir: str, dtype: str | None = None, **overrides
+) -> tuple[SCGConfig, dict[str, Any], dict[str, Any]]:
+  """An SCGConfig around a CLIP directory and a grouper directory (a ViT, MAE or CLIP), with
+  `overrides` of its other fields and an optional compute dtype; returns (config, the CLIP's
+  variables, the grouper's variables)."""
+  clip_cfg, clip_vars = load_model(clip_dir)
+  grouper_cfg, grouper_vars = load_model(grouper_dir)
+  if kind_of(clip_cfg) != 'clip':
+    raise ValueError(f'{clip_dir} holds a {kind_of(clip_cfg)}, not a CLIP')
+  kind = kind_of(grouper_cfg)
+  if kind not in GROUPER_KINDS:
+    raise ValueError(
+      f'{grouper_dir} holds a {kind}: the grouper must be one of {sorted(GROUPER_KINDS)}'
+    )
+  cfg = SCGConfig(clip=clip_cfg, grouper_kind=kind, grouper=grouper_cfg, **overrides)
+  if dtype is not None:
+    cfg = with_dtype(cfg, dtype)
+  cfg.validate()
+  return cfg, clip_vars, grouper_vars
 
 
 def load_model(directory: str) -> tuple[ModelConfig, dict[str, Any]]:

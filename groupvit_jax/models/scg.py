@@ -320,6 +320,17 @@ def init_params(cfg: SCGConfig, clip_params: Mapping[str, Any]) -> dict[str, jnp
   }
 
 
+def check_centroids(cfg: SCGConfig, centroids: Any) -> np.ndarray:
+  """Dataset-level centroids as float32 [M, C] (regions, grouper width), or a clear error."""
+  if centroids is None:
+    raise ValueError("centroids='dataset' needs centroids (fit_dataset_centroids)")
+  c = np.asarray(centroids, np.float32)
+  want = (cfg.num_regions, cfg.grouper_vit.width)
+  if c.shape != want:
+    raise ValueError(f'centroids must be {want} (regions, grouper width), got {c.shape}')
+  return c
+
+
 def check_input(cfg: SCGConfig, shape: tuple[int, ...]) -> None:
   """A clear error for pixels the two towers cannot both patch."""
   q = cfg.patch_multiple
