@@ -41,8 +41,10 @@ from evaluation.synthetic import SyntheticSegmentationDataset
 from evaluation.token_baselines import evaluate_token_baseline
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.scg import SCGConfig
+from groupvit_jax.models.zeroseg import ZeroSegConfig
 from groupvit_jax.pretrained import Pretrained
 from groupvit_jax.pretrained_scg import PretrainedSCG
+from groupvit_jax.pretrained_zeroseg import PretrainedZeroSeg
 from input_pipeline.synthetic_shapes import SyntheticConfig
 
 # (variables, step) -> {'eval/<name>/<metric>': value}
@@ -90,8 +92,8 @@ def synthetic_eval_size(
   scale = float(eval_config.get('synthetic_scale', 1.0))
   try:
     size = int(round(image_size * scale))
-    if isinstance(model_config, SCGConfig):
-      q = model_config.patch_multiple
+    if isinstance(model_config, (SCGConfig, ZeroSegConfig)):
+      q = _patch_multiple(model_config)
       if size <= 0 or size % q:
         raise ValueError(f'input size {size} must be a positive multiple of {q}')
       return size
@@ -100,6 +102,24 @@ def synthetic_eval_size(
     raise ValueError(
       f'config.eval.synthetic_scale={scale} resizes the {image_size} px val images: {e}'
     ) from None
+
+
+def _patch_multiple(model_config: SCGConfig | ZeroSegConfig) -> int:
+  if isinstance(model_config, SCGConfig):
+    return model_config.patch_multiple
+  return model_config.encoder.patch_size
+
+
+def trained_model(model_config, variables: dict[str, Any]):
+  """The inference object of a training state's variables {'params', 'batch_stats'}: SCG and
+  ZeroSeg keep their frozen towers in `batch_stats` (groupvit_jax/scg_train.py,
+  groupvit_jax/zeroseg_train.py)."""
+  if isinstance(model_config, SCGConfig):
+    return PretrainedSCG(model_config, dict(variables['batch_stats'], params=variables['params']))
+  if isinstance(model_config, ZeroSegConfig):
+    teacher = variables['batch_stats']['teacher']
+    return PretrainedZeroSeg(model_config, {'params': variables['params'], 'teacher': teacher})
+  return Pretrained(model_config, variables)
 
 
 def _dataset(
@@ -238,8 +258,9 @@ def build_evaluators(
     if threshold is None:
       threshold = getattr(spec, 'background_threshold', None)
 
-    is_scg = isinstance(model_config, SCGConfig)
-    if not is_scg and model_config.image.num_grouping_stages == 0:
+    # Naming scores need GroupViT's pooled image embedding and its group heads.
+    is_groupvit = isinstance(model_config, GroupViTConfig)
+    if is_groupvit and model_config.image.num_grouping_stages == 0:
       evaluators.append(
         _token_baseline_evaluator(
           eval_config,
@@ -266,13 +287,7 @@ def build_evaluators(
       input_size=input_size,
     ):
       num_vis = int(eval_config.num_visualize) if is_main_process and workdir else 0
-      # SCG: variables {'params', 'batch_stats'} of its training state hold the frozen towers in
-      # `batch_stats` (groupvit_jax/scg_train.py).
-      pretrained = (
-        PretrainedSCG(model_config, dict(variables['batch_stats'], params=variables['params']))
-        if is_scg
-        else Pretrained(model_config, variables)
-      )
+      pretrained = trained_model(model_config, variables)
       with tempfile.TemporaryDirectory() as panel_dir:
         result = evaluate_segmentation(
           pretrained,
@@ -297,7 +312,7 @@ def build_evaluators(
       if result['oracle'] is not None:
         metrics[f'eval/{name}/oracle_mIoU'] = float(result['oracle']['mIoU'])
       result = _jsonable(result, step)
-      if not is_scg:  # naming scores need a pooled image embedding, which SCG does not have
+      if is_groupvit:
         _naming(eval_config, pretrained, name, data, spec, metrics, result, input_size)
       if is_main_process and workdir:
         _write_json(os.path.join(workdir, f'eval_{name}.json'), result)

@@ -8,6 +8,7 @@ from typing import Any
 import ml_collections
 
 from groupvit_jax.models.config import GroupViTConfig
+from groupvit_jax.models.zeroseg import ZeroSegConfig
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -139,15 +140,42 @@ def scg_defaults() -> ml_collections.ConfigDict:
   return c
 
 
+def zeroseg_student_defaults() -> ml_collections.ConfigDict:
+  """`config.zeroseg.model`: the student's ZeroSegConfig fields (groupvit_jax/models/zeroseg.py)
+  without the teacher, which comes from `config.zeroseg.teacher_dir`."""
+  d = ZeroSegConfig().to_dict()
+  del d['teacher']
+  return ml_collections.ConfigDict(d)
+
+
+def zeroseg_defaults() -> ml_collections.ConfigDict:
+  """`config.zeroseg` (with config.method='zeroseg'): the teacher, where its view embeddings come
+  from, the views, the loss terms and the student (groupvit_jax/zeroseg_train.py)."""
+  c = ml_collections.ConfigDict()
+  c.teacher_dir = ''  # a CLIP model directory (groupvit_jax.convert, or trained here)
+  # 'cache': batch['teacher'] from config.data.teacher_cache (input_pipeline.prepare_teacher), the
+  # paper's; 'online': the teacher embeds the views of every batch inside the step.
+  c.teacher = 'cache'
+  c.grids = (1, 2, 3, 4)  # the views (Table 3): n x n grids of the centre crop
+  c.init_from = ''  # an MAE model directory whose encoder and decoder start the student
+  c.weights = ml_collections.ConfigDict(dict(multiscale=1.0, matching=1.0, mae=1.0))
+  c.l1_reduction = 'mean'  # | 'sum': over the embedding channels
+  c.segment_reduction = 'mean'  # | 'sum' (the paper's formula): over the segments
+  c.model = zeroseg_student_defaults()
+  return c
+
+
 def trainer_defaults() -> ml_collections.ConfigDict:
   """The core's training settings with their defaults: seed, model, batch, steps, checkpoints,
   optimizer, loss, mesh. The trainer adds the data and evaluation sections
   (`groupvit_jax.main.base_config`, which recipes start from)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # 'groupvit' trains config.model; 'scg' trains the region tokens of config.scg's towers.
+  # 'groupvit' trains config.model; 'scg' trains the region tokens of config.scg's towers;
+  # 'zeroseg' trains config.zeroseg's student on images alone.
   config.method = 'groupvit'
   config.scg = scg_defaults()
+  config.zeroseg = zeroseg_defaults()
   config.model = model_config()
   config.global_batch_size = 4096
   config.grad_accum_steps = 1

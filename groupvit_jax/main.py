@@ -33,6 +33,7 @@ from groupvit_jax import (
   scg_train,
   workdir_lock,
   xla_cpu,
+  zeroseg_train,
 )
 from groupvit_jax import sharding as sharding_lib
 from groupvit_jax import train_step as train_lib
@@ -78,6 +79,9 @@ def released_recipe(**model_overrides) -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.checkpoint_every_steps = 2000
   return config
+
+
+METHODS = ('groupvit', 'scg', 'zeroseg')
 
 
 class TrainingError(RuntimeError):
@@ -129,8 +133,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise TrainingError(
       f"loss.formulation must be 'global' or 'shard_map', got {config.loss.formulation!r}"
     )
-  if config.method not in ('groupvit', 'scg'):
-    raise TrainingError(f"config.method must be 'groupvit' or 'scg', got {config.method!r}")
+  if config.method not in METHODS:
+    raise TrainingError(f'config.method must be one of {METHODS}, got {config.method!r}')
+  if config.method == 'zeroseg':
+    if accum != 1:
+      raise TrainingError('config.method=zeroseg trains without gradient accumulation')
+    if not config.zeroseg.teacher_dir:
+      raise TrainingError('config.method=zeroseg needs config.zeroseg.teacher_dir (a CLIP)')
+    return  # the student's checks need the teacher: ZeroSegTask.validate, when the run starts
   if config.method == 'scg':
     if accum != 1:
       raise TrainingError('config.method=scg trains without gradient accumulation')
@@ -212,14 +222,15 @@ class _GroupViTTask:
 
 
 def _task(config: ml_collections.ConfigDict):
-  """The method's training task: GroupViT's, or SCG's (its towers are read here)."""
-  if config.method != 'scg':
+  """The method's training task: GroupViT's, SCG's or ZeroSeg's (their towers are read here)."""
+  if config.method == 'groupvit':
     return _GroupViTTask(config)
+  task_cls = scg_train.SCGTask if config.method == 'scg' else zeroseg_train.ZeroSegTask
   try:
-    task = scg_train.SCGTask(config)
+    task = task_cls(config)
     task.validate(config)
   except (ValueError, FileNotFoundError) as e:
-    raise TrainingError(f'config.scg: {e}') from None
+    raise TrainingError(f'config.{config.method}: {e}') from None
   return task
 
 
@@ -296,7 +307,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # A checkpoint written with other settings is another run's: resuming it would be silent loss.
   settings = {'model': config.model.to_dict(), 'optimizer': config.optimizer.to_dict()}
   if config.method != 'groupvit':
-    settings = {'method': config.method, 'scg': config.scg.to_dict(), **settings}
+    section = config[config.method].to_dict()
+    settings = {'method': config.method, config.method: section, **settings}
   try:
     restored = ckpt.restore_latest(abstract, settings)
   except BaseException:

@@ -52,6 +52,12 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
   return img.crop((left, top, left + size, top + size))
 
 
+def resize_square(image, size: int) -> np.ndarray:
+  """uint8 [H, W, 3] -> uint8 [size, size, 3] (PIL bilinear, aspect not kept)."""
+  img = Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), Image.BILINEAR)
+  return np.asarray(img)
+
+
 def normalize(pixels: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
   """uint8 [..., 3] -> float32 [..., 3] with the given mean/std (ImageNet's by default)."""
   return (pixels.astype(np.float32) / 255.0 - mean) / std

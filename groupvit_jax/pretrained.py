@@ -187,7 +187,8 @@ def load_pretrained(directory: str, dtype: str | None = None):
   Returns:
     the object for the directory's model kind: `Pretrained` (GroupViT), or from
     `groupvit_jax.pretrained_towers` `PretrainedCLIP`, `PretrainedViT` (DINO / timm) or
-    `PretrainedMAE`, or `groupvit_jax.pretrained_scg.PretrainedSCG`.
+    `PretrainedMAE`, `groupvit_jax.pretrained_scg.PretrainedSCG` or
+    `groupvit_jax.pretrained_zeroseg.PretrainedZeroSeg`.
   """
   config, variables = store.load_model(directory)
   kind = store.kind_of(config)
@@ -199,4 +200,8 @@ def load_pretrained(directory: str, dtype: str | None = None):
     from groupvit_jax.pretrained_scg import PretrainedSCG  # it imports this module's peers
 
     return PretrainedSCG(config, variables)
+  if kind == 'zeroseg':
+    from groupvit_jax.pretrained_zeroseg import PretrainedZeroSeg  # it imports this module's peers
+
+    return PretrainedZeroSeg(config, variables)
   return pretrained_towers.TOWER_CLASSES[kind](config, variables)

@@ -24,6 +24,7 @@ from groupvit_jax import prompts, segmenter
 from groupvit_jax.checkpoints import store
 from groupvit_jax.models import kmeans
 from groupvit_jax.models import scg as scg_lib
+from groupvit_jax.preprocessing import resize_square
 from groupvit_jax.pretrained_towers import PretrainedCLIP
 
 
@@ -124,7 +125,7 @@ class PretrainedSCG:
     q = self.config.patch_multiple
     size = size or self.config.clip.vision.image_size
     size = max(q, size // q * q)
-    batch = [_resized(im, size) for im in images]
+    batch = [resize_square(im, size) for im in images]
     out = self._regions_fn(self.variables, jnp.asarray(np.stack(batch)))
     return {k: np.asarray(v) for k, v in out.items()}
 
@@ -144,13 +145,6 @@ class PretrainedSCG:
     return segmenter.segment(self, image, class_names, background_threshold, mode, **kwargs)
 
 
-def _resized(image, size: int) -> np.ndarray:
-  """uint8 [H, W, 3] -> [size, size, 3] (PIL bilinear)."""
-  from PIL import Image
-
-  return np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), 2))
-
-
 def fit_dataset_centroids(
   model: PretrainedSCG,
   images: Sequence[np.ndarray],
@@ -166,7 +160,7 @@ def fit_dataset_centroids(
   fn = jax.jit(functools.partial(scg_lib.grouper_features, cfg))
   feats = []
   for i in range(0, len(images), batch_size):
-    chunk = [_resized(im, size) for im in images[i : i + batch_size]]
+    chunk = [resize_square(im, size) for im in images[i : i + batch_size]]
     f = np.asarray(fn(model.variables['grouper'], jnp.asarray(np.stack(chunk))))
     feats.append(f.reshape(-1, f.shape[-1]))
   if not feats:

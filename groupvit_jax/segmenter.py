@@ -64,6 +64,7 @@ from groupvit_jax import prompts, scg_inference, xla_cpu
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.groupvit import GroupViT, compose_group_maps, l2_normalize
 from groupvit_jax.models.scg import SCGConfig
+from groupvit_jax.models.zeroseg import ZeroSegConfig, ZeroSegStudent
 from groupvit_jax.ops.confusion import confusion_matrix_update
 from groupvit_jax.ops.resize import resize_matrix
 
@@ -324,6 +325,23 @@ def class_table(
   return jnp.concatenate([bg[..., None], scores], axis=-1)
 
 
+def _encode_window(variables, x, config: GroupViTConfig | ZeroSegConfig):
+  """The grouping model on normalised windows x [B, h*p, w*p, 3] -> (assignments, (h, w),
+  group embeddings [B, G, D], image embedding [B, D], clamped logit scale []): GroupViT's final
+  groups and pooled embedding, or ZeroSeg's segments and global vector with its teacher's
+  temperature."""
+  if isinstance(config, ZeroSegConfig):
+    out = ZeroSegStudent(config).apply(
+      {'params': variables['params']}, x, method=ZeroSegStudent.encode_image
+    )
+    scale = jnp.minimum(jnp.exp(variables['teacher']['params']['logit_scale']), 100.0)
+    return out['assignments'], out['grid'], out['segment_embeds'], out['global_embed'], scale
+  model = GroupViT(config)
+  out = model.apply(variables, x, with_groups=True, method=GroupViT.encode_image)
+  scale = model.apply(variables, method=GroupViT.scales)['logit_scale']
+  return out['assignments'], out['grid'], out['group_embeds'], out['image_embed'], scale
+
+
 def _window_impl(
   variables,
   class_embed,
@@ -333,7 +351,7 @@ def _window_impl(
   rh,
   rw,
   *,
-  config: GroupViTConfig,
+  config: GroupViTConfig | ZeroSegConfig,
   top_k: int,
   with_background: bool,
   num_fg: Optional[int] = None,
@@ -341,20 +359,17 @@ def _window_impl(
   """Stage 1. pixels uint8 [B, hp, wp, 3]; rh [B, Ho, gh], rw [B, Wo, gw] bilinear matrices ->
   (group ids uint8 [B, Ho, Wo], class tables float32 [B, G, C]). With `num_fg`, the first
   `num_fg` classes are the foreground and the rest background words (the vocabulary rule)."""
-  model = GroupViT(config)
   x = (pixels.astype(jnp.float32) - _MEAN255) * _INV_STD255
-  out = model.apply(variables, x, with_groups=True, method=GroupViT.encode_image)
+  assignments, (gh, gw), group_embeds, image_embed, scale = _encode_window(variables, x, config)
   b = x.shape[0]
-  gh, gw = out['grid']
-  maps = compose_group_maps(out['assignments'])[-1].reshape(b, gh, gw, -1)
+  maps = compose_group_maps(assignments)[-1].reshape(b, gh, gw, -1)
   maps = jnp.einsum('boh,bhwg->bowg', rh, maps, precision=HIGHEST)
   maps = jnp.einsum('bpw,bowg->bopg', rw, maps, precision=HIGHEST)
   dtype = jnp.uint8 if maps.shape[-1] <= 256 else jnp.int32
   groups = jnp.argmax(maps, axis=-1).astype(dtype)
-  scale = model.apply(variables, method=GroupViT.scales)['logit_scale']
   table = class_table(
-    out['group_embeds'],
-    out['image_embed'],
+    group_embeds,
+    image_embed,
     class_embed,
     scale,
     threshold,
@@ -367,13 +382,11 @@ def _window_impl(
   return groups, table
 
 
-def _stage_maps_impl(variables, pixels, *, config: GroupViTConfig):
+def _stage_maps_impl(variables, pixels, *, config: GroupViTConfig | ZeroSegConfig):
   """uint8 [B, H, W, 3] -> per grouping stage soft maps composed across stages, [B, h, w, G_s]."""
-  model = GroupViT(config)
   x = (pixels.astype(jnp.float32) - _MEAN255) * _INV_STD255
-  out = model.apply(variables, x, method=GroupViT.encode_image)
-  h, w = out['grid']
-  return [m.reshape(m.shape[0], h, w, m.shape[-1]) for m in compose_group_maps(out['assignments'])]
+  assignments, (h, w), *_ = _encode_window(variables, x, config)
+  return [m.reshape(m.shape[0], h, w, m.shape[-1]) for m in compose_group_maps(assignments)]
 
 
 def _contributions(groups, tables, rtap, rwt, ctap, cwt):
@@ -404,7 +417,7 @@ def _contributions(groups, tables, rtap, rwt, ctap, cwt):
   return jnp.einsum('tnyxg,tngc->tyxc', onehot, tables.astype(jnp.float32), precision=HIGHEST)
 
 
-def _window_fn(config: GroupViTConfig | SCGConfig):
+def _window_fn(config: GroupViTConfig | SCGConfig | ZeroSegConfig):
   """The stage-1 window function of the method of `config` (GroupViT or SCG), jitted with its
   XLA:CPU compiler options (groupvit_jax.xla_cpu)."""
   impl = scg_inference.window_impl if isinstance(config, SCGConfig) else _window_impl
@@ -413,17 +426,20 @@ def _window_fn(config: GroupViTConfig | SCGConfig):
   )
 
 
-def _stage_maps_fn(config: GroupViTConfig | SCGConfig):
+def _stage_maps_fn(config: GroupViTConfig | SCGConfig | ZeroSegConfig):
   """The group / region maps function of `config`'s method, jitted with its compiler options."""
   impl = scg_inference.maps_impl if isinstance(config, SCGConfig) else _stage_maps_impl
   return xla_cpu.jit_for(config, impl, static_argnames=('config',))
 
 
-def _geometry(config: GroupViTConfig | SCGConfig) -> tuple[int, int, int]:
+def _geometry(config: GroupViTConfig | SCGConfig | ZeroSegConfig) -> tuple[int, int, int]:
   """(window sides are multiples of this, pixels per cell of the group maps, groups per window)
-  for GroupViT (final-stage groups) or SCG (regions)."""
+  for GroupViT (final-stage groups), SCG (regions) or ZeroSeg (segments)."""
   if isinstance(config, SCGConfig):
     return config.patch_multiple, config.grouper_vit.patch_size, config.num_regions
+  if isinstance(config, ZeroSegConfig):
+    p = config.encoder.patch_size
+    return p, p, config.num_segments
   image = config.image
   return image.patch_size, image.patch_size, image.num_output_groups[image.num_grouping_stages - 1]
 
@@ -536,8 +552,9 @@ class ZeroShotSegmenter:
   every compiled function.
 
   Args:
-    config: the model config: a ``GroupViTConfig``, or an ``SCGConfig`` (regions from k-means,
-      named by the region-token CLIP: :mod:`groupvit_jax.scg_inference`).
+    config: the model config: a ``GroupViTConfig``, an ``SCGConfig`` (regions from k-means,
+      named by the region-token CLIP: :mod:`groupvit_jax.scg_inference`) or a ``ZeroSegConfig``
+      (the student's segments, named against its teacher's text embeddings as GroupViT's groups).
     variables: the model's variables (any placement; copied to the local devices).
     class_embed: float32 ``[K, D]`` L2-normalised class embeddings (the model's
       ``class_embeddings``).

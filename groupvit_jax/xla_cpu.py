@@ -43,7 +43,8 @@ def compiler_options(
   """Options for programs running `model_config` (a GroupViTConfig), or None for XLA's defaults.
 
   Args:
-    model_config: a GroupViTConfig (`.image.width`) or an SCGConfig (its CLIP's width).
+    model_config: a GroupViTConfig (`.image.width`), an SCGConfig (its CLIP's width) or a
+      ZeroSegConfig (its encoder's).
     backend: the platform compiled for (default: jax.default_backend()).
     environ: the environment to read the user's flags from (default os.environ).
   """
@@ -56,9 +57,12 @@ def compiler_options(
 
 
 def _image_width(config: Any) -> int:
-  """The width of the image tower a program runs: GroupViT's `image`, or SCG's CLIP."""
+  """The width of the image tower a program runs: GroupViT's `image`, SCG's CLIP, or ZeroSeg's
+  student encoder."""
   if hasattr(config, 'image'):
     return int(config.image.width)
+  if hasattr(config, 'mae'):
+    return int(config.encoder.width)
   return int(config.clip.vision.width)
 
 

@@ -8,7 +8,9 @@ DIR/source.json         where it came from (optional)
 
 An SCG model directory ({"model_kind": "scg", ...}) holds all it needs in one tree:
 {'clip': the CLIP's variables, 'grouper': the grouper's, 'params': {'region_tokens' [M, W],
-'logit_scale' []}} and, with dataset-level centroids, 'centroids' [M, C].
+'logit_scale' []}} and, with dataset-level centroids, 'centroids' [M, C]. A ZeroSeg model directory
+({"model_kind": "zeroseg", ...}) holds {'params': the student's, 'teacher': the teacher CLIP's
+variables} (the teacher's text tower names the segments).
 
 A model_config.json without `model_kind` is a GroupViT: directories written before the towers
 existed load unchanged.
@@ -31,6 +33,8 @@ from groupvit_jax.models.groupvit import GroupViT, init_variables
 from groupvit_jax.models.mae import MAE, MAEConfig
 from groupvit_jax.models.scg import GROUPER_KINDS, SCGConfig, init_params
 from groupvit_jax.models.vit import VisionTransformer, ViTConfig
+from groupvit_jax.models.zeroseg import ZeroSegConfig
+from groupvit_jax.models.zeroseg import init_params as init_student
 
 CONFIG_FILE = 'model_config.json'
 VARIABLES_DIR = 'variables'
@@ -45,12 +49,14 @@ CONFIG_CLASSES = {
   'vit': ViTConfig,
   'mae': MAEConfig,
   'scg': SCGConfig,
+  'zeroseg': ZeroSegConfig,
 }
-ModelConfig = GroupViTConfig | CLIPConfig | ViTConfig | MAEConfig | SCGConfig
+ModelConfig = GroupViTConfig | CLIPConfig | ViTConfig | MAEConfig | SCGConfig | ZeroSegConfig
 
 
 def kind_of(config: ModelConfig) -> str:
-  """'groupvit', 'clip', 'vit' or 'mae' for a model config; TypeError for anything else."""
+  """'groupvit', 'clip', 'vit', 'mae', 'scg' or 'zeroseg' for a model config; TypeError for
+  anything else."""
   for kind, cls in CONFIG_CLASSES.items():
     if type(config) is cls:
       return kind
@@ -135,6 +141,9 @@ def with_dtype(config: ModelConfig, dtype: str) -> ModelConfig:
     return dataclasses.replace(
       config, clip=with_dtype(config.clip, dtype), grouper=with_dtype(config.grouper, dtype)
     )
+  if isinstance(config, ZeroSegConfig):
+    mae = with_dtype(config.mae, dtype)
+    return dataclasses.replace(config, teacher=with_dtype(config.teacher, dtype), mae=mae)
   return dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, dtype=dtype))
 
 
@@ -173,6 +182,12 @@ def init_model(config: ModelConfig, rng: jax.Array) -> dict[str, Any]:
       c = config.grouper_vit.width
       variables['centroids'] = jnp.zeros((config.num_regions, c), jnp.float32)
     return variables
+  if isinstance(config, ZeroSegConfig):
+    student_rng, teacher_rng = jax.random.split(rng)
+    return {
+      'params': init_student(config, student_rng),
+      'teacher': init_model(config.teacher, teacher_rng),
+    }
   model = build_model(config)
   if isinstance(config, GroupViTConfig):
     return init_variables(model, rng)
