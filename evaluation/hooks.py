@@ -39,11 +39,13 @@ from evaluation.naming import image_naming
 from evaluation.pooled import checked_input_size
 from evaluation.synthetic import SyntheticSegmentationDataset
 from evaluation.token_baselines import evaluate_token_baseline
+from groupvit_jax.models.clip import CLIPConfig
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.scg import SCGConfig
 from groupvit_jax.models.zeroseg import ZeroSegConfig
 from groupvit_jax.pretrained import Pretrained
 from groupvit_jax.pretrained_scg import PretrainedSCG
+from groupvit_jax.pretrained_towers import PretrainedCLIP
 from groupvit_jax.pretrained_zeroseg import PretrainedZeroSeg
 from input_pipeline.synthetic_shapes import SyntheticConfig
 
@@ -92,7 +94,7 @@ def synthetic_eval_size(
   scale = float(eval_config.get('synthetic_scale', 1.0))
   try:
     size = int(round(image_size * scale))
-    if isinstance(model_config, (SCGConfig, ZeroSegConfig)):
+    if not isinstance(model_config, GroupViTConfig):
       q = _patch_multiple(model_config)
       if size <= 0 or size % q:
         raise ValueError(f'input size {size} must be a positive multiple of {q}')
@@ -104,21 +106,28 @@ def synthetic_eval_size(
     ) from None
 
 
-def _patch_multiple(model_config: SCGConfig | ZeroSegConfig) -> int:
+def _patch_multiple(model_config: CLIPConfig | SCGConfig | ZeroSegConfig) -> int:
   if isinstance(model_config, SCGConfig):
     return model_config.patch_multiple
+  if isinstance(model_config, CLIPConfig):
+    return model_config.vision.patch_size
   return model_config.encoder.patch_size
 
 
 def trained_model(model_config, variables: dict[str, Any]):
-  """The inference object of a training state's variables {'params', 'batch_stats'}: SCG and
-  ZeroSeg keep their frozen towers in `batch_stats` (groupvit_jax/scg_train.py,
-  groupvit_jax/zeroseg_train.py)."""
+  """The inference object of a model's variables: a training state's {'params', 'batch_stats'}
+  (SCG and ZeroSeg keep their frozen towers in `batch_stats`: groupvit_jax/scg_train.py,
+  groupvit_jax/zeroseg_train.py) or a model directory's (`store.save_model`)."""
+  frozen = variables.get('batch_stats', variables)
   if isinstance(model_config, SCGConfig):
-    return PretrainedSCG(model_config, dict(variables['batch_stats'], params=variables['params']))
+    towers = {k: frozen[k] for k in ('clip', 'grouper', 'centroids') if k in frozen}
+    return PretrainedSCG(model_config, dict(towers, params=variables['params']))
   if isinstance(model_config, ZeroSegConfig):
-    teacher = variables['batch_stats']['teacher']
-    return PretrainedZeroSeg(model_config, {'params': variables['params'], 'teacher': teacher})
+    return PretrainedZeroSeg(
+      model_config, {'params': variables['params'], 'teacher': frozen['teacher']}
+    )
+  if isinstance(model_config, CLIPConfig):
+    return PretrainedCLIP(model_config, {'params': variables['params']})
   return Pretrained(model_config, variables)
 
 
@@ -204,6 +213,22 @@ def _naming(eval_config, pretrained, name, data, spec, metrics, results, input_s
       metrics[f'eval/{name}/background_word_auc'] = float(result['groups']['background_word_auc'])
 
 
+def _naming_evaluator(
+  eval_config, model_config, workdir, name, data, spec, is_main_process, input_size
+) -> Evaluator:
+  """A plain CLIP has no groups to segment with: its evaluation is image-level naming."""
+
+  def run(variables, step):
+    metrics, results = {}, {'step': int(step)}
+    pretrained = trained_model(model_config, variables)
+    _naming(eval_config, pretrained, name, data, spec, metrics, results, input_size)
+    if is_main_process and workdir:
+      _write_json(os.path.join(workdir, f'eval_{name}.json'), results)
+    return metrics
+
+  return run
+
+
 def _token_baseline_evaluator(
   eval_config, model_config, workdir, name, data, spec, threshold, is_main_process, input_size
 ) -> Evaluator:
@@ -258,7 +283,13 @@ def build_evaluators(
     if threshold is None:
       threshold = getattr(spec, 'background_threshold', None)
 
-    # Naming scores need GroupViT's pooled image embedding and its group heads.
+    if isinstance(model_config, CLIPConfig):  # no groups: image-level naming only
+      evaluators.append(
+        _naming_evaluator(
+          eval_config, model_config, workdir, name, data, spec, is_main_process, input_size
+        )
+      )
+      continue
     is_groupvit = isinstance(model_config, GroupViTConfig)
     if is_groupvit and model_config.image.num_grouping_stages == 0:
       evaluators.append(
@@ -312,8 +343,7 @@ def build_evaluators(
       if result['oracle'] is not None:
         metrics[f'eval/{name}/oracle_mIoU'] = float(result['oracle']['mIoU'])
       result = _jsonable(result, step)
-      if is_groupvit:
-        _naming(eval_config, pretrained, name, data, spec, metrics, result, input_size)
+      _naming(eval_config, pretrained, name, data, spec, metrics, result, input_size)
       if is_main_process and workdir:
         _write_json(os.path.join(workdir, f'eval_{name}.json'), result)
       return metrics

@@ -41,6 +41,8 @@ from evaluation.evaluator import resolve_classes
 from evaluation.inspect_groups import upsampled_group_ids
 from evaluation.metrics import nanmean
 from groupvit_jax import prompts
+from groupvit_jax.models.config import GroupViTConfig
+from groupvit_jax.segmenter import resize_uint8
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -130,6 +132,22 @@ def image_naming(
     spec_or_class_names, 0.0 if _starts_with_background(spec_or_class_names) else None
   )
   config = pretrained.config
+  total = len(dataset) if max_images is None else min(len(dataset), max_images)
+  if total < 1:
+    raise ValueError('no images to score')
+  if not isinstance(config, GroupViTConfig):
+    return _embedding_naming(
+      pretrained,
+      dataset,
+      names,
+      fg_names,
+      with_bg,
+      ignore,
+      total,
+      batch_size,
+      templates,
+      input_size,
+    )
   background_words = list(background_words or ())
   # One embedding table, one compiled call: the class columns first, then the background words.
   class_embed = jnp.asarray(
@@ -143,9 +161,6 @@ def image_naming(
     jnp.float32,
   )
   num_classes = len(fg_names)
-  total = len(dataset) if max_images is None else min(len(dataset), max_images)
-  if total < 1:
-    raise ValueError('no images to score')
   size = pooled.checked_input_size(config, input_size)
   offset = 1 if with_bg else 0
   # Global (multi-host, sharded) training variables -> this process's first device, as the
@@ -164,8 +179,7 @@ def image_naming(
     for i, sample in enumerate(samples):
       label = np.asarray(sample.label).astype(np.int64)
       counted = (label != ignore) & (label >= 0) & (label < len(names))  # background included
-      row = np.zeros(len(fg_names), np.float32)
-      row[np.unique(label[counted & (label >= offset)]) - offset] = 1.0
+      row = _targets(label, names, fg_names, offset, ignore)
       targets.append(row)
       if with_groups:
         ids = upsampled_group_ids(out['maps'][i].reshape(grid, grid, -1), *label.shape)
@@ -183,6 +197,43 @@ def image_naming(
     'num_images': int(total),
     'input_size': size,
     'groups': groups.result(fg_names) if with_groups else None,
+  }
+
+
+def _targets(label: np.ndarray, names, fg_names, offset: int, ignore) -> np.ndarray:
+  """float32 [K]: 1 for each foreground class present in a label map."""
+  label = np.asarray(label).astype(np.int64)
+  counted = (label != ignore) & (label >= 0) & (label < len(names))
+  row = np.zeros(len(fg_names), np.float32)
+  row[np.unique(label[counted & (label >= offset)]) - offset] = 1.0
+  return row
+
+
+def _embedding_naming(
+  pretrained, dataset, names, fg_names, with_bg, ignore, total, batch_size, templates, input_size
+) -> dict:
+  """Image-level naming of a model that is not a GroupViT (a CLIP, ZeroSeg, SCG's CLIP) through
+  its `image_embeddings(uint8 [B, S, S, 3]) -> [B, E]` and `naming_input_size`."""
+  size = int(input_size or pretrained.naming_input_size)
+  class_embed = np.asarray(pretrained.class_embeddings(list(fg_names), templates), np.float32)
+  offset = 1 if with_bg else 0
+  scores, targets = [], []
+  for start in range(0, total, batch_size):
+    samples = [dataset[i] for i in range(start, min(total, start + batch_size))]
+    pix = np.stack([resize_uint8(np.asarray(s.image, np.uint8), size, size) for s in samples])
+    pad = batch_size - len(samples)
+    if pad:  # one compiled shape for every batch
+      pix = np.concatenate([pix, np.repeat(pix[-1:], pad, axis=0)])
+    emb = np.array(pretrained.image_embeddings(pix), np.float32)[: len(samples)]
+    emb /= np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+    scores.append(emb @ class_embed.T)
+    targets.extend(_targets(s.label, names, fg_names, offset, ignore) for s in samples)
+  scores, targets = np.concatenate(scores), np.stack(targets)
+  return {
+    **_ranking_scores(scores, targets, fg_names),
+    'num_images': int(total),
+    'input_size': size,
+    'groups': None,
   }
 
 

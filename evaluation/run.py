@@ -273,16 +273,17 @@ def _evaluate_synthetic(args, model) -> tuple[dict, str]:
 
 
 def _check_model_fits_task(model, checkpoint: str, dataset_name: str) -> None:
-  """Converted towers do not segment: a CLIP classifies, DINO and MAE have no text tower."""
+  """Converted towers do not segment: a CLIP classifies (and names synthetic images), DINO and
+  MAE have no text tower."""
   kind = getattr(model, 'kind', 'groupvit')
   classification = dataset_name in ('imagenet_folder', 'imagenet', 'classification')
-  if kind == 'clip' and not classification:
+  if kind == 'clip' and not (classification or dataset_name == 'synthetic'):
     raise ValueError(
-      f'{checkpoint} is a CLIP: it evaluates zero-shot classification only '
-      f'(--dataset imagenet_folder), not --dataset {dataset_name}'
+      f'{checkpoint} is a CLIP: it evaluates zero-shot classification (--dataset '
+      f'imagenet_folder) and image-level naming (--dataset synthetic), not --dataset {dataset_name}'
     )
-  if kind == 'scg' and (classification or dataset_name == 'synthetic'):
-    raise ValueError(f'an SCG model segments benchmark and folder datasets, not {dataset_name}')
+  if kind in ('scg', 'zeroseg') and classification:
+    raise ValueError(f'a {kind} model segments, it does not classify: not {dataset_name}')
   if kind in ('vit', 'mae'):
     raise ValueError(
       f'{checkpoint} is a {"DINO/timm ViT" if kind == "vit" else "MAE"} without a text tower: '

@@ -7,6 +7,7 @@ from typing import Any
 
 import ml_collections
 
+from groupvit_jax.models.clip import CLIPConfig
 from groupvit_jax.models.config import GroupViTConfig
 from groupvit_jax.models.zeroseg import ZeroSegConfig
 
@@ -165,6 +166,16 @@ def zeroseg_defaults() -> ml_collections.ConfigDict:
   return c
 
 
+def clip_defaults() -> ml_collections.ConfigDict:
+  """`config.clip` (with config.method='clip'): the CLIP's config (groupvit_jax/models/clip.py)
+  and its losses (groupvit_jax/clip_train.py)."""
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(CLIPConfig().to_dict())
+  c.multi_label = False  # also GroupViT's multi-label loss on the caption's noun prompts
+  c.max_logit_scale = 100.0
+  return c
+
+
 def trainer_defaults() -> ml_collections.ConfigDict:
   """The core's training settings with their defaults: seed, model, batch, steps, checkpoints,
   optimizer, loss, mesh. The trainer adds the data and evaluation sections
@@ -172,8 +183,9 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   # 'groupvit' trains config.model; 'scg' trains the region tokens of config.scg's towers;
-  # 'zeroseg' trains config.zeroseg's student on images alone.
+  # 'zeroseg' trains config.zeroseg's student on images alone; 'clip' a plain CLIP (config.clip).
   config.method = 'groupvit'
+  config.clip = clip_defaults()
   config.scg = scg_defaults()
   config.zeroseg = zeroseg_defaults()
   config.model = model_config()

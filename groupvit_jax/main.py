@@ -27,6 +27,7 @@ import input_pipeline
 from evaluation import hooks
 from groupvit_jax import (
   checkpointing,
+  clip_train,
   config_lib,
   metric_writers,
   optim,
@@ -81,7 +82,7 @@ def released_recipe(**model_overrides) -> ml_collections.ConfigDict:
   return config
 
 
-METHODS = ('groupvit', 'scg', 'zeroseg')
+METHODS = ('groupvit', 'clip', 'scg', 'zeroseg')
 
 
 class TrainingError(RuntimeError):
@@ -141,6 +142,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not config.zeroseg.teacher_dir:
       raise TrainingError('config.method=zeroseg needs config.zeroseg.teacher_dir (a CLIP)')
     return  # the student's checks need the teacher: ZeroSegTask.validate, when the run starts
+  if config.method == 'clip':
+    if accum != 1:
+      raise TrainingError('config.method=clip trains without gradient accumulation')
+    return  # CLIPTask.validate, when the run starts
   if config.method == 'scg':
     if accum != 1:
       raise TrainingError('config.method=scg trains without gradient accumulation')
@@ -222,16 +227,41 @@ class _GroupViTTask:
 
 
 def _task(config: ml_collections.ConfigDict):
-  """The method's training task: GroupViT's, SCG's or ZeroSeg's (their towers are read here)."""
+  """The method's training task: GroupViT's, a plain CLIP's, SCG's or ZeroSeg's (their towers
+  are read here)."""
   if config.method == 'groupvit':
     return _GroupViTTask(config)
-  task_cls = scg_train.SCGTask if config.method == 'scg' else zeroseg_train.ZeroSegTask
+  task_cls = {
+    'clip': clip_train.CLIPTask,
+    'scg': scg_train.SCGTask,
+    'zeroseg': zeroseg_train.ZeroSegTask,
+  }[config.method]
   try:
     task = task_cls(config)
     task.validate(config)
   except (ValueError, FileNotFoundError) as e:
     raise TrainingError(f'config.{config.method}: {e}') from None
+  if config.method == 'zeroseg' and config.zeroseg.teacher == 'cache':
+    _check_teacher_cache(config, task.teacher_variables)
   return task
+
+
+def _check_teacher_cache(config: ml_collections.ConfigDict, teacher_variables) -> None:
+  """The cache's views must come from config.zeroseg.teacher_dir's CLIP (the pipeline checks
+  the data side when it opens the cache)."""
+  from input_pipeline import prepare_teacher, teacher_cache
+
+  try:
+    cache = teacher_cache.TeacherCache(config.data.teacher_cache)
+  except (FileNotFoundError, ValueError) as e:
+    raise TrainingError(f'config.data.teacher_cache: {e}') from None
+  mine = prepare_teacher.teacher_fingerprint(config.zeroseg.teacher_dir, teacher_variables)
+  if cache.meta['teacher'] != mine:
+    raise TrainingError(
+      f'config.data.teacher_cache {config.data.teacher_cache} holds views of another teacher than '
+      f'config.zeroseg.teacher_dir {config.zeroseg.teacher_dir}: rebuild it with '
+      'python -m input_pipeline.prepare_teacher'
+    )
 
 
 class _StopSignal:

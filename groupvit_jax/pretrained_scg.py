@@ -103,6 +103,16 @@ class PretrainedSCG:
     return self._clip.class_embeddings(class_names, templates)
 
   # --- images ----------------------------------------------------------------------------------
+  @property
+  def naming_input_size(self) -> int:
+    """The side whole images are resized to for image-level naming: the CLIP's training size."""
+    return self.config.clip.vision.image_size
+
+  def image_embeddings(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [B, S, S, 3] -> the recognising CLIP's own image embeddings [B, E]: SCG names
+    regions, and its image-level naming is its CLIP's."""
+    return self._clip.image_embeddings(images)
+
   @functools.cached_property
   def _regions_fn(self):
     cfg = self.config

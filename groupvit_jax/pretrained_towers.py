@@ -167,6 +167,19 @@ class PretrainedCLIP(_Tower):
     """Strings -> L2-normalised embeddings [N, E]."""
     return self.encode_tokens(self.tokenize(texts))
 
+  @property
+  def naming_input_size(self) -> int:
+    """The side whole images are resized to for image-level naming: the training size."""
+    return self.config.vision.image_size
+
+  def image_embeddings(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [B, S, S, 3] already at the model's input size (resized whole, not cropped) ->
+    L2-normalised embeddings [B, E] (CLIP mean/std)."""
+    pixels = preprocessing.normalize(
+      np.asarray(images, np.uint8), preprocessing.CLIP_MEAN, preprocessing.CLIP_STD
+    )
+    return self.encode_pixels(pixels)
+
   def class_embeddings(
     self, class_names: Sequence[str], templates: prompts.Templates = 'simple'
   ) -> np.ndarray:

@@ -92,6 +92,15 @@ class PretrainedZeroSeg:
     out = self._groups_fn(self.variables['params'], jnp.asarray(batch))
     return {k: np.asarray(v) for k, v in out.items()}
 
+  @property
+  def naming_input_size(self) -> int:
+    """The side whole images are resized to for image-level naming: the training size."""
+    return self.config.encoder.image_size
+
+  def image_embeddings(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [B, S, S, 3] at the input size -> the global vectors [B, E] (image-level naming)."""
+    return self.groups(images, size=np.asarray(images).shape[1])['global_embed']
+
   def segment(
     self,
     image,

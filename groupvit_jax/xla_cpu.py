@@ -57,12 +57,14 @@ def compiler_options(
 
 
 def _image_width(config: Any) -> int:
-  """The width of the image tower a program runs: GroupViT's `image`, SCG's CLIP, or ZeroSeg's
-  student encoder."""
+  """The width of the image tower a program runs: GroupViT's `image`, SCG's CLIP, ZeroSeg's
+  student encoder, or a CLIP's `vision`."""
   if hasattr(config, 'image'):
     return int(config.image.width)
   if hasattr(config, 'mae'):
     return int(config.encoder.width)
+  if hasattr(config, 'vision'):
+    return int(config.vision.width)
   return int(config.clip.vision.width)
 
 

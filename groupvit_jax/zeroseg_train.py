@@ -90,6 +90,11 @@ class ZeroSegTask:
     self.image_size = int(config.data.image_size)
     self.batch_keys = ('image',) if self.online else ('image', 'teacher')
 
+  @property
+  def teacher_variables(self) -> Any:
+    """The frozen teacher CLIP's variables (host arrays) read from config.zeroseg.teacher_dir."""
+    return self._teacher
+
   def _state(self, optimizer, teacher, params) -> TrainState:
     return TrainState(
       step=jnp.zeros((), jnp.int32),

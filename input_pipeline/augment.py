@@ -50,6 +50,8 @@ __all__ = [
   'image_format',
   'random_resized_crop_window',
   'decode_and_random_crop',
+  'center_crop_window',
+  'decode_and_center_crop',
   'randaugment',
   'apply_op',
   'RAND_OPS',
@@ -232,6 +234,48 @@ def decode_and_random_crop(data: tf.Tensor, seed: tf.Tensor, size: int, scale, r
     img = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
     shape = tf.shape(img)
     win = random_resized_crop_window(shape[0], shape[1], seed, scale, ratio)
+    img = tf.image.crop_to_bounding_box(img, win[0], win[1], win[2], win[3])
+    return _resize_uint8(img, size)
+
+  out = tf.cond(tf.equal(fmt, 1), jpeg, other)
+  out.set_shape([size, size, 3])
+  return out
+
+
+def center_crop_window(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+  """int32 [4] ``(top, left, s, s)``: the centred square of side ``s = min(height, width)``.
+
+  The offset along the long side is ``(long - short) // 2`` (rounded down to whole pixels).
+  """
+  h = tf.cast(height, tf.int32)
+  w = tf.cast(width, tf.int32)
+  s = tf.minimum(h, w)
+  return tf.stack([(h - s) // 2, (w - s) // 2, s, s])
+
+
+def decode_and_center_crop(data: tf.Tensor, size: int) -> tf.Tensor:
+  """Decodes image bytes and takes the centre crop: uint8 [size, size, 3].
+
+  Rule (the teacher cache stores it in its ``meta.json``): the centred square of side
+  ``min(H, W)`` (``center_crop_window``) is cut out and resized to ``size x size``, bilinear with
+  antialiasing and rounded (``_resize_uint8``, as the random crop).  That is "resize the short
+  side to ``size``, then centre-crop ``size x size``" with the long side scaled by exactly
+  ``size / short`` (no rounding of the resized long side) and the crop offset rounded down to
+  whole source pixels; cropping first lets JPEGs be decoded only inside the window
+  (``tf.image.decode_and_crop_jpeg``).  Other formats (PNG/GIF/BMP/WebP) are decoded whole (first
+  frame).  Raises (inside the graph) on undecodable data.
+  """
+  fmt = image_format(data)
+
+  def jpeg():
+    shape = tf.image.extract_jpeg_shape(data)
+    img = tf.image.decode_and_crop_jpeg(data, center_crop_window(shape[0], shape[1]), channels=3)
+    return _resize_uint8(img, size)
+
+  def other():
+    img = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+    shape = tf.shape(img)
+    win = center_crop_window(shape[0], shape[1])
     img = tf.image.crop_to_bounding_box(img, win[0], win[1], win[2], win[3])
     return _resize_uint8(img, size)
 

@@ -22,18 +22,26 @@ def default_data_config() -> ml_collections.ConfigDict:
   Keys:
     train: list of source strings ``KIND:SPEC[@WEIGHT]`` (see ``input_pipeline/sources.py``):
       ``webdataset:/p/{00000..00099}.tar``, ``tfrecord:/p/*.tfrecord``, ``tfds:NAME:SPLIT``,
-      ``synthetic``; optional ``@WEIGHT`` mixing weight (normalised; default 1 each).
+      ``folder:/p/dir`` (image files, needs ``captions=False``), ``synthetic``; optional
+      ``@WEIGHT`` mixing weight (normalised; default 1 each).
     seed: base seed of everything random in the pipeline (shard order, sample order, source
       choice, augmentation, prompt choice).  Same seed + same process layout = same batches.
-    image_extensions / caption_extension: webdataset member extensions for image and caption.
+    captions: True = image-caption data (batches carry ``text`` and ``prompts``; a missing, empty
+      or non-UTF-8 caption is a skip).  False = images only (ZeroSeg): captions are neither read
+      nor checked, no spaCy / tokenizer runs, and batches are ``{'image'}`` (+ ``teacher``).
+    image_extensions / caption_extension: webdataset member extensions for image and caption
+      (``image_extensions`` also selects the files of a ``folder:`` source).
     tfrecord_image_key / tfrecord_caption_key: img2dataset TFRecord feature names (``jpg``/``txt``).
     tfds_data_dir: ``data_dir`` of locally prepared TFDS datasets (None: TFDS default).
     tfds_image_key / tfds_caption_key: feature paths (``/`` for nesting); when the caption feature
       is a sequence (e.g. coco_captions ``captions/text``) one caption is picked at random per
-      visit.
+      visit.  With ``captions=False`` the caption key is ignored (may be None), e.g. for
+      ``tfds:imagenet2012:train``.
     shards_per_group: shards loaded and shuffled together (the shuffle window; replaces a
       ``Dataset.shuffle`` buffer, whose contents could not be checkpointed cheaply).  Memory per
       file source ~ ``(2 + group_prefetch) * shards_per_group * shard_size``.
+    folder_files_per_group: image files loaded per group by a ``folder:`` source (each file is a
+      "shard" of one sample; the epoch order is a permutation of all files).
     group_prefetch: groups loaded ahead in the background per file source.
     num_parallel_calls: parallelism of the decode and augment maps (-1 = tf.data AUTOTUNE).
     threadpool_size: private tf.data threadpool size (0 = TF default, shared).
@@ -42,6 +50,10 @@ def default_data_config() -> ml_collections.ConfigDict:
       text processing synchronously in ``next()``).
     max_consecutive_skips: raise if this many samples in a row are bad (misconfigured data).
     image_size: output resolution.
+    crop: ``random_resized`` (RandomResizedCrop with ``crop_scale`` / ``crop_ratio``) or
+      ``center`` (``augment.decode_and_center_crop``: the centred square of side min(H, W)
+      resized to ``image_size``; the crop of the teacher cache).  Other values: ValueError at
+      iterator construction.
     crop_scale / crop_ratio: RandomResizedCrop area-fraction and aspect-ratio ranges.
     hflip_prob: horizontal flip probability.
     randaugment: timm RandAugment string (``rand-m9-mstd0.5-inc1``; ``""`` disables).
@@ -64,12 +76,21 @@ def default_data_config() -> ml_collections.ConfigDict:
     synthetic: knobs of the built-in ``synthetic`` source (every field of
       ``input_pipeline.synthetic_shapes.SyntheticConfig``: image size, object count and size,
       categories, occlusion, textures, caption noise); part of the state fingerprint.
+    teacher_cache: directory written by ``python -m input_pipeline.prepare_teacher`` (None: no
+      teacher).  When set, it is checked against ``train``, ``image_size`` and ``teacher_grids`` at
+      construction (ValueError on a mismatch), every sample whose key is not in it is skipped as
+      ``missing_teacher`` and batches carry ``teacher`` float32 [B, V, E] (unit vectors).
+    teacher_grids: which of the stored grids (1, 2, 3, 4) to return: V = sum of n * n, views in
+      ``groupvit_jax.teacher_views`` order.
+    teacher_allow_incomplete: accept a teacher cache whose tool run has not finished (missing
+      chunks: their samples are ``missing_teacher`` skips).
     debug_metadata: also return ``meta/key``, ``meta/shard``, ``meta/caption``, ``meta/index``.
   """
   c = ml_collections.ConfigDict()
   c.train = ('synthetic',)
   c.seed = 0
 
+  c.captions = True
   c.image_extensions = ('jpg', 'jpeg', 'png', 'webp')
   c.caption_extension = 'txt'
   c.tfrecord_image_key = 'jpg'
@@ -80,6 +101,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 
   c.shards_per_group = 4
   c.group_prefetch = 1
+  c.folder_files_per_group = 64
   c.num_parallel_calls = -1
   c.threadpool_size = 0
   c.tf_prefetch = -1
@@ -87,6 +109,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.max_consecutive_skips = 100_000
 
   c.image_size = 224
+  c.crop = 'random_resized'
   c.crop_scale = (0.08, 1.0)
   c.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
   c.hflip_prob = 0.5
@@ -115,6 +138,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   # Knobs of the built-in `synthetic` source (input_pipeline.synthetic_shapes.SyntheticConfig; its
   # docstring explains each). Unknown keys are errors at start.
   c.synthetic = ml_collections.ConfigDict(SyntheticConfig().to_dict())
+
+  c.teacher_cache = ml_collections.config_dict.placeholder(str)
+  c.teacher_grids = (1, 2, 3, 4)
+  c.teacher_allow_incomplete = False
 
   c.debug_metadata = False
   return c

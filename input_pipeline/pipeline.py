@@ -29,6 +29,12 @@ Design (why it looks like this):
 * **Per-sample cost.**  JPEGs are decoded only inside the crop window, shards are parsed by a
   lean in-graph loop, group members are sliced vectorised, the augmentation ops avoid slow TF
   kernels (see ``augment.py``) and batches reach numpy without a copy.
+* **Image-only data and the teacher cache (ZeroSeg).**  With ``config.data.captions = False``
+  captions are neither read nor checked and no text is produced.  With ``config.data.teacher_cache``
+  a ``tf.lookup.StaticHashTable`` maps each sample's cache key to a row of the cache inside the
+  graph, before decoding; a sample without a row gets the skip reason ``missing_teacher`` (so it is
+  counted by the scan like any bad sample and batches stay full), and the row rides along to the
+  host, where ``_host_batch`` gathers the embeddings from the memory-mapped chunks.
 * **Text on the host.**  spaCy and the CLIP BPE tokenizer are Python; they run on the host after
   tf.data (in a background thread when ``host_prefetch > 0``), so the tf.data graph stays free of
   ``py_function``.  Prompt randomness is keyed by the sample's global index, so it is resumable too.
@@ -39,6 +45,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import os
 import queue
 import random
 import threading
@@ -49,9 +56,25 @@ import tensorflow as tf
 
 from groupvit_jax.prompts import TEMPLATE_SETS
 from groupvit_jax.tokenizer import default_tokenizer
-from input_pipeline import augment, nouns, prompts, readers, skips, sources, synthetic_shapes
+from input_pipeline import (
+  augment,
+  nouns,
+  prompts,
+  readers,
+  skips,
+  sources,
+  synthetic_shapes,
+  teacher_cache,
+)
 
-__all__ = ['STATE_FORMAT', 'TrainIterator', 'create_train_dataset']
+__all__ = [
+  'STATE_FORMAT',
+  'CROPS',
+  'TrainIterator',
+  'create_train_dataset',
+  'tfrecord_parser',
+  'tfds_parser',
+]
 
 STATE_FORMAT = 'groupvit_jax.input_pipeline/1'
 _INF = 2**62
@@ -64,17 +87,28 @@ _STR_SPEC = tf.TensorSpec([], tf.string)
 
 
 _DECODE_CHUNK = 16
+CROPS = ('random_resized', 'center')
 
 
 @functools.lru_cache(maxsize=16)
-def _decode_chunk_fn(size: int, scale: tuple, ratio: tuple):
-  """Decodes + RandomResizedCrops a chunk of samples, containing decode errors.
+def _decode_chunk_fn(size: int, scale: tuple, ratio: tuple, crop: str = 'random_resized'):
+  """Decodes + crops (RandomResizedCrop, or the centre crop) a chunk of samples, containing
+  decode errors.
 
   (data string [n], seed int32 [n, 2], todo bool [n]) -> (uint8 [n, size, size, 3], ok bool [n]):
   images whose ``todo`` is set are decoded; ``ok`` is False where decoding raised.  The errors are
   contained by one nested tf.data pipeline (``ignore_errors``) per chunk rather than per sample
-  (``readers.try_call``), which amortises its set-up cost over ``_DECODE_CHUNK`` images.
+  (``readers.try_call``), which amortises its set-up cost over ``_DECODE_CHUNK`` images.  The
+  teacher cache tool calls the same function with ``crop='center'``, so its crops are the
+  pipeline's bit for bit.
   """
+  if crop not in CROPS:
+    raise ValueError(f'crop must be one of {CROPS}, got {crop!r}')
+
+  def crop_fn(d, s):
+    if crop == 'center':
+      return augment.decode_and_center_crop(d, size)
+    return augment.decode_and_random_crop(d, s, size, scale, ratio)
 
   @tf.function(
     input_signature=[
@@ -89,11 +123,7 @@ def _decode_chunk_fn(size: int, scale: tuple, ratio: tuple):
     pos = tf.range(n)
     inner = tf.data.Dataset.from_tensor_slices((pos, data, seeds, todo))
     inner = inner.filter(readers.no_autograph(lambda p, d, s, t: t))
-    inner = inner.map(
-      readers.no_autograph(
-        lambda p, d, s, t: (p, augment.decode_and_random_crop(d, s, size, scale, ratio))
-      )
-    )
+    inner = inner.map(readers.no_autograph(lambda p, d, s, t: (p, crop_fn(d, s))))
     inner = inner.ignore_errors().batch(_DECODE_CHUNK)
     empty = (tf.zeros([0], tf.int64), tf.zeros([0, size, size, 3], tf.uint8))
     inner = inner.concatenate(tf.data.Dataset.from_tensors(empty))
@@ -167,14 +197,38 @@ def _augment_key(cfg) -> str:
   )
 
 
+def _folder_table(contents: tf.Tensor, _skip=None, _take=None) -> dict[str, tf.Tensor]:
+  """Row table (``readers.TABLE_KEYS``) of one image file of a ``folder`` source: one row, the
+  whole file as the image (key filled in later from the path)."""
+  n = tf.reshape(tf.strings.length(contents, unit='BYTE'), [1])
+  return {
+    'key': tf.constant(['']),
+    'a_off': tf.zeros([1], tf.int64),
+    'a_len': tf.cast(n, tf.int64),
+    'b_off': tf.zeros([1], tf.int64),
+    'b_len': -tf.ones([1], tf.int64),
+    'reason': tf.zeros([1], tf.int32),
+  }
+
+
+def _shard_basename(shard: tf.Tensor) -> tf.Tensor:
+  return tf.strings.regex_replace(shard, r'^.*/', '')
+
+
 def _check_sample(
-  image: tf.Tensor, caption: tf.Tensor, reason: tf.Tensor
+  image: tf.Tensor, caption: tf.Tensor, reason: tf.Tensor, captions: bool = True
 ) -> tuple[tf.Tensor, tf.Tensor]:
   """Cheap pre-decode checks, elementwise on tensors of any shape.
 
   Returns the caption stripped of surrounding ASCII whitespace and the reason code (the given one
-  if already bad, else ``invalid_utf8`` / ``empty_caption`` / ``not_an_image`` / 0).
+  if already bad, else ``invalid_utf8`` / ``empty_caption`` / ``not_an_image`` / 0).  With
+  ``captions=False`` only the image is checked and ``missing_caption`` is cleared.
   """
+  if not captions:
+    reason = tf.cast(reason, tf.int32)
+    reason = tf.where(tf.equal(reason, skips.code('missing_caption')), 0, reason)
+    bad = tf.equal(reason, 0) & tf.equal(augment.image_format(image), 0)
+    return tf.zeros_like(image), tf.where(bad, skips.code('not_an_image'), reason)
   valid_utf8 = tf.equal(
     tf.strings.unicode_transcode(
       caption, 'UTF-8', 'UTF-8', errors='replace', replacement_char=0xFFFD
@@ -190,6 +244,88 @@ def _check_sample(
   ):
     reason = tf.where(tf.equal(reason, 0) & bad, skips.code(code), reason)
   return caption, reason
+
+
+def tfrecord_parser(cfg):
+  """Parser of an img2dataset TFRecord record: ``(record, key) -> (image, caption, key_suffix,
+  reason)`` (scalars; reason ``missing_image`` / ``missing_caption`` / 0).  With
+  ``cfg.captions`` False the caption feature is not read (caption ``""``)."""
+  ik, ck = cfg.tfrecord_image_key, cfg.tfrecord_caption_key
+  with_captions = bool(cfg.get('captions', True))
+  spec = {ik: tf.io.VarLenFeature(tf.string)}
+  if with_captions:
+    spec[ck] = tf.io.VarLenFeature(tf.string)
+
+  def parse(rec, _key):
+    ex = tf.io.parse_single_example(rec, spec)
+    img = ex[ik].values
+    has_img = tf.size(img) > 0
+    image = tf.cond(has_img, lambda: img[0], lambda: tf.constant(''))
+    if not with_captions:
+      reason = tf.where(~has_img, skips.code('missing_image'), 0)
+      return image, tf.constant(''), tf.constant(''), tf.cast(reason, tf.int32)
+    cap = ex[ck].values
+    has_cap = tf.size(cap) > 0
+    reason = tf.where(
+      ~has_img, skips.code('missing_image'), tf.where(~has_cap, skips.code('missing_caption'), 0)
+    )
+    caption = tf.cond(has_cap, lambda: cap[0], lambda: tf.constant(''))
+    return image, caption, tf.constant(''), tf.cast(reason, tf.int32)
+
+  return parse
+
+
+def tfds_parser(features, cfg, seed):
+  """Parser of a TFDS record (``features`` = ``builder.info.features``): ``(record, key) ->
+  (image bytes, caption, key_suffix, reason)``.  A sequence-valued caption feature gets one
+  caption picked by a stateless draw keyed by ``(seed, key)`` and the suffix ``#j``.  With
+  ``cfg.captions`` False ``tfds_caption_key`` is ignored (may be None) and not read.
+  """
+  import tensorflow_datasets as tfds
+
+  ik, ck = cfg.tfds_image_key, cfg.tfds_caption_key
+  with_captions = bool(cfg.get('captions', True))
+  if '/' in ik:
+    raise ValueError('tfds_image_key must be a top-level feature.')
+  if with_captions and not ck:
+    raise ValueError('tfds_caption_key is needed when config.data.captions is True.')
+  decoders = {ik: tfds.decode.SkipDecoding()}
+
+  def get(ex, path):
+    for part in path.split('/'):
+      ex = ex[part]
+    return ex
+
+  def parse(rec, key):
+    ex = features.deserialize_example(rec, decoders=decoders)
+    img = get(ex, ik)
+    has_img = tf.strings.length(img) > 0
+    if not with_captions:
+      reason = tf.where(~has_img, skips.code('missing_image'), 0)
+      return tf.reshape(img, []), tf.constant(''), tf.constant(''), tf.cast(reason, tf.int32)
+    cap = get(ex, ck)
+    suffix = tf.constant('')
+    if cap.shape.rank == 1:
+      n = tf.size(cap)
+      j = tf.random.stateless_uniform(
+        [],
+        tf.random.experimental.stateless_fold_in(seed, tf.strings.to_hash_bucket_fast(key, 2**31)),
+        0,
+        tf.maximum(n, 1),
+        tf.int32,
+      )
+      has_cap = n > 0
+      caption = tf.cond(has_cap, lambda: cap[tf.minimum(j, n - 1)], lambda: tf.constant(''))
+      suffix = tf.strings.join(['#', tf.strings.as_string(j)])
+    else:
+      has_cap = tf.constant(True)
+      caption = tf.reshape(cap, [])
+    reason = tf.where(
+      ~has_img, skips.code('missing_image'), tf.where(~has_cap, skips.code('missing_caption'), 0)
+    )
+    return tf.reshape(img, []), caption, suffix, tf.cast(reason, tf.int32)
+
+  return parse
 
 
 def _to_numpy(batch: dict) -> dict:
@@ -224,9 +360,19 @@ class _Source:
     self.skips: list[int] | None = None
     self.takes: list[int] | None = None
     self.tfds_features = None
+    # File names as the teacher cache records them (basenames; relative paths for a folder).
+    self.names: list[str] | None = None
+    self.root = ''
     if spec.kind in ('webdataset', 'tfrecord'):
       all_files = sources.list_files(spec.pattern)
       self.num_files_total = len(all_files)
+      self.names = [os.path.basename(f) for f in all_files]
+      self.files = sources.split_for_process(all_files, process_index, process_count, spec.text)
+    elif spec.kind == 'folder':
+      self.root = spec.pattern.rstrip('/') or '/'
+      self.names = sources.list_folder(spec.pattern, tuple(cfg.image_extensions))
+      self.num_files_total = len(self.names)
+      all_files = [f'{self.root.rstrip("/")}/{r}' for r in self.names]
       self.files = sources.split_for_process(all_files, process_index, process_count, spec.text)
     elif spec.kind == 'tfds':
       self._init_tfds(cfg, process_index, process_count)
@@ -271,9 +417,12 @@ class TrainIterator:
   Yields dicts of numpy arrays:
     ``image``   float32 [B, S, S, 3] -- augmented, ImageNet-normalised;
     ``text``    int32 [B, L]         -- CLIP token ids of the caption (L = context_length);
-    ``prompts`` int32 [B, K, L]      -- token ids of the K noun prompts.
-  With ``debug_metadata`` also ``meta/key``, ``meta/shard``, ``meta/caption`` (object [B]) and
-  ``meta/index`` int64 [B] (global stream index of each sample on this process).
+    ``prompts`` int32 [B, K, L]      -- token ids of the K noun prompts;
+    ``teacher`` float32 [B, V, E]    -- with ``teacher_cache``: the cached unit embeddings of
+                                        the ``teacher_grids`` views (V = sum n * n).
+  ``text`` and ``prompts`` only with ``captions`` (the default).  With ``debug_metadata`` also
+  ``meta/key``, ``meta/shard``, ``meta/caption`` (with captions; object [B]) and ``meta/index``
+  int64 [B] (global stream index of each sample on this process).
 
   Methods: ``get_state()`` / ``set_state(state)`` (JSON-serialisable position; a restored
   iterator yields exactly the batches an uninterrupted one would), ``skip_counts()``
@@ -311,8 +460,20 @@ class TrainIterator:
       for i, s in enumerate(specs)
     ]
     self._has_synthetic = any(s.kind == 'synthetic' for s in specs)
+    self._has_folder = any(s.kind == 'folder' for s in specs)
     # Parsed even without a synthetic source, so that a misspelt knob fails at start.
     self.synthetic_config = synthetic_shapes.SyntheticConfig.from_dict(data_config.get('synthetic'))
+    self.crop = data_config.get('crop', 'random_resized')
+    if self.crop not in CROPS:
+      raise ValueError(f'config.data.crop must be one of {CROPS}, got {self.crop!r}.')
+    self.captions = bool(data_config.get('captions', True))
+    if self.captions and self._has_folder:
+      raise ValueError('folder: sources have no captions; set config.data.captions = False.')
+    self.teacher = None
+    self.teacher_view_idx = None
+    self._teacher_table = None
+    if data_config.get('teacher_cache'):
+      self._open_teacher(data_config, train)
     tcfg = data_config.text
     self.num_prompts = int(tcfg.num_prompts)
     self.context_length = int(tcfg.context_length)
@@ -321,12 +482,14 @@ class TrainIterator:
       raise ValueError(f'text.templates must be one of {sorted(TEMPLATE_SETS)}.')
     self.templates = TEMPLATE_SETS[tcfg.templates]
     self.cache = (
-      nouns.NounCache(tcfg.noun_cache_dir, self.tags) if tcfg.get('noun_cache_dir') else None
+      nouns.NounCache(tcfg.noun_cache_dir, self.tags)
+      if tcfg.get('noun_cache_dir') and self.captions
+      else None
     )
     self._tagger = None
     self._tag_lru: collections.OrderedDict[str, list[tuple[str, str]]] = collections.OrderedDict()
 
-    self.tokenizer = default_tokenizer()
+    self.tokenizer = default_tokenizer() if self.captions else None
     self.stats = collections.Counter()  # words_from_cache / words_online / words_lru
     self._state = self._initial_state()
     self._thread = None
@@ -334,23 +497,56 @@ class TrainIterator:
     self._stop = threading.Event()
     self._tf_iter = None
 
+  def _open_teacher(self, data_config, train) -> None:
+    from groupvit_jax import teacher_views
+
+    grids = teacher_views.check_grids(data_config.get('teacher_grids', teacher_views.ALL_GRIDS))
+    cache = teacher_cache.TeacherCache(data_config.teacher_cache)
+    files = {sources.normalized(s.spec.text): s.names for s in self.sources if s.names is not None}
+    synthetic = None
+    if self._has_synthetic:
+      synthetic = {'config': self.synthetic_config.to_dict(), 'seed': self.seed}
+    cache.check(
+      train,
+      int(data_config.image_size),
+      grids,
+      files=files,
+      synthetic=synthetic,
+      allow_incomplete=bool(data_config.get('teacher_allow_incomplete', False)),
+    )
+    self.teacher = cache
+    self.teacher_view_idx = teacher_views.view_indices(grids, cache.meta['grids'])
+    keys = tf.constant(cache.keys, tf.string, shape=[len(cache.keys)])
+    self._teacher_table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(keys, tf.range(len(cache.keys), dtype=tf.int64)),
+      default_value=-1,
+    )
+
   # ------------------------------------------------------------------------------ state
 
   def _fingerprint(self) -> dict:
+    synthetic = None
+    if self._has_synthetic:
+      synthetic = self.synthetic_config.to_dict()
+      if not synthetic['num_train_examples']:
+        # States written before the knob existed stay valid for the (unchanged) infinite stream.
+        del synthetic['num_train_examples']
+    fp = {
+      'sources': [s.spec.text for s in self.sources],
+      'num_files': [s.num_files_total for s in self.sources],
+      'seed': self.seed,
+      'process_index': self.process_index,
+      'process_count': self.process_count,
+      'shards_per_group': int(self.cfg.shards_per_group),
+      'synthetic': synthetic,
+    }
+    if self._has_folder:
+      fp['folder_files_per_group'] = self._folder_group()
     # JSON round trip: tuples become lists, as in a restored state.
-    return json.loads(
-      json.dumps(
-        {
-          'sources': [s.spec.text for s in self.sources],
-          'num_files': [s.num_files_total for s in self.sources],
-          'seed': self.seed,
-          'process_index': self.process_index,
-          'process_count': self.process_count,
-          'shards_per_group': int(self.cfg.shards_per_group),
-          'synthetic': self.synthetic_config.to_dict() if self._has_synthetic else None,
-        }
-      )
-    )
+    return json.loads(json.dumps(fp))
+
+  def _folder_group(self) -> int:
+    return int(self.cfg.get('folder_files_per_group', 64))
 
   def _initial_state(self) -> dict:
     return {
@@ -384,7 +580,11 @@ class TrainIterator:
         f'  state:  {state["fingerprint"]}\n  config: {mine}'
       )
     self._shutdown()
-    self._state = json.loads(json.dumps(state))
+    state = json.loads(json.dumps(state))
+    # Reasons are only ever appended: older states have fewer counts, the new ones are zero.
+    counts = list(state['skip_counts'])
+    state['skip_counts'] = counts + [0] * (skips.NUM_CODES - len(counts))
+    self._state = state
 
   def skip_counts(self) -> dict[str, int]:
     """``{"data/skipped/<reason>": n}`` over every sample up to the last returned batch."""
@@ -397,42 +597,61 @@ class TrainIterator:
     seed = tf.constant(_seed_pair(self.seed, 1, self.process_index, src.index), tf.int64)
     kind = src.spec.kind
     index = tf.constant(src.index, tf.int32)
+    caps = self.captions
+    with_ckey = self._teacher_table is not None
     if kind == 'synthetic':
       first = int(start[1]) + 1
+      n_train = int(self.synthetic_config.num_train_examples)
+      if n_train:
+
+        def example_id(k):
+          return self.global_id(k) % n_train
+
+      else:
+        example_id = self.global_id
       # Local element k is global element global_id(k): the process's block of each global
       # batch, so any process layout assembles the same global batches in the same order.
-      ids = tf.data.Dataset.range(first, _INF).map(readers.no_autograph(self.global_id))
+      ids = tf.data.Dataset.range(first, _INF).map(readers.no_autograph(example_id))
       ds = synthetic_shapes.tf_examples_by_id(
         self.synthetic_config, _seed_pair(self.seed, 2, src.index)[0], ids
       )
 
       def to_raw(k, ex):
         image = tf.io.encode_png(ex['image'], compression=1)
-        caption, reason = _check_sample(image, ex['caption'], tf.constant(0, tf.int32))
-        return {
+        caption, reason = _check_sample(image, ex['caption'], tf.constant(0, tf.int32), caps)
+        el = {
           'image': image,
           'caption': caption,
-          'key': tf.strings.as_string(self.global_id(k)),
+          'key': tf.strings.as_string(example_id(k)),
           'shard': tf.constant('synthetic'),
           'reason': reason,
           'pos': tf.stack([tf.constant(0, tf.int64), k]),
           'src': index,
         }
+        if with_ckey:
+          el['ckey'] = el['key']
+        return el
 
       return ds.enumerate(first).map(
         readers.no_autograph(to_raw), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
       )
 
-    if kind == 'webdataset':
-      tar_fn = _tar_table_fn(tuple(cfg.image_extensions), str(cfg.caption_extension))
+    group = int(cfg.shards_per_group)
+    if kind in ('webdataset', 'folder'):
+      if kind == 'webdataset':
+        tar_fn = _tar_table_fn(tuple(cfg.image_extensions), str(cfg.caption_extension))
 
-      def table_fn(contents, _skip, _take):
-        return tar_fn(contents)
+        def table_fn(contents, _skip, _take):
+          return tar_fn(contents)
+
+      else:
+        table_fn = _folder_table
+        group = self._folder_group()
 
       def emit_fn(rows, slice_fn):
         image = slice_fn(rows['a_off'], rows['a_len'])
         caption, reason = _check_sample(
-          image, slice_fn(rows['b_off'], rows['b_len']), rows['reason']
+          image, slice_fn(rows['b_off'], rows['b_len']), rows['reason'], caps
         )
         return {
           'image': image,
@@ -442,7 +661,26 @@ class TrainIterator:
           'src': tf.fill(tf.shape(reason), index),
         }
 
-      element_fn = None
+      if kind == 'folder':
+        skip = len((src.root.rstrip('/') + '/').encode('utf-8'))
+
+        def element_fn(el):
+          rel = tf.strings.substr(el['shard'], skip, tf.strings.length(el['shard']) - skip)
+          el = dict(el)
+          el['key'] = tf.strings.regex_replace(rel, r'\.[^./]*$', '')
+          if with_ckey:
+            el['ckey'] = el['key']
+          return el
+
+      elif with_ckey:
+
+        def element_fn(el):
+          el = dict(el)
+          el['ckey'] = tf.strings.join([_shard_basename(el['shard']), '/', el['key']])
+          return el
+
+      else:
+        element_fn = None
 
     else:  # tfrecord / tfds: records parsed per element
       table_fn = _tfrecord_table_fn()
@@ -464,8 +702,8 @@ class TrainIterator:
         reason = tf.where(
           el['reason'] > 0, el['reason'], tf.where(ok, reason, skips.code('corrupt_record'))
         )
-        caption, reason = _check_sample(image, caption, reason)
-        return {
+        caption, reason = _check_sample(image, caption, reason, caps)
+        out = {
           'image': image,
           'caption': caption,
           'key': tf.strings.join([el['key'], key_suffix]),
@@ -474,12 +712,16 @@ class TrainIterator:
           'pos': el['pos'],
           'src': el['src'],
         }
+        if with_ckey:
+          # The record index alone: a caption's '#j' suffix does not change the image.
+          out['ckey'] = tf.strings.join([_shard_basename(el['shard']), '/', el['key']])
+        return out
 
     ds = readers.group_stream(
       src.files,
       table_fn=table_fn,
       emit_fn=emit_fn,
-      shards_per_group=int(cfg.shards_per_group),
+      shards_per_group=group,
       seed=seed,
       start=(int(start[0]), int(start[1])),
       element_fn=element_fn,
@@ -497,65 +739,10 @@ class TrainIterator:
     return ds
 
   def _tfrecord_parser(self):
-    ik, ck = self.cfg.tfrecord_image_key, self.cfg.tfrecord_caption_key
-    spec = {ik: tf.io.VarLenFeature(tf.string), ck: tf.io.VarLenFeature(tf.string)}
-
-    def parse(rec, _key):
-      ex = tf.io.parse_single_example(rec, spec)
-      img, cap = ex[ik].values, ex[ck].values
-      has_img, has_cap = tf.size(img) > 0, tf.size(cap) > 0
-      reason = tf.where(
-        ~has_img, skips.code('missing_image'), tf.where(~has_cap, skips.code('missing_caption'), 0)
-      )
-      image = tf.cond(has_img, lambda: img[0], lambda: tf.constant(''))
-      caption = tf.cond(has_cap, lambda: cap[0], lambda: tf.constant(''))
-      return image, caption, tf.constant(''), tf.cast(reason, tf.int32)
-
-    return parse
+    return tfrecord_parser(self.cfg)
 
   def _tfds_parser(self, src: _Source, seed):
-    import tensorflow_datasets as tfds
-
-    features = src.tfds_features
-    ik, ck = self.cfg.tfds_image_key, self.cfg.tfds_caption_key
-    decoders = {ik.split('/')[0]: tfds.decode.SkipDecoding()} if '/' not in ik else None
-    if decoders is None:
-      raise ValueError('tfds_image_key must be a top-level feature.')
-
-    def get(ex, path):
-      for part in path.split('/'):
-        ex = ex[part]
-      return ex
-
-    def parse(rec, key):
-      ex = features.deserialize_example(rec, decoders=decoders)
-      img = get(ex, ik)
-      cap = get(ex, ck)
-      suffix = tf.constant('')
-      if cap.shape.rank == 1:
-        n = tf.size(cap)
-        j = tf.random.stateless_uniform(
-          [],
-          tf.random.experimental.stateless_fold_in(
-            seed, tf.strings.to_hash_bucket_fast(key, 2**31)
-          ),
-          0,
-          tf.maximum(n, 1),
-          tf.int32,
-        )
-        has_cap = n > 0
-        caption = tf.cond(has_cap, lambda: cap[tf.minimum(j, n - 1)], lambda: tf.constant(''))
-        suffix = tf.strings.join(['#', tf.strings.as_string(j)])
-      else:
-        has_cap = tf.constant(True)
-        caption = tf.reshape(cap, [])
-      has_img = tf.strings.length(img) > 0
-      reason = tf.where(
-        ~has_img, skips.code('missing_image'), tf.where(~has_cap, skips.code('missing_caption'), 0)
-      )
-      return tf.reshape(img, []), caption, suffix, tf.cast(reason, tf.int32)
-
-    return parse
+    return tfds_parser(src.tfds_features, self.cfg, seed)
 
   def _build_tf_dataset(self, state: dict) -> tf.data.Dataset:
     cfg = self.cfg
@@ -578,7 +765,8 @@ class TrainIterator:
       mixed = tf.data.Dataset.choose_from_datasets(datasets, selector)
 
     size = int(cfg.image_size)
-    decode_chunk = _decode_chunk_fn(size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
+    decode_chunk = _decode_chunk_fn(size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), self.crop)
+    table = self._teacher_table
     augment_fn = _augment_fn(_augment_key(cfg))
 
     seed_key = _seed_pair(self.seed, 4)[0]
@@ -592,12 +780,18 @@ class TrainIterator:
       return tf.stack([tf.bitwise.bitwise_xor(hi, seed_key), lo], axis=-1)
 
     def decode(index, chunk):
-      todo = tf.equal(chunk['reason'], 0)
-      images, ok = decode_chunk(chunk['image'], sample_seeds(index), todo)
+      reason = chunk['reason']
       out = dict(chunk)
+      if table is not None:
+        # Before decoding (no work for samples without teacher) and before the counting scan.
+        row = table.lookup(out.pop('ckey'))
+        reason = tf.where(tf.equal(reason, 0) & (row < 0), skips.code('missing_teacher'), reason)
+        out['row'] = row
+      todo = tf.equal(reason, 0)
+      images, ok = decode_chunk(chunk['image'], sample_seeds(index), todo)
       out['index'] = index
       out['image'] = images
-      out['reason'] = tf.where(todo & ~ok, skips.code('corrupt_image'), chunk['reason'])
+      out['reason'] = tf.where(todo & ~ok, skips.code('corrupt_image'), reason)
       return out
 
     n_src = len(self.sources)
@@ -634,7 +828,7 @@ class TrainIterator:
     def aug(el):
       seed_i = tf.random.experimental.stateless_fold_in(sample_seeds(el['index']), 1)
       image = augment_fn(el['image'], tf.cast(seed_i, tf.int32))
-      return {
+      out = {
         'image': image,
         'caption': el['caption'],
         'key': el['key'],
@@ -644,6 +838,9 @@ class TrainIterator:
         'counts': el['counts'],
         'bad': el['bad'],
       }
+      if table is not None:
+        out['row'] = el['row']
+      return out
 
     def last_state(b):
       b = dict(b)
@@ -727,26 +924,28 @@ class TrainIterator:
     return random.Random(self.seed * 1_000_003 * (1 << 48) + self.global_id(int(index)))
 
   def _host_batch(self, b: dict) -> tuple[dict, dict]:
-    captions = [c.decode('utf-8') for c in b['caption'].tolist()]
     keys = [k.decode('utf-8', 'replace') for k in b['key'].tolist()]
     shards = [s.decode('utf-8', 'replace') for s in b['shard'].tolist()]
     index = b['index']
-    words = self.words_for(captions, shards, keys)
-    k = self.num_prompts
-    texts = list(captions)
-    for cap, w, i in zip(captions, words, index.tolist()):
-      texts.extend(prompts.build_prompts(cap, w, k, self._prompt_rng(i), self.templates))
-    ids = self.tokenizer(texts, context_length=self.context_length)
-    n = len(captions)
-    out = {
-      'image': b['image'],
-      'text': ids[:n],
-      'prompts': ids[n:].reshape(n, k, self.context_length),
-    }
+    out = {'image': b['image']}
+    if self.captions:
+      captions = [c.decode('utf-8') for c in b['caption'].tolist()]
+      words = self.words_for(captions, shards, keys)
+      k = self.num_prompts
+      texts = list(captions)
+      for cap, w, i in zip(captions, words, index.tolist()):
+        texts.extend(prompts.build_prompts(cap, w, k, self._prompt_rng(i), self.templates))
+      ids = self.tokenizer(texts, context_length=self.context_length)
+      n = len(captions)
+      out['text'] = ids[:n]
+      out['prompts'] = ids[n:].reshape(n, k, self.context_length)
+    if self.teacher is not None:
+      out['teacher'] = self.teacher.gather(b['row'], self.teacher_view_idx)
     if self.cfg.debug_metadata:
       out['meta/key'] = np.array(keys, dtype=object)
       out['meta/shard'] = np.array(shards, dtype=object)
-      out['meta/caption'] = np.array(captions, dtype=object)
+      if self.captions:
+        out['meta/caption'] = np.array(captions, dtype=object)
       out['meta/index'] = index
     prev = self._state
     state = {
@@ -851,18 +1050,21 @@ def create_train_dataset(
     global_batch_size: batch size summed over processes (must divide by ``process_count``).
     process_index, process_count: this host's index and the number of hosts
       (``jax.process_index()``, ``jax.process_count()``).  File sources are split by file
-      (disjoint, round-robin), TFDS by example index, synthetic by element index.
+      (disjoint, round-robin; a folder's image files likewise), TFDS by example index, synthetic
+      by element index.
     seed: overrides ``data_config.seed``.
 
   Returns:
     ``TrainIterator`` yielding ``{'image': float32 [B, S, S, 3], 'text': int32 [B, L],
-    'prompts': int32 [B, K, L]}`` with ``B = global_batch_size // process_count``; it also has
-    ``get_state()``, ``set_state()``, ``skip_counts()`` and ``close()``.
+    'prompts': int32 [B, K, L]}`` (``{'image'}`` with ``captions=False``; plus ``'teacher'``
+    float32 [B, V, E] with ``teacher_cache``) with ``B = global_batch_size // process_count``;
+    it also has ``get_state()``, ``set_state()``, ``skip_counts()`` and ``close()``.
 
   Raises:
     FileNotFoundError: a path does not exist, a pattern matches nothing, or a TFDS dataset is
       not prepared.
-    ValueError: malformed sources, fewer files than processes, bad sizes.
+    ValueError: malformed sources, fewer files than processes, bad sizes, an unknown ``crop``,
+      a teacher cache that does not match the data.
   """
   return TrainIterator(
     data_config,

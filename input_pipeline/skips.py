@@ -23,6 +23,9 @@ Reasons (what one count means):
 * ``corrupt_shard``   -- one per shard read whose structure is invalid (bad tar header checksum,
   impossible TFRecord length); samples before the damage are used.
 * ``empty_shard``     -- one per shard read that is zero bytes long or contains no sample.
+* ``missing_teacher`` -- with ``config.data.teacher_cache`` set: a sample whose key is not in the
+  teacher cache (written by ``python -m input_pipeline.prepare_teacher``), e.g. a shard added
+  after the cache was built or a sample the cache tool could not decode.
 
 Shard-level reasons are counted each time the shard is read (i.e. once per epoch).
 """
@@ -43,6 +46,7 @@ REASONS = (
   'truncated_shard',
   'corrupt_shard',
   'empty_shard',
+  'missing_teacher',  # appended last: the codes above keep their values
 )
 # Code i (1-based) <-> REASONS[i - 1]; 0 means "good sample".
 _CODES = {name: i + 1 for i, name in enumerate(REASONS)}

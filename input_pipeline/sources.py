@@ -6,8 +6,11 @@ A source is one string of ``config.data.train``::
     webdataset:/data/cc12m/*.tar@0.7                 ... with a mixing weight of 0.7
     tfrecord:/data/yfcc/*.tfrecord                   img2dataset TFRecord shards
     tfds:coco_captions:train                         a TFDS dataset prepared in
-    config.data.tfds_data_dir synthetic                                        built-in shapes
-    (input_pipeline.synthetic_shapes)
+                                                     config.data.tfds_data_dir
+    folder:/data/imagenet/train                      every image file under the directory
+                                                     (recursively; images only, no captions)
+    synthetic                                        built-in shapes
+                                                     (input_pipeline.synthetic_shapes)
 
 Syntax: ``KIND:SPEC[@WEIGHT]``.  ``WEIGHT`` is a non-negative float (default 1.0); weights are
 normalised over all sources, so ``a@3`` + ``b@1`` draws 75% of the samples from ``a``.  Only a
@@ -16,7 +19,10 @@ still work.  File patterns accept brace expansion (``{000..099}`` zero-padded ra
 ``{a,b,c}`` lists, nested) and shell globs (``*``, ``?``, ``[...]``; any filesystem that
 ``tf.io.gfile`` supports, e.g. ``gs://``).  For ``tfds`` the text between the first and the
 second ``:`` is the dataset name (``name`` or ``name/config``), the rest is the split, which may
-use TFDS slicing (``train[:50%]``).
+use TFDS slicing (``train[:50%]``).  For ``folder`` the spec is a directory: its files whose
+lower-cased extension is in ``config.data.image_extensions`` are listed recursively and sorted by
+their path relative to the directory (``list_folder``); the key of such a sample is that relative
+path without its extension (``folder_key``).
 
 This module imports TensorFlow lazily (only ``tf.io.gfile`` for listing files).
 """
@@ -35,9 +41,12 @@ __all__ = [
   'brace_expand',
   'list_files',
   'split_for_process',
+  'list_folder',
+  'folder_key',
+  'normalized',
 ]
 
-SOURCE_KINDS = ('webdataset', 'tfrecord', 'tfds', 'synthetic')
+SOURCE_KINDS = ('webdataset', 'tfrecord', 'tfds', 'folder', 'synthetic')
 _WEIGHT_RE = re.compile(r'^(?P<body>.*)@(?P<w>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)$')
 _GLOB_CHARS = re.compile(r'[*?\[]')
 _RANGE_RE = re.compile(r'^(-?\d+)\.\.(-?\d+)$')
@@ -49,7 +58,8 @@ class SourceSpec:
 
   Attributes:
     kind: one of ``SOURCE_KINDS``.
-    pattern: file pattern (webdataset/tfrecord), ``"NAME:SPLIT"`` (tfds) or ``""`` (synthetic).
+    pattern: file pattern (webdataset/tfrecord), ``"NAME:SPLIT"`` (tfds), a directory (folder)
+      or ``""`` (synthetic).
     weight: un-normalised mixing weight (>= 0).
     text: the original string (used in checkpoint fingerprints).
   """
@@ -98,6 +108,55 @@ def parse_source(text: str) -> SourceSpec:
   if weight < 0:
     raise ValueError(f'Negative mixing weight in {text!r}.')
   return SourceSpec(kind, pattern, weight, text)
+
+
+def normalized(text: str) -> str:
+  """A source string without its mixing weight (``KIND:SPEC`` or ``synthetic``): what identifies
+  its data, e.g. in the teacher cache's ``meta.json``."""
+  spec = parse_source(text)
+  return 'synthetic' if spec.kind == 'synthetic' else f'{spec.kind}:{spec.pattern}'
+
+
+def folder_key(relpath: str) -> str:
+  """Key of a ``folder`` sample: its path relative to the directory, ``/``-separated, without the
+  extension (``"n01440764/img_1.JPEG"`` -> ``"n01440764/img_1"``)."""
+  relpath = relpath.replace(os.sep, '/')
+  head, _, name = relpath.rpartition('/')
+  stem = name.rsplit('.', 1)[0] if '.' in name else name
+  return f'{head}/{stem}' if head else stem
+
+
+def list_folder(directory: str, extensions: Sequence[str]) -> list[str]:
+  """Relative paths (``/``-separated, sorted) of the image files under ``directory``, recursively.
+
+  A file counts when its lower-cased extension is in ``extensions``.  Raises
+  ``FileNotFoundError`` if the directory does not exist or holds no such file, and
+  ``ValueError`` if two files share a key (``folder_key``: same path up to the extension).
+  """
+  from tensorflow.io import gfile  # lazy: keeps this module importable without TF
+
+  if not gfile.isdir(directory):
+    raise FileNotFoundError(f'Data folder {directory!r} does not exist or is not a directory.')
+  exts = {e.lower().lstrip('.') for e in extensions}
+  root = directory.rstrip('/')
+  out = []
+  for dirpath, _, names in gfile.walk(root):
+    rel_dir = dirpath[len(root) :].strip('/')
+    for n in names:
+      if '.' in n and n.rsplit('.', 1)[1].lower() in exts:
+        out.append(f'{rel_dir}/{n}' if rel_dir else n)
+  out.sort()
+  if not out:
+    raise FileNotFoundError(
+      f'Data folder {directory!r} holds no file with extension in {sorted(exts)}.'
+    )
+  keys: dict[str, str] = {}
+  for r in out:
+    k = folder_key(r)
+    if k in keys:
+      raise ValueError(f'Data folder {directory!r}: {keys[k]!r} and {r!r} share the key {k!r}.')
+    keys[k] = r
+  return out
 
 
 def _find_brace(s: str) -> tuple[int, int] | None:

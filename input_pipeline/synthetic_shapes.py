@@ -417,6 +417,9 @@ class SyntheticConfig:
 
   Splits:
     num_val_examples: size of the finite val split (default 500).
+    num_train_examples: 0 (default) = the train split is an infinite stream of distinct examples;
+      ``N > 0`` = the training pipeline cycles over the examples ``0 .. N-1`` (a finite training
+      set, e.g. one whose teacher embeddings are cached).  Other uses ignore it.
   """
 
   image_size: int = 64
@@ -458,6 +461,7 @@ class SyntheticConfig:
     ('upper', 0.05),
   )
   num_val_examples: int = 500
+  num_train_examples: int = 0
 
   def __post_init__(self):
     def err(msg):
@@ -541,6 +545,8 @@ class SyntheticConfig:
       err(f'pixel_noise must be >= 0, got {self.pixel_noise}')
     if self.num_val_examples < 1:
       err(f'num_val_examples must be >= 1, got {self.num_val_examples}')
+    if self.num_train_examples < 0:
+      err(f'num_train_examples must be >= 0, got {self.num_train_examples}')
 
   @classmethod
   def from_dict(cls, d: Optional[Mapping[str, Any]]) -> 'SyntheticConfig':

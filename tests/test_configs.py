@@ -32,6 +32,18 @@ def test_every_config_builds_its_model(name):
     SCGConfig(**{k: config.scg[k] for k in keys}).validate()
     assert config.scg.direction in scg_losses.DIRECTIONS
     return
+  if config.method == 'zeroseg':  # its teacher is a model directory given on the command line
+    from groupvit_jax import teacher_views, zeroseg_losses
+    from groupvit_jax.models import zeroseg
+    from groupvit_jax.models.clip import CLIPConfig
+
+    model = {**config.zeroseg.model.to_dict(), 'teacher': CLIPConfig().to_dict()}
+    cfg = zeroseg.ZeroSegConfig.from_dict(model)
+    params = jax.eval_shape(lambda: zeroseg.init_params(cfg, jax.random.key(0)))
+    assert jax.tree.leaves(params) and cfg.encoder.image_size == config.data.image_size
+    teacher_views.check_grids(config.zeroseg.grids)
+    assert set(config.zeroseg.weights) == set(zeroseg_losses.TERMS)
+    return
   variables = abstract_variables(build_model_config(config))
   assert jax.tree.leaves(variables['params'])
 

@@ -272,5 +272,5 @@ def test_trainer_refuses_a_cache_with_moving_crops_and_keeps_pos_embed_fixed(tmp
   )
   assert not np.array_equal(after['head_in']['kernel'], before['head_in']['kernel'])
   teacher_after = jax.tree.map(np.asarray, state.batch_stats['teacher'])
-  for a, b in zip(jax.tree.leaves(teacher_after), jax.tree.leaves(task._teacher)):
+  for a, b in zip(jax.tree.leaves(teacher_after), jax.tree.leaves(task.teacher_variables)):
     np.testing.assert_array_equal(a, b)
