@@ -314,6 +314,9 @@ class DatasetSpec:
     return len(self.class_names)
 
 
+# The ZeroSeg paper's thresholds (Chen et al. 2023), used for ZeroSeg models by evaluation.run.
+ZEROSEG_BACKGROUND_THRESHOLDS = {'voc': 0.95, 'context': 0.05, 'coco_object': 0.35}
+
 _SPECS = {
   'voc': DatasetSpec('voc', VOC_CLASSES, VOC_PROMPT_NAMES, 0.95, 0.9),
   'context': DatasetSpec('context', CONTEXT_CLASSES, CONTEXT_PROMPT_NAMES, 0.35, 0.5),

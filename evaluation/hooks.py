@@ -64,6 +64,10 @@ def default_eval_config() -> ml_collections.ConfigDict:
   per image; position embeddings interpolated), as the release evaluates at twice its training
   size; 1 = the training resolution.
   kmeans_clusters: k of the k-means segmentation of models without grouping (ViT baseline).
+  background_rules: how background is decided, the first rule the primary (`mIoU`, the JSON, the
+  PNG grid), the others reported as `<rule>_mIoU`: 'threshold' (GroupViT's released rule at
+  `threshold`) or 'vocabulary' (SCG's: the background words are extra classes and a group or
+  region named as one is background; on the synthetic data the captions' background phrases).
   oracle, naming: also the oracle mIoU and the naming scores (module docstring).
   """
   return ml_collections.ConfigDict(
@@ -77,6 +81,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
       synthetic_seed=0,
       synthetic_scale=1.0,
       kmeans_clusters=8,
+      background_rules=('threshold',),
       oracle=True,
       naming=True,
     )
@@ -129,6 +134,30 @@ def trained_model(model_config, variables: dict[str, Any]):
   if isinstance(model_config, CLIPConfig):
     return PretrainedCLIP(model_config, {'params': variables['params']})
   return Pretrained(model_config, variables)
+
+
+BACKGROUND_RULES = ('threshold', 'vocabulary')
+
+
+def _background_rules(eval_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  rules = tuple(eval_config.get('background_rules', ('threshold',)))
+  if not rules or len(set(rules)) != len(rules) or set(rules) - set(BACKGROUND_RULES):
+    raise ValueError(
+      f'config.eval.background_rules {rules}: distinct rules from {BACKGROUND_RULES}, the first '
+      'the primary'
+    )
+  return rules
+
+
+def _background_vocabulary(name: str, data) -> list[str]:
+  """The vocabulary rule's background words: the synthetic captions' background phrases, or a
+  benchmark's (evaluation/class_names.py)."""
+  words = getattr(data, 'background_words', None)
+  if words:
+    return list(words)
+  from evaluation.class_names import background_vocabulary
+
+  return list(background_vocabulary(name))
 
 
 def _dataset(
@@ -275,6 +304,7 @@ def build_evaluators(
   Files (`eval_<name>.json`, `eval_<name>.png`) are written by the main process only.
   """
 
+  _background_rules(eval_config)  # a bad rule is an error at start
   evaluators = []
   for entry in eval_config.datasets:
     name, data, spec, geometry = _dataset(entry, eval_config, data_config, model_config)
@@ -317,24 +347,32 @@ def build_evaluators(
       geometry=geometry,
       input_size=input_size,
     ):
+      rules = _background_rules(eval_config)
       num_vis = int(eval_config.num_visualize) if is_main_process and workdir else 0
       pretrained = trained_model(model_config, variables)
-      with tempfile.TemporaryDirectory() as panel_dir:
-        result = evaluate_segmentation(
-          pretrained,
-          data,
-          spec,
-          threshold=threshold,
-          mode=eval_config.mode,
-          max_images=int(eval_config.max_images),
-          boundary=False,
-          oracle=bool(eval_config.oracle),
-          visualize=num_vis,
-          visualize_dir=panel_dir,
-          **geometry,
-        )
-        if num_vis:
-          _write_grid(panel_dir, os.path.join(workdir, f'eval_{name}.png'))
+      runs = {}
+      for i, rule in enumerate(rules):
+        kwargs = dict(threshold=threshold, background_words=None)
+        if rule == 'vocabulary':
+          kwargs = dict(threshold=None, background_words=_background_vocabulary(name, data))
+        vis = num_vis if i == 0 else 0
+        with tempfile.TemporaryDirectory() as panel_dir:
+          runs[rule] = evaluate_segmentation(
+            pretrained,
+            data,
+            spec,
+            mode=eval_config.mode,
+            max_images=int(eval_config.max_images),
+            boundary=False,
+            oracle=bool(eval_config.oracle) and i == 0,
+            visualize=vis,
+            visualize_dir=panel_dir,
+            **kwargs,
+            **geometry,
+          )
+          if vis:
+            _write_grid(panel_dir, os.path.join(workdir, f'eval_{name}.png'))
+      result = runs[rules[0]]
       metrics = {
         f'eval/{name}/mIoU': float(result['mIoU']),
         f'eval/{name}/pixel_accuracy': float(result['pixel_accuracy']),
@@ -343,6 +381,10 @@ def build_evaluators(
       if result['oracle'] is not None:
         metrics[f'eval/{name}/oracle_mIoU'] = float(result['oracle']['mIoU'])
       result = _jsonable(result, step)
+      result['background_rule'] = rules[0]
+      for rule in rules[1:]:
+        metrics[f'eval/{name}/{rule}_mIoU'] = float(runs[rule]['mIoU'])
+        result.setdefault('other_background_rules', {})[rule] = _jsonable(runs[rule], step)
       _naming(eval_config, pretrained, name, data, spec, metrics, result, input_size)
       if is_main_process and workdir:
         _write_json(os.path.join(workdir, f'eval_{name}.json'), result)

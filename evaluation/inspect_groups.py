@@ -1,5 +1,8 @@
-"""Looking inside a trained GroupViT: per-stage groups over images, what single group tokens capture
-across many images (the paper's Figure 7), and segmentation with a typed vocabulary.
+"""Looking inside a trained grouping model: per-stage groups over images, what single group tokens
+capture across many images (the paper's Figure 7), and segmentation with a typed vocabulary.
+
+Works for the three methods' model directories: GroupViT (its grouping stages), ZeroSeg (the
+student's grouping stages) and SCG (one "stage": the k-means regions of its grouper).
 
 Used by ``notebooks/inspect_groups.ipynb``; every function returns arrays or ``PIL`` images, so it
 works the same in a notebook, a script or a test. Images are resized (OpenCV-exact bilinear) to one
@@ -20,6 +23,8 @@ from groupvit_jax.preprocessing import normalize
 from groupvit_jax.segmenter import resize_uint8
 
 __all__ = [
+  'describe',
+  'input_geometry',
   'stage_group_ids',
   'upsampled_group_ids',
   'group_overlay',
@@ -30,10 +35,46 @@ __all__ = [
 ]
 
 
+def input_geometry(pretrained) -> tuple[int, int]:
+  """(input sides must be multiples of this, the training input size) of a GroupViT, ZeroSeg or
+  SCG model."""
+  kind = getattr(pretrained, 'kind', 'groupvit')
+  cfg = pretrained.config
+  if kind == 'scg':
+    return cfg.patch_multiple, cfg.clip.vision.image_size
+  if kind == 'zeroseg':
+    return cfg.encoder.patch_size, cfg.encoder.image_size
+  return cfg.image.patch_size, cfg.image.image_size
+
+
+def describe(pretrained) -> str:
+  """One line: the method, input size and groups per stage."""
+  kind = getattr(pretrained, 'kind', 'groupvit')
+  patch, size = input_geometry(pretrained)
+  cfg = pretrained.config
+  if kind == 'scg':
+    groups = (cfg.num_regions,)
+  elif kind == 'zeroseg':
+    groups = tuple(cfg.head.num_output_groups)
+  else:
+    groups = tuple(cfg.image.num_output_groups)
+  return f'{kind}: {size}px input, patch {patch}, groups per stage {groups}'
+
+
 def _square_side(pretrained, size: Optional[int]) -> int:
-  patch = pretrained.config.image.patch_size
-  size = pretrained.config.image.image_size if size is None else int(size)
+  patch, default = input_geometry(pretrained)
+  size = default if size is None else int(size)
   return max(patch, size // patch * patch)
+
+
+def _stage_maps(pretrained, pixels: np.ndarray) -> list[np.ndarray]:
+  """uint8 [B, S, S, 3] -> per stage [B, h, w, G] group weights (SCG: its region scores)."""
+  kind = getattr(pretrained, 'kind', 'groupvit')
+  if kind == 'scg':
+    return [pretrained.regions(pixels, size=pixels.shape[1])['scores']]
+  if kind == 'zeroseg':
+    return pretrained.stage_maps(pixels)
+  return pretrained.group_maps(normalize(pixels), preprocess=False)
 
 
 def stage_group_ids(
@@ -42,7 +83,7 @@ def stage_group_ids(
   """The group of every pixel at every grouping stage.
 
   Args:
-    pretrained: a ``Pretrained`` model.
+    pretrained: a ``Pretrained`` (GroupViT), ``PretrainedZeroSeg`` or ``PretrainedSCG`` model.
     images: uint8 RGB images ``[H_i, W_i, 3]`` (any sizes).
     size: square side the model sees (default: its training size).
 
@@ -52,7 +93,7 @@ def stage_group_ids(
   """
   side = _square_side(pretrained, size)
   pixels = np.stack([resize_uint8(np.asarray(im, np.uint8), side, side) for im in images])
-  maps = pretrained.group_maps(normalize(pixels), preprocess=False)  # per stage [B, h, w, G]
+  maps = _stage_maps(pretrained, pixels)  # per stage [B, h, w, G]
   return [[upsampled_group_ids(m[i], *im.shape[:2]) for m in maps] for i, im in enumerate(images)]
 
 

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     default=None,
     help="background rule: 'threshold' (GroupViT's) or 'vocabulary' (SCG's: a region named as "
     "one of the dataset's background words is background); default: GroupViT threshold, SCG "
-    'vocabulary',
+    "vocabulary; with --dataset synthetic the other rule is reported too (default: the run's)",
   )
   p.add_argument(
     '--background_words',
@@ -233,6 +233,9 @@ def _synthetic_configs(args) -> tuple[Any, Any]:
     eval_cfg['threshold'] = args.threshold
   if args.synthetic_scale is not None:
     eval_cfg['synthetic_scale'] = args.synthetic_scale
+  if args.background is not None:  # the other rule is reported too, as <rule>_mIoU
+    other = [r for r in hooks.BACKGROUND_RULES if r != args.background]
+    eval_cfg['background_rules'] = (args.background, *other)
   return ml_collections.ConfigDict(eval_cfg), ml_collections.ConfigDict({'synthetic': knobs})
 
 
@@ -376,6 +379,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       if words is not None:
         classes = spec if spec is not None else list(ds.class_names)
         threshold = None
+      elif spec is not None and getattr(model, 'kind', '') == 'zeroseg' and args.threshold is None:
+        # ZeroSeg's own paper quotes one threshold per benchmark; its default and its paper's.
+        threshold = cn.ZEROSEG_BACKGROUND_THRESHOLDS[spec.name]
+        classes = spec
       elif spec is not None:
         threshold = (
           args.threshold

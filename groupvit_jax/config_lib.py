@@ -189,6 +189,9 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   config.scg = scg_defaults()
   config.zeroseg = zeroseg_defaults()
   config.model = model_config()
+  # Models this recipe builds on, trained first when missing: (KEY, RECIPE[:ARG], SUBDIR) triples
+  # (groupvit_jax.main.resolve_prerequisites).
+  config.prerequisites = ()
   config.global_batch_size = 4096
   config.grad_accum_steps = 1
   config.total_steps = 1000

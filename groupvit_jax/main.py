@@ -128,8 +128,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
   if g % n_proc:
     raise TrainingError(f'global_batch_size {g} is not divisible by {n_proc} processes')
-  if config.total_steps <= 0:
-    raise TrainingError('total_steps must be positive')
+  if config.total_steps < 0 or (config.total_steps == 0 and config.method != 'scg'):
+    raise TrainingError(
+      'total_steps must be positive (0 only for config.method=scg: evaluate the towers untrained)'
+    )
   if config.loss.formulation not in ('global', 'shard_map'):
     raise TrainingError(
       f"loss.formulation must be 'global' or 'shard_map', got {config.loss.formulation!r}"
@@ -281,9 +283,11 @@ class _StopSignal:
 
 # --- the run -----------------------------------------------------------------------------------
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if it holds a checkpoint). Returns final metrics."""
-  validate(config)
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint), after the models it builds
+  on (`config.prerequisites`). Returns final metrics."""
   workdir = os.path.abspath(workdir)
+  resolve_prerequisites(config, workdir)
+  validate(config)
   os.makedirs(workdir, exist_ok=True)
   lock = _hold_workdir(workdir)
   try:
@@ -291,6 +295,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     if lock is not None:
       lock.release()
+
+
+def load_recipe(spec: str) -> ml_collections.ConfigDict:
+  """`get_config(ARG)` of a recipe 'PATH[:ARG]': PATH as given, else under the repository's
+  configs/ directory."""
+  import importlib.util
+
+  path, _, arg = spec.partition(':')
+  if not os.path.exists(path):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+  if not os.path.exists(path):
+    raise TrainingError(f'prerequisite recipe {spec!r}: {path} does not exist')
+  module_spec = importlib.util.spec_from_file_location('prerequisite_recipe', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def resolve_prerequisites(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Fills each empty key of `config.prerequisites` ((KEY, RECIPE, SUBDIR) triples, e.g.
+  ('scg.clip_dir', 'configs/synthetic_clip.py', 'clip')) with WORKDIR/SUBDIR/model, training
+  RECIPE there first with this run's seed unless that model exists (a finished run is reused, an
+  unfinished one resumed). A key given on the command line is used as is."""
+  for key, recipe, subdir in config.get('prerequisites', ()):
+    *parents, name = key.split('.')
+    target = config
+    for part in parents:
+      target = target[part]
+    if name not in target:
+      raise TrainingError(f'prerequisite key {key!r} is not a config key')
+    if target[name]:
+      continue
+    sub_workdir = os.path.join(workdir, subdir)
+    model_dir = os.path.join(sub_workdir, 'model')
+    if not os.path.exists(os.path.join(model_dir, store.CONFIG_FILE)):
+      sub = load_recipe(recipe)
+      sub.seed = int(config.seed)
+      metric_writers.log(f'{key}: training {recipe} in {sub_workdir} first')
+      train_and_evaluate(sub, sub_workdir)
+    else:
+      metric_writers.log(f'{key}: reusing {model_dir}')
+    target[name] = model_dir
 
 
 def _hold_workdir(workdir: str) -> workdir_lock.WorkdirLock | None:
@@ -361,6 +407,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
   log(f'model: {n_params:,} parameters')
+  if int(config.total_steps) == 0:
+    _close_quietly(ckpt)
+    return _evaluate_untrained(config, task, state, workdir)
 
   # Data.
   # input_pipeline exports lazily: tensorflow is imported here, when a run starts, not with main.
@@ -472,6 +521,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     export = os.path.join(workdir, 'model')
     task.export(export, state)
     log(f'model written to {export} (load with groupvit_jax.load_pretrained)')
+  return final
+
+
+def _evaluate_untrained(config, task, state, workdir: str) -> dict[str, Any]:
+  """total_steps=0 (SCG without region adaptation, the paper's "no fine-tuning" row): the model
+  as built from its towers, evaluated and exported as a trained one would be."""
+  evaluators = _make_evaluators(config, task.model_config, workdir)
+  final = _run_evaluators(evaluators, state, 0) if evaluators else {}
+  if evaluators:
+    metric_writers.MetricsWriter(workdir, resume_step=0).write(0, final)
+    metric_writers.log(
+      'eval at step 0: '
+      + ', '.join(f'{k} {v:.2f}' for k, v in final.items() if isinstance(v, float))
+    )
+  if config.export_model:
+    export = os.path.join(workdir, 'model')
+    task.export(export, state)
+    metric_writers.log(f'model written to {export} (load with groupvit_jax.load_pretrained)')
   return final
 
 

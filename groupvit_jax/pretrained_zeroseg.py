@@ -78,6 +78,25 @@ class PretrainedZeroSeg:
 
     return jax.jit(fn)
 
+  @functools.cached_property
+  def _stage_maps_fn(self):
+    student = zeroseg_lib.ZeroSegStudent(self.config)
+
+    def fn(params, pixels):
+      x = (pixels.astype(jnp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+      out = student.apply({'params': params}, x, method=zeroseg_lib.ZeroSegStudent.encode_image)
+      h, w = out['grid']
+      maps = compose_group_maps(out['assignments'])
+      return [m.reshape(m.shape[0], h, w, m.shape[-1]) for m in maps]
+
+    return jax.jit(fn)
+
+  def stage_maps(self, pixels: np.ndarray) -> list[np.ndarray]:
+    """uint8 [B, S, S, 3] (S a multiple of the patch size) -> per grouping stage the soft
+    patch-to-group maps composed across stages, [B, h, w, G_s]."""
+    maps = self._stage_maps_fn(self.variables['params'], jnp.asarray(pixels))
+    return [np.asarray(m) for m in maps]
+
   def groups(self, images, size: int | None = None) -> dict[str, np.ndarray]:
     """Segments of uint8 images [B, H, W, 3] (or a list), resized to `size` x `size` (default the
     training size, rounded to the patch size).

@@ -528,9 +528,10 @@ class TrainIterator:
     synthetic = None
     if self._has_synthetic:
       synthetic = self.synthetic_config.to_dict()
-      if not synthetic['num_train_examples']:
-        # States written before the knob existed stay valid for the (unchanged) infinite stream.
-        del synthetic['num_train_examples']
+      for knob in ('num_train_examples', 'p_background_only'):
+        if not synthetic[knob]:
+          # States written before the knob existed stay valid for the (unchanged) stream.
+          del synthetic[knob]
     fp = {
       'sources': [s.spec.text for s in self.sources],
       'num_files': [s.num_files_total for s in self.sources],

@@ -407,6 +407,11 @@ class SyntheticConfig:
       be, one random object is kept).
     p_distractor_words: probability of adding 1-2 non-category phrases ("stock image", "#art").
     p_background_words: probability of describing the background ("on a striped background").
+    p_background_only: probability that a *train* scene has no object at all; its caption then
+      names only the background ("just a striped background"). Real captions name what is behind
+      the objects too (grass, sky), which gives background regions concepts of their own; these
+      scenes are that signal for a recogniser that names regions (SCG). Val scenes always hold
+      objects; 0 (the default) leaves the train stream unchanged.
     p_colour_word, p_size_word, p_position_word: probability that a mention carries a colour word,
       a size word (only for objects in the smallest/largest quarter of ``size_range``), a position.
     p_relation: in sentence captions with >= 2 mentions, probability of a relation ("above",
@@ -443,6 +448,7 @@ class SyntheticConfig:
   p_omit_object_in_caption: float = 0.1
   p_distractor_words: float = 0.4
   p_background_words: float = 0.15
+  p_background_only: float = 0.0
   p_colour_word: float = 0.6
   p_size_word: float = 0.5
   p_position_word: float = 0.25
@@ -528,6 +534,7 @@ class SyntheticConfig:
       'p_omit_object_in_caption',
       'p_distractor_words',
       'p_background_words',
+      'p_background_only',
       'p_colour_word',
       'p_size_word',
       'p_position_word',
@@ -921,15 +928,32 @@ def render_scene(config: SyntheticConfig, seed: int, index: int, split: str = 't
     A :class:`Scene` with image uint8 ``[H, W, 3]``, masks uint8 ``[H, W]`` and the objects.
   """
   nprng, rng, _ = _streams(seed, index, split)
-  return _render(config, nprng, rng)
+  return _render(config, nprng, rng, _background_only(config, seed, index, split))
 
 
-def _render(config: SyntheticConfig, nprng: np.random.Generator, rng: random.Random) -> Scene:
+def _background_only(config: SyntheticConfig, seed: int, index: int, split: str) -> bool:
+  """Whether train example `index` has no object (`p_background_only`), from a fourth word of
+  the example's seed sequence (`generate_state` is prefix-stable: the three streams of every
+  example are unchanged, so the scenes that keep their objects are the default stream's)."""
+  if split != 'train' or config.p_background_only <= 0:
+    return False
+  words = np.random.SeedSequence([int(seed), SPLITS[split], int(index)]).generate_state(
+    4, np.uint64
+  )
+  return random.Random(int(words[3])).random() < config.p_background_only
+
+
+def _render(
+  config: SyntheticConfig,
+  nprng: np.random.Generator,
+  rng: random.Random,
+  background_only: bool = False,
+) -> Scene:
   size = config.image_size
   img, bg_kind = _background(config, nprng, rng)
   bg = img.copy() if config.min_contrast > 0 else img
   inst = np.zeros((size, size), np.uint8)
-  n_obj = rng.randint(config.min_objects, config.max_objects)
+  n_obj = 0 if background_only else rng.randint(config.min_objects, config.max_objects)
   lo, hi = config.size_range
   objects: list[SceneObject] = []
   full_area: list[int] = []
@@ -1239,7 +1263,7 @@ def generate(
   """
   config = config or SyntheticConfig()
   nprng, rng, caption_rng = _streams(seed, index, split)
-  scene = _render(config, nprng, rng)
+  scene = _render(config, nprng, rng, _background_only(config, seed, index, split))
   caption, mentioned = make_caption(config, scene, caption_rng)
   return {
     'image': scene.image,
