@@ -15,7 +15,7 @@ import ml_collections
 
 from groupvit_jax.config_lib import parse_arg
 from groupvit_jax.main import base_config
-from input_pipeline.scene_levels import apply_level
+from input_pipeline.scene_levels import builtin_data
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -30,28 +30,13 @@ def clip_model(image_size: int = 64) -> dict:
   )
 
 
-def synthetic_data(config: ml_collections.ConfigDict, scenes: str) -> None:
-  """The built-in data as every synthetic recipe trains on it: whole scenes (objects stay in
-  view, the captions name them), no flips (captions say "on the left"), no RandAugment."""
-  data = config.data
-  data.train = ('synthetic',)
-  data.image_size = 64
-  data.crop_scale = (0.8, 1.0)
-  data.hflip_prob = 0.0
-  data.randaugment = ''
-  data.random_erasing.prob = 0.0
-  data.text.context_length = 32
-  data.text.templates = 'simple'  # the evaluation's prompt: "a photo of a {}."
-  apply_level(data.synthetic, scenes)
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg, scenes='default', multi_label=False)
   config = base_config()
   config.method = 'clip'
   config.clip.model = ml_collections.ConfigDict(clip_model())
   config.clip.multi_label = args.multi_label
-  synthetic_data(config, args.scenes)
+  builtin_data(config.data, args.scenes)
   config.data.mean, config.data.std = CLIP_MEAN, CLIP_STD
   config.global_batch_size = 64
   config.total_steps = 1000

@@ -19,23 +19,13 @@ import ml_collections
 
 from groupvit_jax.config_lib import parse_arg
 from groupvit_jax.main import base_config
+from input_pipeline.scene_levels import builtin_data
 
 _CHOICES = dict(
   scenes=('default', 'easy', 'hard'),
   direction=('noun_to_region', 'region_to_noun', 'both'),
   masking=('context', 'tokens', 'pixels'),
 )
-
-
-def _load_clip_recipe():
-  import importlib.util
-  import os
-
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'synthetic_clip.py')
-  spec = importlib.util.spec_from_file_location('synthetic_clip', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -45,17 +35,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for key, choices in _CHOICES.items():
     if args[key] not in choices:
       raise ValueError(f'{key}={args[key]!r}: expected one of {choices}')
-  clip_recipe = _load_clip_recipe()
   config = base_config()
   config.method = 'scg'
   clip = f'configs/synthetic_clip.py:scenes={args.scenes}'
   config.prerequisites = (('scg.clip_dir', clip, 'clip'), ('scg.grouper_dir', clip, 'clip'))
+  builtin_data(config.data, args.scenes)
   s = config.scg
-  s.num_regions = 6
+  # As many regions as the scenes hold things: more cut objects into parts that are named apart
+  # (docs/emergence.md, section 12).
+  s.num_regions = int(config.data.synthetic.max_objects) + 1
   s.kmeans_iters = 10
   s.masking = args.masking
   s.direction = args.direction
-  clip_recipe.synthetic_data(config, args.scenes)
   config.data.text.num_prompts = 3
   config.global_batch_size = 64
   config.total_steps = 300 if args.adapt else 0

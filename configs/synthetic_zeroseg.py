@@ -17,17 +17,7 @@ import ml_collections
 
 from groupvit_jax.config_lib import parse_arg
 from groupvit_jax.main import base_config
-
-
-def _load_clip_recipe():
-  import importlib.util
-  import os
-
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'synthetic_clip.py')
-  spec = importlib.util.spec_from_file_location('synthetic_clip', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from input_pipeline.scene_levels import builtin_data
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,7 +25,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg, scenes='default', grids='1234', multiscale=True, matching=True, mask_ratio=0.6
   )
   grids = tuple(int(c) for c in args.grids)
-  clip_recipe = _load_clip_recipe()
   config = base_config()
   config.method = 'zeroseg'
   clip = f'configs/synthetic_clip.py:scenes={args.scenes}'
@@ -52,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     image_size=64, patch_size=8, width=128, num_heads=4, num_group_tokens=(16, 4, 0),
     num_output_groups=(16, 4),
   )  # fmt: skip
-  clip_recipe.synthetic_data(config, args.scenes)
+  builtin_data(config.data, args.scenes)
   data = config.data
   data.captions = False
   data.crop = 'center'

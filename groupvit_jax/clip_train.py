@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from groupvit_jax import losses as losses_lib
 from groupvit_jax import sharding as sharding_lib
+from groupvit_jax import train_step as train_lib
 from groupvit_jax.checkpoints import store
 from groupvit_jax.models.clip import CLIP, CLIPConfig
 from groupvit_jax.preprocessing import CLIP_MEAN, CLIP_STD
@@ -48,9 +49,7 @@ class CLIPTask:
     pixels = jnp.zeros((1, s, s, cfg.vision.in_channels), jnp.float32)
     text = jnp.zeros((1, cfg.text.context_length), jnp.int32)
     params = self.model.init(rng, pixels, text)['params']
-    return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=optimizer.init(params)
-    )
+    return train_lib.initial_state(optimizer, params, {})
 
   def abstract_state(self, optimizer) -> TrainState:
     return jax.eval_shape(functools.partial(self._init, optimizer), jax.random.key(0))
@@ -101,27 +100,9 @@ class CLIPTask:
     def train_step(state: TrainState, batch, rng):
       del rng  # nothing is random in a CLIP step
       (_, terms), grads = grad_fn(state.params, batch)
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      metrics = dict(
-        terms,
-        grad_norm=optax.tree.norm(grads),
-        lr=schedule(state.step),
-        param_norm=optax.tree.norm(params),
-      )
-      new_state = TrainState(
-        step=state.step + 1, params=params, batch_stats=state.batch_stats, opt_state=opt_state
-      )
-      return new_state, metrics
+      return train_lib.apply_update(state, grads, terms, optimizer, schedule)
 
-    replicated = sharding_lib.replicated(mesh)
-    batch_spec = sharding_lib.batch_sharding(mesh)
-    return jax.jit(
-      train_step,
-      in_shardings=(state_sharding, {k: batch_spec for k in self.batch_keys}, replicated),
-      out_shardings=(state_sharding, replicated),
-      donate_argnums=(0,),
-    )
+    return train_lib.jit_train_step(train_step, mesh, state_sharding, self.batch_keys)
 
   def abstract_batch(self, config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Any]:
     g, s = int(config.global_batch_size), self.model_config.vision.image_size

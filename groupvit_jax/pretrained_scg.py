@@ -25,10 +25,10 @@ from groupvit_jax.checkpoints import store
 from groupvit_jax.models import kmeans
 from groupvit_jax.models import scg as scg_lib
 from groupvit_jax.preprocessing import resize_square
-from groupvit_jax.pretrained_towers import PretrainedCLIP
+from groupvit_jax.pretrained_towers import NamedByCLIP, PretrainedCLIP
 
 
-class PretrainedSCG:
+class PretrainedSCG(NamedByCLIP):
   """An SCG model: `config` (SCGConfig) and `variables` ({'clip', 'grouper', 'params'[,
   'centroids']})."""
 
@@ -86,21 +86,6 @@ class PretrainedSCG:
   def save(self, directory: str, overwrite: bool = False) -> str:
     """Writes a self-contained model directory (`groupvit_jax.load_pretrained` reads it)."""
     return store.save_model(directory, self.config, self.variables, overwrite=overwrite)
-
-  # --- text ------------------------------------------------------------------------------------
-  def tokenize(self, texts: str | Sequence[str]) -> np.ndarray:
-    return self._clip.tokenize(texts)
-
-  def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
-    """Strings -> L2-normalised CLIP text embeddings [N, E]."""
-    return self._clip.encode_text(texts)
-
-  def class_embeddings(
-    self, class_names: Sequence[str], templates: prompts.Templates = 'simple'
-  ) -> np.ndarray:
-    """Zero-shot classifier [K, E] from the CLIP (OpenAI's recipe: each template embedding
-    normalised, averaged, normalised)."""
-    return self._clip.class_embeddings(class_names, templates)
 
   # --- images ----------------------------------------------------------------------------------
   @property

@@ -199,6 +199,27 @@ class PretrainedCLIP(_Tower):
     return out
 
 
+class NamedByCLIP:
+  """Text side of a model whose groups or regions a CLIP names (SCG's recogniser, ZeroSeg's
+  teacher): `tokenize`, `encode_text`, `class_embeddings` of `self._clip` (a PretrainedCLIP)."""
+
+  _clip: PretrainedCLIP
+
+  def tokenize(self, texts: str | Sequence[str]) -> np.ndarray:
+    return self._clip.tokenize(texts)
+
+  def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
+    """Strings -> L2-normalised CLIP text embeddings [N, E]."""
+    return self._clip.encode_text(texts)
+
+  def class_embeddings(
+    self, class_names: Sequence[str], templates: prompts.Templates = 'simple'
+  ) -> np.ndarray:
+    """Zero-shot classifier [K, E] from the CLIP (OpenAI's recipe: each template embedding
+    normalised, averaged, normalised)."""
+    return self._clip.class_embeddings(class_names, templates)
+
+
 class PretrainedViT(_Tower):
   """A converted DINO / timm ViT: class token and patch features (final norm applied)."""
 

@@ -23,10 +23,10 @@ from groupvit_jax.checkpoints import store
 from groupvit_jax.models import zeroseg as zeroseg_lib
 from groupvit_jax.models.groupvit import compose_group_maps
 from groupvit_jax.preprocessing import IMAGENET_MEAN, IMAGENET_STD, resize_square
-from groupvit_jax.pretrained_towers import PretrainedCLIP
+from groupvit_jax.pretrained_towers import NamedByCLIP, PretrainedCLIP
 
 
-class PretrainedZeroSeg:
+class PretrainedZeroSeg(NamedByCLIP):
   """A ZeroSeg model: `config` (ZeroSegConfig) and `variables` ({'params', 'teacher'})."""
 
   kind = 'zeroseg'
@@ -38,25 +38,11 @@ class PretrainedZeroSeg:
       raise ValueError(f'ZeroSeg variables lack {missing}: expected the student and its teacher')
     self.config = config
     self.variables = prompts.local_variables(variables)
-    self._teacher = PretrainedCLIP(config.teacher, {'params': self.variables['teacher']['params']})
+    self._clip = PretrainedCLIP(config.teacher, {'params': self.variables['teacher']['params']})
 
   def save(self, directory: str, overwrite: bool = False) -> str:
     """Writes a self-contained model directory (`groupvit_jax.load_pretrained` reads it)."""
     return store.save_model(directory, self.config, self.variables, overwrite=overwrite)
-
-  # --- text ------------------------------------------------------------------------------------
-  def tokenize(self, texts: str | Sequence[str]) -> np.ndarray:
-    return self._teacher.tokenize(texts)
-
-  def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
-    """Strings -> L2-normalised teacher text embeddings [N, E]."""
-    return self._teacher.encode_text(texts)
-
-  def class_embeddings(
-    self, class_names: Sequence[str], templates: prompts.Templates = 'simple'
-  ) -> np.ndarray:
-    """Zero-shot classifier [K, E] from the teacher's text tower."""
-    return self._teacher.class_embeddings(class_names, templates)
 
   # --- images ----------------------------------------------------------------------------------
   @functools.cached_property

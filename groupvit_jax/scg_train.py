@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from groupvit_jax import scg_losses
 from groupvit_jax import sharding as sharding_lib
+from groupvit_jax import train_step as train_lib
 from groupvit_jax.checkpoints import store
 from groupvit_jax.models import scg as scg_lib
 from groupvit_jax.models.clip import CLIP
@@ -67,12 +68,7 @@ class SCGTask:
 
   def _init(self, optimizer, frozen):
     params = scg_lib.init_params(self.model_config, frozen['clip']['params'])
-    return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      batch_stats=frozen,
-      opt_state=optimizer.init(params),
-    )
+    return train_lib.initial_state(optimizer, params, frozen)
 
   def abstract_state(self, optimizer) -> TrainState:
     return jax.eval_shape(lambda f: self._init(optimizer, f), self._frozen)
@@ -98,7 +94,6 @@ class SCGTask:
     cfg = self.model_config
     direction, max_scale = config.scg.direction, float(config.scg.max_logit_scale)
     batch_axes = tuple(mesh.axis_names)
-    batch_spec = sharding_lib.batch_sharding(mesh)
     if int(config.grad_accum_steps) != 1:
       raise ValueError('SCG trains without gradient accumulation (grad_accum_steps=1)')
     clip = CLIP(cfg.clip)
@@ -130,26 +125,9 @@ class SCGTask:
     def train_step(state: TrainState, batch, rng):
       del rng
       (_, terms), grads = grad_fn(state.params, state.batch_stats, batch)
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      metrics = dict(
-        terms,
-        grad_norm=optax.tree.norm(grads),
-        lr=schedule(state.step),
-        param_norm=optax.tree.norm(params),
-      )
-      new_state = TrainState(
-        step=state.step + 1, params=params, batch_stats=state.batch_stats, opt_state=opt_state
-      )
-      return new_state, metrics
+      return train_lib.apply_update(state, grads, terms, optimizer, schedule)
 
-    replicated = sharding_lib.replicated(mesh)
-    return jax.jit(
-      train_step,
-      in_shardings=(state_sharding, {k: batch_spec for k in self.batch_keys}, replicated),
-      out_shardings=(state_sharding, replicated),
-      donate_argnums=(0,),
-    )
+    return train_lib.jit_train_step(train_step, mesh, state_sharding, self.batch_keys)
 
   def abstract_batch(self, config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Any]:
     g, s = int(config.global_batch_size), self.image_size

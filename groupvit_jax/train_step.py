@@ -25,6 +25,70 @@ class TrainState:
   opt_state: Any
 
 
+def initial_state(
+  optimizer: optax.GradientTransformation, params: Any, batch_stats: Any
+) -> TrainState:
+  """Step 0 of a state whose trained part is `params` (traceable)."""
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=optimizer.init(params),
+  )
+
+
+def apply_update(
+  state: TrainState,
+  grads: Any,
+  terms: dict[str, Any],
+  optimizer: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  batch_stats: Any = None,
+  keep: Callable[[Any, Any], Any] | None = None,
+) -> tuple[TrainState, dict[str, Any]]:
+  """One optimizer update of `state` with `grads` (traceable).
+
+  Args:
+    terms: the step's loss terms, returned with grad_norm, lr and param_norm added.
+    batch_stats: the new `batch_stats` (default: unchanged, e.g. frozen towers).
+    keep: optional (new params, old params) -> params, for params that must not move.
+  Returns:
+    (the next state, metrics).
+  """
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  if keep is not None:
+    params = keep(params, state.params)
+  metrics = dict(
+    terms,
+    grad_norm=optax.tree.norm(grads),
+    lr=schedule(state.step),
+    param_norm=optax.tree.norm(params),
+  )
+  new_state = TrainState(
+    step=state.step + 1,
+    params=params,
+    batch_stats=state.batch_stats if batch_stats is None else batch_stats,
+    opt_state=opt_state,
+  )
+  return new_state, metrics
+
+
+def jit_train_step(
+  train_step: Callable, mesh: Mesh, state_sharding: TrainState, batch_keys: tuple[str, ...]
+) -> Callable:
+  """`train_step(state, batch, rng)` jitted with the state's shardings, the batch split over every
+  mesh axis, the rng and metrics replicated, and the state donated."""
+  replicated = sharding_lib.replicated(mesh)
+  batch_spec = sharding_lib.batch_sharding(mesh)
+  return jax.jit(
+    train_step,
+    in_shardings=(state_sharding, {k: batch_spec for k in batch_keys}, replicated),
+    out_shardings=(state_sharding, replicated),
+    donate_argnums=(0,),
+  )
+
+
 def abstract_state(model: GroupViT, optimizer: optax.GradientTransformation) -> TrainState:
   """Shapes of the whole training state, without allocating anything."""
 

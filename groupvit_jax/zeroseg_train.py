@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from groupvit_jax import sharding as sharding_lib
 from groupvit_jax import teacher_views, zeroseg_losses
+from groupvit_jax import train_step as train_lib
 from groupvit_jax.checkpoints import store
 from groupvit_jax.models import zeroseg as zeroseg_lib
 from groupvit_jax.models.grouping import Assignment
@@ -96,12 +97,7 @@ class ZeroSegTask:
     return self._teacher
 
   def _state(self, optimizer, teacher, params) -> TrainState:
-    return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      batch_stats={'teacher': teacher},
-      opt_state=optimizer.init(params),
-    )
+    return train_lib.initial_state(optimizer, params, {'teacher': teacher})
 
   def abstract_state(self, optimizer) -> TrainState:
     fresh = functools.partial(zeroseg_lib.init_params, self.model_config)
@@ -162,35 +158,18 @@ class ZeroSegTask:
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def keep_fixed(path, new, old):
-      keys = tuple(getattr(k, 'key', str(k)) for k in path)
-      return old if zeroseg_lib.is_fixed(keys) else new
+    def keep_fixed(new, old):
+      def leaf(path, n, o):
+        return o if zeroseg_lib.is_fixed(tuple(getattr(k, 'key', str(k)) for k in path)) else n
+
+      return jax.tree_util.tree_map_with_path(leaf, new, old)
 
     def train_step(state: TrainState, batch, rng):
       step_rng = jax.random.fold_in(rng, state.step)
       (_, terms), grads = grad_fn(state.params, state.batch_stats, batch, step_rng)
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      params = jax.tree_util.tree_map_with_path(keep_fixed, params, state.params)
-      metrics = dict(
-        terms,
-        grad_norm=optax.tree.norm(grads),
-        lr=schedule(state.step),
-        param_norm=optax.tree.norm(params),
-      )
-      new_state = TrainState(
-        step=state.step + 1, params=params, batch_stats=state.batch_stats, opt_state=opt_state
-      )
-      return new_state, metrics
+      return train_lib.apply_update(state, grads, terms, optimizer, schedule, keep=keep_fixed)
 
-    replicated = sharding_lib.replicated(mesh)
-    batch_spec = sharding_lib.batch_sharding(mesh)
-    return jax.jit(
-      train_step,
-      in_shardings=(state_sharding, {k: batch_spec for k in self.batch_keys}, replicated),
-      out_shardings=(state_sharding, replicated),
-      donate_argnums=(0,),
-    )
+    return train_lib.jit_train_step(train_step, mesh, state_sharding, self.batch_keys)
 
   def abstract_batch(self, config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Any]:
     g, s = int(config.global_batch_size), self.image_size

@@ -68,3 +68,20 @@ def apply_level(synthetic: ml_collections.ConfigDict, level: str) -> ml_collecti
       raise KeyError(f'scene level {level!r} sets unknown knob {key!r}')
     synthetic[key] = value
   return synthetic
+
+
+def builtin_data(data: ml_collections.ConfigDict, level: str) -> ml_collections.ConfigDict:
+  """`config.data` as the built-in benchmark's recipes train on it (in place): the synthetic
+  source at 64 px, whole scenes (the captions name the objects: mild crops, no flips since
+  captions say "on the left", no RandAugment or erasing), 32-token captions, the evaluation's
+  prompt template, and the scene `level`."""
+  data.train = ('synthetic',)
+  data.image_size = 64
+  data.crop_scale = (0.8, 1.0)
+  data.hflip_prob = 0.0
+  data.randaugment = ''
+  data.random_erasing.prob = 0.0
+  data.text.context_length = 32
+  data.text.templates = 'simple'  # "a photo of a {}."
+  apply_level(data.synthetic, level)
+  return data

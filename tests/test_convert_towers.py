@@ -400,7 +400,7 @@ def test_errors_name_the_problem(converted, tmp_path, capsys):
   assert 'text tower' in capsys.readouterr().err
   argv = ['--checkpoint', converted['hf_clip'][0], '--dataset', 'voc', '--data_dir', str(tmp_path)]
   assert eval_run.main(argv + ['--output', str(tmp_path / 'r.json')]) != 0
-  assert 'classification only' in capsys.readouterr().err
+  assert 'zero-shot classification' in capsys.readouterr().err
 
 
 def test_bfloat16_compute(converted):
