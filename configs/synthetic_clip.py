@@ -9,6 +9,9 @@ WORKDIR/model, is a CLIP model directory like a converted OpenAI CLIP (CLIP's me
 Arguments (`--config=configs/synthetic_clip.py:key=value`):
   scenes=default|easy|hard   the scene level (input_pipeline/scene_levels.py)
   multi_label=False|True     also GroupViT's multi-label loss on the caption's noun prompts
+  background_only=0.0        the fraction of training scenes without an object, captioned by their
+                             background alone: a recogniser of regions (SCG) then has a concept for
+                             background regions (docs/emergence.md, section 12)
 """
 
 import ml_collections
@@ -31,12 +34,13 @@ def clip_model(image_size: int = 64) -> dict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, scenes='default', multi_label=False)
+  args = parse_arg(arg, scenes='default', multi_label=False, background_only=0.0)
   config = base_config()
   config.method = 'clip'
   config.clip.model = ml_collections.ConfigDict(clip_model())
   config.clip.multi_label = args.multi_label
   builtin_data(config.data, args.scenes)
+  config.data.synthetic.p_background_only = args.background_only
   config.data.mean, config.data.std = CLIP_MEAN, CLIP_STD
   config.global_batch_size = 64
   config.total_steps = 1000

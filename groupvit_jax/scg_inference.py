@@ -57,7 +57,8 @@ def region_class_table(
 
   Args:
     region_embeds: [B, M, E]; present: bool [B, M]; class_embed: [K', E] unit rows (foreground,
-      then background words with `num_fg`); class_mask: bool [K'] (False = padding);
+      then background words with `num_fg`); class_mask: bool [K'] or [B, 1, K'] (False = padding,
+      or a class the image-level filter left out);
     logit_scale: scalar log inverse temperature; threshold: scalar.
   Returns:
     float32 [B, M, C]: C = K (no background) or 1 + K (channel 0 background).
@@ -80,6 +81,30 @@ def region_class_table(
   return jnp.concatenate([bg[..., None].astype(jnp.float32), fg], axis=-1)
 
 
+def image_filter(
+  image_embed: jnp.ndarray,
+  class_embed: jnp.ndarray,
+  class_mask: jnp.ndarray,
+  top_k: int,
+  num_fg: int | None,
+) -> jnp.ndarray:
+  """The classes a region of each image may take under `image_top_k`: the `top_k` foreground
+  classes closest to the image embedding [B, E], and every background word.
+
+  Returns bool [B, 1, K'] (padding stays False).
+  """
+  cos = jnp.einsum(
+    'be,ke->bk', kmeans.l2_normalize(image_embed), class_embed.astype(jnp.float32),
+    precision=HIGHEST,
+  )  # fmt: skip
+  k_all = class_embed.shape[0]
+  foreground = jnp.arange(k_all) < (k_all if num_fg is None else num_fg)
+  cos = jnp.where(class_mask & foreground, cos, -jnp.inf)
+  _, top = jax.lax.top_k(cos, min(top_k, k_all))
+  keep = jnp.any(jax.nn.one_hot(top, k_all, dtype=jnp.bool_), axis=1) | ~foreground
+  return (keep & class_mask)[:, None, :]
+
+
 def window_impl(
   variables,
   class_embed,
@@ -99,6 +124,10 @@ def window_impl(
   `top_k` is GroupViT's image-level filter; SCG names regions from their own tokens only."""
   del top_k
   out = scg_lib.forward(config, variables, pixels)
+  if config.image_top_k:
+    class_mask = image_filter(
+      out['image_embed'], class_embed, class_mask, config.image_top_k, num_fg
+    )
   ids = kmeans.upsample_assign(out['scores'], rh, rw)
   dtype = jnp.uint8 if config.num_regions <= 256 else jnp.int32
   table = region_class_table(

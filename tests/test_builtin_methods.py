@@ -204,3 +204,18 @@ def test_notebook_shows_zeroseg_segments_and_scg_regions(tmp_path, monkeypatch, 
   assert {p.stem for p in out.glob('*.png')} == names
   assert Image.open(out / 'stage_groups.png').height >= 6 * 160
   assert len(namespace['predictions']) == 6 and all(p.max() <= 3 for p in namespace['predictions'])
+
+
+def test_image_filter_keeps_the_images_top_classes_and_every_background_word():
+  import jax.numpy as jnp
+
+  from groupvit_jax import scg_inference
+
+  eye = np.eye(6, dtype=np.float32)  # classes 0-2 foreground, 3-4 background words, 5 padding
+  image = jnp.asarray([[0.1, 0.9, 0.3, 0.0, 0.0, 0.0], [0.8, 0.0, 0.7, 0.0, 0.0, 1.0]])
+  mask = jnp.asarray([True] * 5 + [False])
+  keep = np.asarray(scg_inference.image_filter(image, jnp.asarray(eye), mask, 1, num_fg=3))
+  assert keep.shape == (2, 1, 6)
+  np.testing.assert_array_equal(keep[:, 0], [[0, 1, 0, 1, 1, 0], [1, 0, 0, 1, 1, 0]])
+  keep2 = np.asarray(scg_inference.image_filter(image, jnp.asarray(eye), mask, 2, num_fg=None))
+  np.testing.assert_array_equal(keep2[:, 0].sum(-1), [2, 2])  # padding never counts

@@ -75,6 +75,9 @@ class SCGConfig(JsonConfig):
   centroids: 'per_image' (k-means on every image) or 'dataset' (assign to M centroids fitted once,
     stored with the model as variables['centroids']).
   masking: 'context', 'tokens' or 'pixels' (module docstring).
+  image_top_k: 0 (the paper's): every region takes its best class. k > 0 (our extension, GroupViT's
+    image-level filter): a region's class is chosen among the k foreground classes that the whole
+    image's CLIP embedding ranks highest (background words stay allowed).
   """
 
   clip: CLIPConfig = dataclasses.field(default_factory=CLIPConfig)
@@ -85,6 +88,7 @@ class SCGConfig(JsonConfig):
   grouper_layer: int | None = None
   centroids: str = 'per_image'
   masking: str = 'context'
+  image_top_k: int = 0
 
   @property
   def grouper_vit(self) -> ViTConfig:
@@ -115,8 +119,8 @@ class SCGConfig(JsonConfig):
     ):
       if value not in allowed:
         raise ConfigError(f'{name} must be one of {allowed}, got {value!r}')
-    if self.num_regions < 1 or self.kmeans_iters < 0:
-      raise ConfigError('num_regions must be >= 1 and kmeans_iters >= 0')
+    if self.num_regions < 1 or self.kmeans_iters < 0 or self.image_top_k < 0:
+      raise ConfigError('num_regions must be >= 1, kmeans_iters and image_top_k >= 0')
     depth = self.grouper_vit.depth
     if self.grouper_layer is not None and not -depth <= self.grouper_layer < depth:
       raise ConfigError(f'grouper_layer {self.grouper_layer} is out of range for {depth} blocks')
@@ -302,13 +306,19 @@ def forward(
 
   variables: {'clip', 'grouper', 'params': {'region_tokens' [M, W], 'logit_scale' []}} and, with
   dataset centroids, 'centroids' [M, C].
-  Returns: `scores` [B, h, w, M] (grouper grid), `region_embeds` [B, M, E], `present` bool [B, M].
+  Returns: `scores` [B, h, w, M] (grouper grid), `region_embeds` [B, M, E], `present` bool [B, M]
+  and, with `cfg.image_top_k`, `image_embed` [B, E] (the plain CLIP's, not normalised).
   """
   scores = score_maps(cfg, variables['grouper'], pixels, variables.get('centroids'))
   emb, present = region_embeddings(
     cfg, variables['clip'], variables['params']['region_tokens'], pixels, scores
   )
-  return {'scores': scores, 'region_embeds': emb, 'present': present}
+  out = {'scores': scores, 'region_embeds': emb, 'present': present}
+  if cfg.image_top_k:
+    x = normalize_pixels(pixels, CLIP_MEAN, CLIP_STD)
+    model = CLIP(clip_for_any_grid(cfg.clip))
+    out['image_embed'] = model.apply(variables['clip'], x, method=CLIP.encode_image)
+  return out
 
 
 def init_params(cfg: SCGConfig, clip_params: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
