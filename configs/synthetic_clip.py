@@ -12,6 +12,7 @@ Arguments (`--config=configs/synthetic_clip.py:key=value`):
   background_only=0.0        the fraction of training scenes without an object, captioned by their
                              background alone: a recogniser of regions (SCG) then has a concept for
                              background regions (docs/emergence.md, section 12)
+  steps=1000                 training steps (the learning rate's cosine spans them)
 """
 
 import ml_collections
@@ -34,7 +35,7 @@ def clip_model(image_size: int = 64) -> dict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, scenes='default', multi_label=False, background_only=0.0)
+  args = parse_arg(arg, scenes='default', multi_label=False, background_only=0.0, steps=1000)
   config = base_config()
   config.method = 'clip'
   config.clip.model = ml_collections.ConfigDict(clip_model())
@@ -43,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.synthetic.p_background_only = args.background_only
   config.data.mean, config.data.std = CLIP_MEAN, CLIP_STD
   config.global_batch_size = 64
-  config.total_steps = 1000
+  config.total_steps = int(args.steps)
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500
   config.optimizer.base_lr = 1e-3

@@ -16,6 +16,9 @@ Arguments (`--config=configs/synthetic_scg.py:key=value`):
   masking=context|tokens|pixels                  Table 3
   image_top_k=0              0: the paper's naming; k: a region's class among the k foreground
                              classes the whole image's CLIP embedding ranks first (our extension)
+  naming=region|noun         region: every region takes its best class (the paper's); noun: the
+                             image's top-k classes each claim their closest region, the other
+                             regions are background (our extension; needs image_top_k)
 """
 
 import ml_collections
@@ -28,6 +31,7 @@ _CHOICES = dict(
   scenes=('default', 'easy', 'hard'),
   direction=('noun_to_region', 'region_to_noun', 'both'),
   masking=('context', 'tokens', 'pixels'),
+  naming=('region', 'noun'),
 )
 
 
@@ -39,13 +43,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     direction='noun_to_region',
     masking='context',
     image_top_k=0,
+    naming='region',
   )
   for key, choices in _CHOICES.items():
     if args[key] not in choices:
       raise ValueError(f'{key}={args[key]!r}: expected one of {choices}')
   config = base_config()
   config.method = 'scg'
-  clip = f'configs/synthetic_clip.py:scenes={args.scenes},background_only=0.1'
+  clip = f'configs/synthetic_clip.py:scenes={args.scenes},background_only=0.1,steps=1500'
   config.prerequisites = (('scg.clip_dir', clip, 'clip'), ('scg.grouper_dir', clip, 'clip'))
   builtin_data(config.data, args.scenes)
   s = config.scg
@@ -56,6 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.masking = args.masking
   s.direction = args.direction
   s.image_top_k = args.image_top_k
+  s.naming = args.naming
   config.data.text.num_prompts = 3
   config.global_batch_size = 64
   config.total_steps = 300 if args.adapt else 0
