@@ -16,9 +16,6 @@ Arguments (`--config=configs/synthetic_scg.py:key=value`):
   masking=context|tokens|pixels                  Table 3
   image_top_k=0              0: the paper's naming; k: a region's class among the k foreground
                              classes the whole image's CLIP embedding ranks first (our extension)
-  naming=region|noun         region: every region takes its best class (the paper's); noun: the
-                             image's top-k classes each claim their closest region, the other
-                             regions are background (our extension; needs image_top_k)
 """
 
 import ml_collections
@@ -31,7 +28,6 @@ _CHOICES = dict(
   scenes=('default', 'easy', 'hard'),
   direction=('noun_to_region', 'region_to_noun', 'both'),
   masking=('context', 'tokens', 'pixels'),
-  naming=('region', 'noun'),
 )
 
 
@@ -43,7 +39,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     direction='noun_to_region',
     masking='context',
     image_top_k=0,
-    naming='region',
   )
   for key, choices in _CHOICES.items():
     if args[key] not in choices:
@@ -61,7 +56,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.masking = args.masking
   s.direction = args.direction
   s.image_top_k = args.image_top_k
-  s.naming = args.naming
   config.data.text.num_prompts = 3
   config.global_batch_size = 64
   config.total_steps = 300 if args.adapt else 0

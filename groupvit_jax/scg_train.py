@@ -32,14 +32,7 @@ from groupvit_jax.models import scg as scg_lib
 from groupvit_jax.models.clip import CLIP
 from groupvit_jax.train_step import TrainState
 
-_SCG_MODEL_KEYS = (
-  'num_regions',
-  'kmeans_iters',
-  'grouper_layer',
-  'masking',
-  'image_top_k',
-  'naming',
-)
+_SCG_MODEL_KEYS = ('num_regions', 'kmeans_iters', 'grouper_layer', 'masking', 'image_top_k')
 
 
 def build_config(config: ml_collections.ConfigDict) -> tuple[scg_lib.SCGConfig, dict[str, Any]]:

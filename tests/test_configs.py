@@ -28,7 +28,7 @@ def test_every_config_builds_its_model(name):
     from groupvit_jax import scg_losses
     from groupvit_jax.models.scg import SCGConfig
 
-    keys = ('num_regions', 'kmeans_iters', 'grouper_layer', 'masking', 'image_top_k', 'naming')
+    keys = ('num_regions', 'kmeans_iters', 'grouper_layer', 'masking', 'image_top_k')
     SCGConfig(**{k: config.scg[k] for k in keys}).validate()
     assert config.scg.direction in scg_losses.DIRECTIONS
     return
