@@ -1,13 +1,13 @@
 """Supervised shape probe: how fast can a recipe's image tower learn WHICH shapes are in a picture?
 
 Zero-shot segmentation on the synthetic data needs the image tower to tell the 8 shapes apart
-(colour never reveals the category). This probe removes the text side and the contrastive loss:
-the recipe's image encoder (``configs/synthetic.py`` by default, any variant) plus one linear
+(colour never reveals the category). This probe removes the text side and the contrastive loss: the
+recipe's image encoder (``configs/synthetic_groupvit.py`` by default, any variant) plus one linear
 layer on its pooled output is trained with direct multi-label targets (sigmoid cross-entropy over
-"category k is in the image"), with the recipe's optimizer, schedule and batch size, on a fixed
-pool of rendered training images; a held-out pool of val-stream images measures progress. If the
-tower cannot learn this with labels in a given number of steps, it cannot learn it from captions
-in that number of steps either (docs/emergence.md, section 2).
+"category k is in the image"), with the recipe's optimizer, schedule and batch size, on a fixed pool
+of rendered training images; a held-out pool of val-stream images measures progress. If the tower
+cannot learn this with labels in a given number of steps, it cannot learn it from captions in that
+number of steps either (docs/emergence.md, section 2).
 
 Prints the command, then one line per evaluation (``--json``: one JSON object per line) with the
 val cross-entropy, the "predict the prior" cross-entropy it has to beat, and the val mean average
@@ -18,7 +18,7 @@ Examples::
     python benchmarks/shape_probe.py --steps 600                              # the recipe's tower
     python benchmarks/shape_probe.py --steps 600 --set model.image.patch_size=4  # finer patches
     python benchmarks/shape_probe.py --steps 600 --model cnn                  # a 4-layer CNN
-    python benchmarks/shape_probe.py --config configs/synthetic.py:arch=vit --set
+    python benchmarks/shape_probe.py --config configs/synthetic_groupvit.py:arch=vit --set
     data.synthetic.rotation=False python benchmarks/shape_probe.py --model cnn --input silhouette
     # colour removed
 
@@ -146,7 +146,9 @@ def build_classifier(config, kind: str):
 
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--config', default='configs/synthetic.py', help='recipe file[:variant]')
+  parser.add_argument(
+    '--config', default='configs/synthetic_groupvit.py', help='recipe file[:variant]'
+  )
   parser.add_argument(
     '--set',
     action='append',

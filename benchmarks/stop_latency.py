@@ -6,7 +6,7 @@ prints the seconds until the process exits, the step it saved and its exit code;
 images/s the run logged. Cloud preemption grace periods are tens of seconds, so the time to exit
 is the number that matters; it should be about one training step plus the checkpoint write.
 
-    python benchmarks/stop_latency.py                          # configs/synthetic.py, 50 + 20 s
+    python benchmarks/stop_latency.py              # configs/synthetic_groupvit.py, 50 + 20 s
     python benchmarks/stop_latency.py --config configs/tiny.py --after-step 20 --wait 5
 """
 
@@ -71,7 +71,7 @@ def measure(config: str, after_step: int, wait: float, overrides: list[str]) -> 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--config', default='configs/synthetic.py')
+  parser.add_argument('--config', default='configs/synthetic_groupvit.py')
   parser.add_argument(
     '--after-step',
     type=int,

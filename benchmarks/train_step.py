@@ -41,10 +41,10 @@ single rounds; alternating spreads it over both sides.
 
 Models: ``groupvit_s`` is the released GroupViT-S (``groupvit_jax.models.config.GroupViTConfig()``:
 224 px, patch 16, width 384, depths (6, 3, 3), group tokens (64, 8, 0)); ``tiny`` and ``synthetic``
-are the models of ``configs/tiny.py`` and ``configs/synthetic.py`` (the README's main job). The JAX
-step is compiled as the trainer compiles it, with ``groupvit_jax.xla_cpu.compiler_options`` for the
-model; each row records those options and the ``XLA_FLAGS`` of its JAX process. The released config
-has stochastic depth 0.1, which Hugging Face's model lacks (no parameters, a per-sample mask
+are the models of ``configs/tiny.py`` and ``configs/synthetic_groupvit.py`` (the built-in GroupViT).
+The JAX step is compiled as the trainer compiles it, with ``groupvit_jax.xla_cpu.compiler_options``
+for the model; each row records those options and the ``XLA_FLAGS`` of its JAX process. The released
+config has stochastic depth 0.1, which Hugging Face's model lacks (no parameters, a per-sample mask
 multiply per block: negligible in time).
 
 ``--threads N`` (default: every CPU this process may run on): ``torch.set_num_threads(N)``, and for
@@ -181,8 +181,9 @@ def recipe(model_name: str, batch: int, dtype: str, multi_label: bool):
   else:
     import importlib.util
 
+    recipe = {'synthetic': 'synthetic_groupvit'}.get(model_name, model_name)
     spec = importlib.util.spec_from_file_location(
-      model_name, REPO_ROOT / 'configs' / f'{model_name}.py'
+      model_name, REPO_ROOT / 'configs' / f'{recipe}.py'
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,126 +1,36 @@
-"""The README's main job: a small GroupViT trained on the built-in synthetic shapes on 2 CPU cores.
+"""The README's main job: the method and recipe the built-in benchmark's measurements select.
 
-A 2-stage GroupViT (64 px, patch 8, width 128, 16 -> 4 groups) and a 2-layer text tower learn from
-synthetic image-caption pairs alone (input_pipeline/synthetic_shapes.py); the trainer's evaluation
-then segments the synthetic val split zero-shot with the category names as the vocabulary.
+That is SCG on the `default` scenes (docs/emergence.md, section 12): a CLIP trained here with a
+tenth of its scenes background-only (configs/synthetic_clip.py, 1,500 steps, about 15 minutes on 2
+cores, trained first into WORKDIR/clip or reused from there) is both SCG's grouper (k-means on its
+patch tokens, two regions) and its recogniser; each region is named by its own region token under
+token masking, among the one foreground class the whole image ranks first and the background
+words (`scg.image_top_k=1`, our extension). No SCG training (the paper's "no fine-tuning" row):
+the run evaluates and exports. `--config.seed` seeds the CLIP's training; the val stream is
+`eval.synthetic_seed`.
 
-Arguments (`--config=configs/synthetic.py:key=value,key=value`; none: the release's objective):
-  assignment=hard|soft     Gumbel straight-through assignment (the release) or soft (Table 1)
-  multi_label=True|False   with or without the multi-label loss (Table 1)
-  stages=2|1               two grouping stages, or one of 4 groups at the same depth (Table 3)
-  arch=groupvit|vit        vit: a plain ViT of the same depth and width, same loss and budget,
-                           segmented pixel-wise and by k-means (Table 4)
-  group_max=False|True     not in the release: the multi-label loss scores an image against a noun
-                           by its best-matching final group (`loss.multi_label_pooling='max'`)
-  scenes=default|easy      easy: one upright object brighter than its background, every caption
-                           naming the background, background threshold 0.95
-e.g. `:group_max=True,scenes=easy`. Measurements of every argument: docs/results.md.
+It writes what every run writes: WORKDIR/metrics.jsonl, WORKDIR/eval_synthetic.json (`mIoU`, the
+vocabulary background rule; `other_background_rules` has the threshold rule),
+WORKDIR/eval_synthetic.png (the regions and their names) and the model directory WORKDIR/model
+(an SCG model: `groupvit_jax.load_pretrained`, notebooks/inspect_groups.ipynb).
+
+Arguments (`--config=configs/synthetic.py:key=value`): those of configs/synthetic_scg.py, with
+this recipe's choices as defaults.
 """
+
+import importlib.util
+import os
 
 import ml_collections
 
-from groupvit_jax.config_lib import model_config, parse_arg
-from groupvit_jax.main import base_config
-
-_CHOICES = dict(
-  assignment=('hard', 'soft'), stages=(2, 1), arch=('groupvit', 'vit'), scenes=('default', 'easy')
-)
-
-
-def _parse(arg: str | None) -> ml_collections.ConfigDict:
-  args = parse_arg(
-    arg,
-    assignment='hard',
-    multi_label=True,
-    stages=2,
-    arch='groupvit',
-    group_max=False,
-    scenes='default',
-  )
-  for key, choices in _CHOICES.items():
-    if args[key] not in choices:
-      raise ValueError(f'{key}={args[key]!r}: expected one of {choices}')
-  if args.arch == 'vit' and (args.assignment != 'hard' or args.stages != 2):
-    raise ValueError('arch=vit has no grouping: it takes neither assignment= nor stages=')
-  if args.group_max and not args.multi_label:
-    raise ValueError('group_max=True changes the multi-label loss: it needs multi_label=True')
-  return args
+_SCG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'synthetic_scg.py')
+# The measured choice (docs/emergence.md, section 12).
+DEFAULTS = 'image_top_k=1,naming=noun,grouper_layer=-2'
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = _parse(arg)
-  image = dict(
-    image_size=64,
-    patch_size=8,
-    width=128,
-    num_heads=4,
-    depths=(2, 2, 1),
-    num_group_tokens=(16, 4, 0),
-    num_output_groups=(16, 4),
-    drop_path_rate=0.0,
-  )
-  if args.assignment == 'soft':
-    image['hard_assignment'] = False
-  if args.stages == 1:
-    image.update(depths=(3, 2), num_group_tokens=(4, 0), num_output_groups=(4,))
-  if args.arch == 'vit':
-    image.update(depths=(5,), num_group_tokens=(0,), num_output_groups=())
-  config = base_config()
-  config.model = model_config(
-    image=image,
-    text=dict(width=128, num_layers=2, num_heads=4, context_length=32),
-    projection_dim=128,
-    projection_hidden_dim=512,
-    multi_label=args.multi_label,
-  )
-
-  config.data.train = ('synthetic',)
-  config.data.image_size = 64
-  # Objects must stay in view (the caption names them): mild crops, no flips (captions say
-  # "on the left"), no RandAugment or erasing.
-  config.data.crop_scale = (0.8, 1.0)
-  config.data.hflip_prob = 0.0
-  config.data.randaugment = ''
-  config.data.random_erasing.prob = 0.0
-  config.data.text.context_length = 32
-  config.data.text.templates = 'simple'  # the evaluation's prompt: "a photo of a {}."
-  # 1-3 objects a little larger than the generator's defaults and milder caption noise: a model
-  # trained from scratch for ~25 CPU minutes does not get past chance on the default captions.
-  synth = config.data.synthetic
-  synth.max_objects = 3
-  synth.size_range = (0.2, 0.35)
-  synth.background_strength = 0.3
-  synth.p_distractor_words = 0.1
-  synth.p_canonical_name = 0.8
-  # No colour words: with them the image-text loss settles on colour matching (a shortcut that
-  # never names a shape); without them it has to use the shapes.
-  synth.p_colour_word = 0.0
-  synth.caption_styles = (('sentence', 0.6), ('list', 0.3), ('count', 0.1))
-
-  if args.group_max:
-    config.loss.multi_label_pooling = 'max'
-  if args.scenes == 'easy':
-    # The easiest scenes (one upright object, brighter than its background; colour still says
-    # nothing about the shape) and every caption naming the background.
-    synth.object_polarity = 'lighter'
-    synth.max_objects = 1
-    synth.rotation = False
-    synth.p_background_words = 1.0
-  config.global_batch_size = 64
-  config.total_steps = 1500
-  config.log_every_steps = 50
-  config.checkpoint_every_steps = 500
-  config.optimizer.base_lr = 1e-3
-  config.optimizer.warmup_lr = 1e-5
-  config.optimizer.min_lr = 1e-5
-  config.optimizer.warmup_steps = 50
-  config.optimizer.scale_lr_by_batch = False
-
-  config.eval.every_steps = 500
-  config.eval.datasets = ('synthetic',)
-  config.eval.max_images = 200
-  config.eval.synthetic_seed = 1  # val stream; training uses the train stream of config.seed
-  config.eval.kmeans_clusters = 4  # as many clusters as GroupViT's final groups
-  if args.scenes == 'easy':
-    config.eval.threshold = 0.95  # the release's background threshold for VOC and COCO-Object
-  return config
+  spec = importlib.util.spec_from_file_location('synthetic_scg_recipe', _SCG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  # parse_arg lets a later key replace an earlier one: the user's arguments win over ours.
+  return module.get_config(DEFAULTS + (f',{arg}' if arg else ''))

@@ -16,6 +16,10 @@ Arguments (`--config=configs/synthetic_scg.py:key=value`):
   masking=context|tokens|pixels                  Table 3
   image_top_k=0              0: the paper's naming; k: a region's class among the k foreground
                              classes the whole image's CLIP embedding ranks first (our extension)
+  naming=region|noun         region: every region takes its best class (the paper's); noun: each
+                             of the image's top-k classes claims the region with the best margin
+                             over its background words, the rest are background (our extension)
+  grouper_layer=final|N      k-means on the final-norm patch tokens, or on block N's output
 """
 
 import ml_collections
@@ -28,6 +32,7 @@ _CHOICES = dict(
   scenes=('default', 'easy', 'hard'),
   direction=('noun_to_region', 'region_to_noun', 'both'),
   masking=('context', 'tokens', 'pixels'),
+  naming=('region', 'noun'),
 )
 
 
@@ -39,6 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     direction='noun_to_region',
     masking='context',
     image_top_k=0,
+    naming='region',
+    grouper_layer='final',
   )
   for key, choices in _CHOICES.items():
     if args[key] not in choices:
@@ -56,6 +63,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.masking = args.masking
   s.direction = args.direction
   s.image_top_k = args.image_top_k
+  s.naming = args.naming
+  if args.grouper_layer != 'final':
+    try:
+      s.grouper_layer = int(args.grouper_layer)
+    except ValueError:
+      raise ValueError(f'grouper_layer={args.grouper_layer!r}: expected final or a block index')
   config.data.text.num_prompts = 3
   config.global_batch_size = 64
   config.total_steps = 300 if args.adapt else 0

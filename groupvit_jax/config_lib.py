@@ -136,6 +136,7 @@ def scg_defaults() -> ml_collections.ConfigDict:
   c.grouper_layer = ml_collections.config_dict.placeholder(int)  # None: final-norm features
   c.masking = 'context'  # 'context' | 'tokens' | 'pixels'
   c.image_top_k = 0  # 0: the paper's; k: a region's class among the image's top-k (models/scg.py)
+  c.naming = 'region'  # the paper's | 'noun': the image's top-k classes claim regions
   c.centroids = ''  # an .npy [M, C] of dataset-level centroids; '' = per-image k-means
   c.direction = 'noun_to_region'  # | 'region_to_noun' | 'both'
   c.max_logit_scale = 100.0

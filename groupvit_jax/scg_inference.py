@@ -14,6 +14,10 @@ cover a pixel). Background:
   background when its best p is below min(threshold, the best p of any present region in the
   window): the form of GroupViT's released rule, so every window keeps at least one region.
 * neither: every region gets a foreground class.
+
+With `naming='noun'` (our extension, after `image_top_k`'s filter) the classes pick instead: each
+of the image's top-k foreground classes claims the present region closest to it, and a region no
+class claimed is background under either rule (with no background, it keeps its own best class).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def region_class_table(
   threshold: jnp.ndarray,
   with_background: bool,
   num_fg: int | None,
+  naming: str = 'region',
 ) -> jnp.ndarray:
   """One-hot class rows per region (module docstring).
 
@@ -69,6 +74,8 @@ def region_class_table(
   )  # fmt: skip
   cos = jnp.where(class_mask, cos, -jnp.inf)
   onehot = jax.nn.one_hot(jnp.argmax(cos, -1), cos.shape[-1])
+  if naming == 'noun':
+    return _noun_table(cos, present, class_mask, onehot, with_background, num_fg)
   if num_fg is not None:
     return vocabulary_background(onehot, num_fg)
   if not with_background:
@@ -79,6 +86,45 @@ def region_class_table(
   bg = best < jnp.minimum(threshold, window_best)
   fg = jnp.where(bg[..., None], 0.0, onehot)
   return jnp.concatenate([bg[..., None].astype(jnp.float32), fg], axis=-1)
+
+
+def noun_claims(
+  score: jnp.ndarray, present: jnp.ndarray, claim_mask: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Noun->region naming: every allowed class claims the present region that scores it highest.
+
+  Args:
+    score: [B, M, K'] region-class scores; present: bool [B, M]; claim_mask: bool [B, 1, K'] or
+      [K'], the classes that claim (the image's top-k foreground classes).
+  Returns:
+    (claimed bool [B, M], class int32 [B, M]: the highest-scoring class among those that claimed
+    the region; meaningless where not claimed).
+  """
+  score = jnp.where(present[..., None], score, -jnp.inf)
+  m = score.shape[1]
+  closest = jnp.argmax(score, axis=1)  # [B, K']: each class's region
+  claims = (closest[:, None, :] == jnp.arange(m)[None, :, None]) & claim_mask  # [B, M, K']
+  claims = claims & present[..., None]
+  claimed = jnp.any(claims, axis=-1)
+  cls = jnp.argmax(jnp.where(claims, score, -jnp.inf), axis=-1).astype(jnp.int32)
+  return claimed, cls
+
+
+def _noun_table(cos, present, class_mask, onehot, with_background, num_fg):
+  k_all = cos.shape[-1]
+  foreground = jnp.arange(k_all) < (k_all if num_fg is None else num_fg)
+  score = cos
+  if num_fg is not None:
+    # A class's margin over the region's best background word: the large background region sits
+    # close to every prompt, so its raw cosine to the shape often beats the object's own region.
+    best_bg = jnp.max(jnp.where(foreground, -jnp.inf, cos), axis=-1, keepdims=True)
+    score = cos - best_bg
+  claimed, cls = noun_claims(score, present, class_mask & foreground)
+  if num_fg is None and not with_background:
+    return jnp.where(claimed[..., None], jax.nn.one_hot(cls, k_all), onehot)
+  k = k_all if num_fg is None else num_fg
+  fg = jnp.where(claimed[..., None], jax.nn.one_hot(cls, k), 0.0)
+  return jnp.concatenate([(~claimed)[..., None].astype(jnp.float32), fg], axis=-1)
 
 
 def image_filter(
@@ -139,6 +185,7 @@ def window_impl(
     threshold,
     with_background,
     num_fg,
+    config.naming,
   )
   return ids.astype(dtype), table
 

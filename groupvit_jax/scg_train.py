@@ -32,7 +32,14 @@ from groupvit_jax.models import scg as scg_lib
 from groupvit_jax.models.clip import CLIP
 from groupvit_jax.train_step import TrainState
 
-_SCG_MODEL_KEYS = ('num_regions', 'kmeans_iters', 'grouper_layer', 'masking', 'image_top_k')
+_SCG_MODEL_KEYS = (
+  'num_regions',
+  'kmeans_iters',
+  'grouper_layer',
+  'masking',
+  'image_top_k',
+  'naming',
+)
 
 
 def build_config(config: ml_collections.ConfigDict) -> tuple[scg_lib.SCGConfig, dict[str, Any]]:

@@ -14,7 +14,7 @@ shape in any level: object and background colours are drawn independently of the
   polarity on textured backgrounds. Two rotated objects with the `default` polarity were not
   learned in budget either (naming 33-40 after 600-1,000 steps).
 
-The levels share the captions of `configs/synthetic.py` (no colour words, mild noise).
+The levels share the captions of `configs/synthetic_groupvit.py` (no colour words, mild noise).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ torch = pytest.importorskip('torch')
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from groupvit_jax import scg_inference  # noqa: E402
 from groupvit_jax.checkpoints import towers  # noqa: E402
 from groupvit_jax.models import kmeans, scg  # noqa: E402
 from groupvit_jax.models.vit import ViTConfig  # noqa: E402
@@ -174,3 +175,50 @@ def test_config_round_trip_and_errors():
     scg.SCGConfig.from_dict({**cfg.to_dict(), 'regions': 3})
   with pytest.raises(ValueError, match='grouper_layer'):
     scg.SCGConfig.from_dict({**cfg.to_dict(), 'grouper_layer': 5})
+
+
+def _unit(rows):
+  rows = np.asarray(rows, np.float32)
+  return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+
+
+def test_image_filter_keeps_the_top_classes_and_every_background_word():
+  # Classes: 3 foreground, then 2 background words; the image is closest to class 2, then 0.
+  classes = _unit(np.eye(5))
+  image = jnp.asarray([[0.5, 0.0, 1.0, 0.9, 0.9]], jnp.float32)
+  mask = jnp.ones(5, bool)
+  keep = scg_inference.image_filter(image, jnp.asarray(classes), mask, 1, num_fg=3)
+  np.testing.assert_array_equal(np.asarray(keep)[0, 0], [False, False, True, True, True])
+  keep = scg_inference.image_filter(image, jnp.asarray(classes), mask, 2, num_fg=3)
+  np.testing.assert_array_equal(np.asarray(keep)[0, 0], [True, False, True, True, True])
+
+
+def test_noun_naming_claims_by_margin_over_the_background_words():
+  """The background region (0) is closer to the shape than the object's region (1) is, and the
+  object's region prefers a background word: the paper's naming leaves no region with the shape;
+  noun naming gives it to the region with the best margin over its background words."""
+  classes = jnp.asarray(_unit(np.eye(4)))  # 2 foreground classes, then 2 background words
+  regions = jnp.asarray(
+    [[[0.6, 0.0, 0.8, 0.0], [0.55, 0.581, 0.0, 0.6], [0.0, 0.0, 0.0, 1.0]]], jnp.float32
+  )
+  present = jnp.asarray([[True, True, False]])  # region 2 is padding
+  mask = jnp.asarray([[[True, False, True, True]]])  # the image's top-1 class is class 0
+  args = (regions, present, classes, mask, jnp.log(100.0), jnp.asarray(0.5))
+  region = scg_inference.region_class_table(*args, True, 2, naming='region')
+  noun = scg_inference.region_class_table(*args, True, 2, naming='noun')
+  # Channels: background, class 0, class 1.
+  np.testing.assert_array_equal(np.asarray(region)[0, :2], [[1, 0, 0], [1, 0, 0]])
+  np.testing.assert_array_equal(np.asarray(noun)[0, :2], [[1, 0, 0], [0, 1, 0]])
+  # Without background words every allowed class claims by cosine and a region takes the best
+  # class that claimed it: region 0 is claimed by classes 0 and 2 (takes 2), region 1 by 3.
+  plain = scg_inference.region_class_table(*args, False, None, naming='noun')
+  assert np.asarray(plain)[0, :2].argmax(-1).tolist() == [2, 3]
+
+
+def test_noun_naming_needs_the_image_filter():
+  cfg = scg.SCGConfig(grouper=ViTConfig(width=32, depth=2, num_heads=2, image_size=32))
+  with pytest.raises(ValueError, match="naming='noun' needs image_top_k"):
+    scg.SCGConfig.from_dict({**cfg.to_dict(), 'naming': 'noun'})
+  with pytest.raises(ValueError, match='naming must be one of'):
+    scg.SCGConfig.from_dict({**cfg.to_dict(), 'naming': 'nouns'})
+  assert scg.SCGConfig.from_dict({**cfg.to_dict(), 'naming': 'noun', 'image_top_k': 1}).naming

@@ -52,12 +52,13 @@ def test_input_transforms():
 def test_overrides_reach_the_recipe_and_typos_are_errors():
   probe = _module()
   config = probe.load_recipe(
-    'configs/synthetic.py:arch=vit', ['model.image.patch_size=4', 'data.synthetic.rotation=False']
+    'configs/synthetic_groupvit.py:arch=vit',
+    ['model.image.patch_size=4', 'data.synthetic.rotation=False'],
   )
   assert config.model.image.patch_size == 4 and config.data.synthetic.rotation is False
   assert config.model.image.num_group_tokens == (0,)
   with pytest.raises(SystemExit, match='unknown config key'):
-    probe.load_recipe('configs/synthetic.py', ['model.image.patch_sise=4'])
+    probe.load_recipe('configs/synthetic_groupvit.py', ['model.image.patch_sise=4'])
 
 
 @pytest.mark.parametrize('model', ['cnn', 'tower'])
@@ -66,7 +67,7 @@ def test_short_run_reports_every_evaluation(model, capsys):
   rows = probe.main(
     [
       '--config',
-      'configs/synthetic.py',
+      'configs/synthetic_groupvit.py',
       '--model',
       model,
       '--steps',
@@ -96,7 +97,7 @@ def test_tower_trains_with_gumbel_noise_and_evaluates_without():
   import jax
 
   probe = _module()
-  config = probe.load_recipe('configs/synthetic.py', ['model.image.image_size=32'])
+  config = probe.load_recipe('configs/synthetic_groupvit.py', ['model.image.image_size=32'])
   model = probe.build_classifier(config, 'tower')
   x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
   params = model.init({'params': jax.random.key(0)}, x)

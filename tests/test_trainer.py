@@ -174,17 +174,21 @@ def test_bad_configs_fail_at_start_naming_the_problem(tmp_path, override, messag
   [
     # group_max=True, given after a comma, reached get_config: it conflicts with the override.
     (
-      'configs/synthetic.py:scenes=easy,group_max=True',
+      'configs/synthetic_groupvit.py:scenes=easy,group_max=True',
       '--config.model.multi_label=False',
       "multi_label_pooling='max' needs the multi-label loss",
     ),
     (
-      'configs/synthetic.py:group_max=True,multi_label=False',
+      'configs/synthetic_groupvit.py:group_max=True,multi_label=False',
       '--config.seed=1',
       'group_max=True changes the multi-label loss: it needs multi_label=True',
     ),
-    ('configs/synthetic.py:scenes=easy,stages=3', '--config.seed=1', 'stages=3: expected one of'),
-    ('configs/synthetic.py:sfot=1', '--config.seed=1', "unknown config argument 'sfot'"),
+    (
+      'configs/synthetic_groupvit.py:scenes=easy,stages=3',
+      '--config.seed=1',
+      'stages=3: expected one of',
+    ),
+    ('configs/synthetic_groupvit.py:sfot=1', '--config.seed=1', "unknown config argument 'sfot'"),
   ],
 )
 def test_recipe_arguments_reach_the_trainer(tmp_path, config, override, message):

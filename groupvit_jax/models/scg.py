@@ -54,6 +54,7 @@ from groupvit_jax.ops.resize import resize_matrix
 
 MASKINGS = ('context', 'tokens', 'pixels')
 CENTROIDS = ('per_image', 'dataset')
+NAMINGS = ('region', 'noun')
 GROUPER_KINDS = {'vit': ViTConfig, 'mae': MAEConfig, 'clip': CLIPConfig}
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -78,6 +79,10 @@ class SCGConfig(JsonConfig):
   image_top_k: 0 (the paper's): every region takes its best class. k > 0 (our extension, GroupViT's
     image-level filter): a region's class is chosen among the k foreground classes that the whole
     image's CLIP embedding ranks highest (background words stay allowed).
+  naming: who picks. 'region' (the paper's): every region takes its best class. 'noun' (our
+    extension; needs image_top_k): each of the image's top-k classes claims the present region
+    closest to it, a claimed region takes the closest class that claimed it, and every region no
+    class claimed is background (`groupvit_jax.scg_inference.noun_claims`).
   """
 
   clip: CLIPConfig = dataclasses.field(default_factory=CLIPConfig)
@@ -89,6 +94,7 @@ class SCGConfig(JsonConfig):
   centroids: str = 'per_image'
   masking: str = 'context'
   image_top_k: int = 0
+  naming: str = 'region'
 
   @property
   def grouper_vit(self) -> ViTConfig:
@@ -119,6 +125,10 @@ class SCGConfig(JsonConfig):
     ):
       if value not in allowed:
         raise ConfigError(f'{name} must be one of {allowed}, got {value!r}')
+    if self.naming not in NAMINGS:
+      raise ConfigError(f'naming must be one of {NAMINGS}, got {self.naming!r}')
+    if self.naming == 'noun' and not self.image_top_k:
+      raise ConfigError("naming='noun' needs image_top_k >= 1: the image's classes do the claiming")
     if self.num_regions < 1 or self.kmeans_iters < 0 or self.image_top_k < 0:
       raise ConfigError('num_regions must be >= 1, kmeans_iters and image_top_k >= 0')
     depth = self.grouper_vit.depth
