@@ -115,10 +115,13 @@ def test_prerequisite_seed_is_the_runs(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_untrained_scg_through_the_trainer_reports_both_background_rules(tmp_path):
+@pytest.mark.parametrize('recipe', ['configs/synthetic_scg.py', 'configs/synthetic.py'])
+def test_untrained_scg_through_the_trainer_reports_both_background_rules(tmp_path, recipe):
+  """The SCG recipe and the README's main job (noun naming, k-means on block -2) evaluate and
+  export through the trainer."""
   clip_dir = str(tmp_path / 'clip')
   store.save_model(clip_dir, _tiny_clip(), store.init_model(_tiny_clip(), jax.random.key(1)))
-  config = load_script('configs/synthetic_scg.py').get_config()
+  config = load_script(recipe).get_config()
   config.scg.clip_dir = config.scg.grouper_dir = clip_dir
   config.scg.num_regions = 3
   config.data.image_size = 32
@@ -132,6 +135,8 @@ def test_untrained_scg_through_the_trainer_reports_both_background_rules(tmp_pat
   assert 'threshold' in result['other_background_rules']
   assert (tmp_path / 'run' / 'eval_synthetic.png').exists()
   assert store.kind_of(store.load_config(str(tmp_path / 'run' / 'model'))) == 'scg'
+  exported = store.load_config(str(tmp_path / 'run' / 'model'))
+  assert (exported.naming, exported.grouper_layer) == (config.scg.naming, config.scg.grouper_layer)
 
 
 def test_bad_background_rule_is_an_error_at_start():
